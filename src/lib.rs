@@ -1,0 +1,27 @@
+//! modbridge: a Modbus edge gateway.
+//!
+//! The data flows through these modules, in this order:
+//!
+//! - [`config`]: the TOML file (and shared device profiles) -> a validated [`model::Config`],
+//!   or every problem as `FILE:LINE:COL: message`.
+//! - [`plan`]: pure. Items due together -> the fewest Modbus read requests the device allows.
+//! - [`modbus`]: the field side. One link per TCP host, one shared bus per serial port;
+//!   every request has a timeout; a failed transport is dropped and rebuilt with backoff.
+//! - [`decode`]: pure. Registers <-> engineering values, every type and byte order.
+//! - [`poll`]: one task per host: schedule, read, decode, narrow exceptions, live item state.
+//! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
+//! - [`daemon`]: wires the above together for `modbridge run`, with clean shutdown.
+//! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
+//! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod model;
+pub mod modbus;
+pub mod plan;
+pub mod poll;
+pub mod sim;
+pub mod store;
+pub mod units;

@@ -1,0 +1,667 @@
+//! The validated, immutable description of what the gateway does: hosts,
+//! items, triggers and the settings around them.
+//!
+//! `config` turns a TOML file into a [`Config`]; everything downstream (plan,
+//! poll, store, uplink, api) only ever sees these types, so a value here has
+//! already passed every semantic check.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A Modbus data table. The four tables have separate address spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Read/write single bits (function codes 1, 5, 15).
+    Coil,
+    /// Read-only single bits (function code 2).
+    Discrete,
+    /// Read-only 16-bit registers (function code 4).
+    Input,
+    /// Read/write 16-bit registers (function codes 3, 6, 16).
+    Holding,
+}
+
+impl Table {
+    /// The name used in the config file and in `check` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+            Table::Input => "input",
+            Table::Holding => "holding",
+        }
+    }
+
+    /// Parses the config file's spelling.
+    pub fn parse(s: &str) -> Option<Table> {
+        match s {
+            "coil" => Some(Table::Coil),
+            "discrete" => Some(Table::Discrete),
+            "input" => Some(Table::Input),
+            "holding" => Some(Table::Holding),
+            _ => None,
+        }
+    }
+
+    /// True for the single-bit tables (coils and discrete inputs).
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    /// True for the tables a master may write (coils and holding registers).
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Coil | Table::Holding)
+    }
+
+    /// The Modbus protocol limit for one read request of this table.
+    pub fn protocol_max_read(self) -> u16 {
+        if self.is_bits() {
+            2000
+        } else {
+            125
+        }
+    }
+
+    /// The Modicon reference of a 0-based address: coil `address+1`, discrete
+    /// `10001+address`, input `30001+address`, holding `40001+address`; from
+    /// address 9999 on, six digits (`100001+`, `300001+`, `400001+`).
+    pub fn modicon(self, address: u16) -> u32 {
+        let a = u32::from(address);
+        let (five, six) = match self {
+            Table::Coil => return a + 1,
+            Table::Discrete => (10001, 100001),
+            Table::Input => (30001, 300001),
+            Table::Holding => (40001, 400001),
+        };
+        if a < 9999 {
+            five + a
+        } else {
+            six + a
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How an item's value is laid out in its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// A coil, a discrete input, or one bit of a register.
+    Bool,
+}
+
+impl ValueType {
+    /// The config file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::U16 => "u16",
+            ValueType::I16 => "i16",
+            ValueType::U32 => "u32",
+            ValueType::I32 => "i32",
+            ValueType::U64 => "u64",
+            ValueType::I64 => "i64",
+            ValueType::F32 => "f32",
+            ValueType::F64 => "f64",
+            ValueType::Bool => "bool",
+        }
+    }
+
+    /// Parses the config file's spelling.
+    pub fn parse(s: &str) -> Option<ValueType> {
+        Some(match s {
+            "u16" => ValueType::U16,
+            "i16" => ValueType::I16,
+            "u32" => ValueType::U32,
+            "i32" => ValueType::I32,
+            "u64" => ValueType::U64,
+            "i64" => ValueType::I64,
+            "f32" => ValueType::F32,
+            "f64" => ValueType::F64,
+            "bool" => ValueType::Bool,
+            _ => return None,
+        })
+    }
+
+    /// How many 16-bit registers the value occupies in a register table.
+    pub fn registers(self) -> u16 {
+        match self {
+            ValueType::U16 | ValueType::I16 | ValueType::Bool => 1,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
+        }
+    }
+
+    /// True for the floating point types.
+    pub fn is_float(self) -> bool {
+        matches!(self, ValueType::F32 | ValueType::F64)
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The byte order of 32- and 64-bit values, naming the bytes of a 32-bit value
+/// from the most significant: `ABCD` big-endian, `DCBA` little-endian, `BADC`
+/// bytes swapped inside each word, `CDAB` words in reverse order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ByteOrder {
+    #[default]
+    Abcd,
+    Dcba,
+    Badc,
+    Cdab,
+}
+
+impl ByteOrder {
+    /// Every byte order, in the order `probe` prints them.
+    pub const ALL: [ByteOrder; 4] = [
+        ByteOrder::Abcd,
+        ByteOrder::Dcba,
+        ByteOrder::Badc,
+        ByteOrder::Cdab,
+    ];
+
+    /// The config file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ByteOrder::Abcd => "ABCD",
+            ByteOrder::Dcba => "DCBA",
+            ByteOrder::Badc => "BADC",
+            ByteOrder::Cdab => "CDAB",
+        }
+    }
+
+    /// Parses the config file's spelling.
+    pub fn parse(s: &str) -> Option<ByteOrder> {
+        Some(match s {
+            "ABCD" => ByteOrder::Abcd,
+            "DCBA" => ByteOrder::Dcba,
+            "BADC" => ByteOrder::Badc,
+            "CDAB" => ByteOrder::Cdab,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ByteOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Serial line parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    /// The config file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+/// The settings of a serial line. Hosts that share a port must agree on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SerialSettings {
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl Default for SerialSettings {
+    fn default() -> Self {
+        SerialSettings {
+            baud: 9600,
+            parity: Parity::None,
+            data_bits: 8,
+            stop_bits: 1,
+        }
+    }
+}
+
+impl SerialSettings {
+    /// Bits on the wire per character: start bit, data bits, parity, stop bits.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// The silence a Modbus RTU master must keep between frames: 3.5
+    /// character times, and a fixed 1.75 ms above 19200 baud (Modbus over
+    /// serial line spec, 2.5.1.1).
+    pub fn inter_frame_silence(&self) -> Duration {
+        if self.baud > 19200 {
+            Duration::from_micros(1750)
+        } else {
+            let micros = u64::from(self.bits_per_char()) * 3_500_000 / u64::from(self.baud.max(1));
+            Duration::from_micros(micros)
+        }
+    }
+}
+
+/// Where a host is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Connection {
+    /// Modbus TCP, `tcp://HOST:PORT` (port 502 when left out).
+    Tcp { host: String, port: u16 },
+    /// Modbus RTU on a serial port, `rtu:///dev/ttyUSB0`.
+    Rtu { path: String },
+}
+
+impl Connection {
+    /// Parses `tcp://host[:port]` or `rtu:///dev/path`.
+    pub fn parse(url: &str) -> Result<Connection, String> {
+        if let Some(rest) = url.strip_prefix("tcp://") {
+            let rest = rest.trim_end_matches('/');
+            if rest.is_empty() {
+                return Err(format!("connection {url:?} has no host"));
+            }
+            // [v6]:port, host:port or host.
+            let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+                let (h, tail) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("connection {url:?}: unclosed '['"))?;
+                let port = match tail.strip_prefix(':') {
+                    Some(p) => p
+                        .parse::<u16>()
+                        .map_err(|_| format!("connection {url:?}: bad port {p:?}"))?,
+                    None if tail.is_empty() => 502,
+                    None => return Err(format!("connection {url:?}: junk after ']'")),
+                };
+                (h.to_string(), port)
+            } else if let Some((h, p)) = rest.rsplit_once(':') {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("connection {url:?}: bad port {p:?}"))?;
+                (h.to_string(), port)
+            } else {
+                (rest.to_string(), 502)
+            };
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("connection {url:?}: bad host {host:?}"));
+            }
+            if port == 0 {
+                return Err(format!("connection {url:?}: port 0"));
+            }
+            Ok(Connection::Tcp { host, port })
+        } else if let Some(path) = url.strip_prefix("rtu://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(format!(
+                    "connection {url:?}: expected rtu:///dev/ttyXXX (an absolute device path)"
+                ));
+            }
+            Ok(Connection::Rtu {
+                path: path.to_string(),
+            })
+        } else {
+            Err(format!(
+                "connection {url:?}: expected tcp://HOST:PORT or rtu:///dev/ttyXXX"
+            ))
+        }
+    }
+
+    /// True for serial connections.
+    pub fn is_serial(&self) -> bool {
+        matches!(self, Connection::Rtu { .. })
+    }
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Connection::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Connection::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Connection::Rtu { path } => write!(f, "rtu://{path}"),
+        }
+    }
+}
+
+/// One value of a host, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemSpec {
+    /// Unique per host; `[A-Za-z0-9_.:-]{1,128}`.
+    pub key: String,
+    /// Human readable; the seed's `name`.
+    pub name: String,
+    pub table: Table,
+    /// 0-based protocol address of the first register or bit.
+    pub address: u16,
+    pub value_type: ValueType,
+    /// For a bool taken from a register: which bit (0 = least significant).
+    pub bit: Option<u8>,
+    pub byte_order: ByteOrder,
+    /// value = raw * scale + offset
+    pub scale: f64,
+    pub offset: f64,
+    /// Engineering unit, e.g. `degC`; empty when not given.
+    pub unit: String,
+    pub poll_interval: Duration,
+    /// A change smaller than this is not a new history point...
+    pub deadband: Option<f64>,
+    /// ...unless this long has passed since the last history point.
+    pub heartbeat: Option<Duration>,
+    /// Valid range for writes.
+    pub lower_bound: Option<f64>,
+    pub upper_bound: Option<f64>,
+    /// True when the item accepts config requests (holding or coil only).
+    pub configurable: bool,
+    pub tags: Vec<String>,
+}
+
+impl ItemSpec {
+    /// How many registers (register tables) or bits (bit tables) the item occupies.
+    pub fn width(&self) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else {
+            self.value_type.registers()
+        }
+    }
+
+    /// The last address the item occupies (inclusive).
+    pub fn end(&self) -> u16 {
+        self.address.saturating_add(self.width() - 1)
+    }
+
+    /// The Modicon reference with the bit suffix, as used in default keys:
+    /// `40005` or `40005.2`.
+    pub fn reference(&self) -> String {
+        let r = self.table.modicon(self.address);
+        match self.bit {
+            Some(b) => format!("{r}.{b}"),
+            None => r.to_string(),
+        }
+    }
+}
+
+/// The default item key: `modbus.<host>.<model>.<unit>.<ref>`.
+pub fn default_key(
+    host: &str,
+    model: &str,
+    unit: u8,
+    table: Table,
+    address: u16,
+    bit: Option<u8>,
+) -> String {
+    let r = table.modicon(address);
+    match bit {
+        Some(b) => format!("modbus.{host}.{model}.{unit}.{r}.{b}"),
+        None => format!("modbus.{host}.{model}.{unit}.{r}"),
+    }
+}
+
+/// One Modbus device the gateway polls, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    /// Unique; `[A-Za-z0-9_.-]{1,64}`.
+    pub host: String,
+    pub name: String,
+    pub connection: Connection,
+    /// Present exactly when `connection` is serial.
+    pub serial: Option<SerialSettings>,
+    /// Modbus unit id (slave id).
+    pub unit: u8,
+    pub model: String,
+    pub poll_interval: Duration,
+    /// Per request.
+    pub timeout: Duration,
+    /// Extra attempts after a failed request before it counts as failed.
+    pub retries: u32,
+    /// This device's limit per read, 1..=125 registers.
+    pub max_read_registers: u16,
+    /// Unused registers a read may span to merge two items.
+    pub max_gap: u16,
+    pub byte_order: ByteOrder,
+    /// The Thing's type, e.g. `heating/heat-pump`.
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    /// How long a config request may stay PENDING before it fails as expired.
+    pub write_expiry: Duration,
+    pub items: Vec<ItemSpec>,
+}
+
+impl HostSpec {
+    /// The device's IP or host name for the seed's `ip` field; None for serial hosts.
+    pub fn ip(&self) -> Option<&str> {
+        match &self.connection {
+            Connection::Tcp { host, .. } => Some(host),
+            Connection::Rtu { .. } => None,
+        }
+    }
+
+    /// Finds an item by key.
+    pub fn item(&self, key: &str) -> Option<&ItemSpec> {
+        self.items.iter().find(|i| i.key == key)
+    }
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySpec {
+    /// `[A-Za-z0-9_-]{1,64}`, used in MQTT topics.
+    pub id: String,
+    pub name: String,
+    /// The SQLite database lives here.
+    pub data_dir: PathBuf,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSpec {
+    pub history_retention: Duration,
+    pub trend_retention: Duration,
+    /// Hard cap for the database, bytes.
+    pub max_size: u64,
+    /// Longest a sample waits in memory before it is durable.
+    pub commit_interval: Duration,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            history_retention: Duration::from_secs(30 * 86400),
+            trend_retention: Duration::from_secs(730 * 86400),
+            max_size: 1 << 30,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSpec {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub topic_prefix: String,
+    pub keep_alive: Duration,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSpec {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        ApiSpec {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token_file: None,
+        }
+    }
+}
+
+/// A position in a config file, for messages about things found after parsing
+/// (e.g. a trigger expression's errors).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourcePos {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+}
+
+/// `[[triggers]]`, with the expressions still as text (the alarm module parses them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerSpec {
+    pub triggerid: u64,
+    pub description: String,
+    /// 3..=5 by default; any key of the severity table.
+    pub severity: u8,
+    pub expression: String,
+    /// Where the expression string's first character is in the config file.
+    pub expression_pos: SourcePos,
+    pub recovery_expression: Option<String>,
+    pub recovery_expression_pos: SourcePos,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    pub gateway: GatewaySpec,
+    pub storage: StorageSpec,
+    /// Severity number -> text; defaults 3 C-Larm, 4 B-Larm, 5 A-Larm.
+    pub severity: BTreeMap<u8, String>,
+    pub mqtt: Option<MqttSpec>,
+    pub api: ApiSpec,
+    pub hosts: Vec<HostSpec>,
+    pub triggers: Vec<TriggerSpec>,
+}
+
+impl Config {
+    /// Finds a host by id.
+    pub fn host(&self, host: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.host == host)
+    }
+}
+
+/// The default severity table.
+pub fn default_severity() -> BTreeMap<u8, String> {
+    BTreeMap::from([
+        (3, "C-Larm".to_string()),
+        (4, "B-Larm".to_string()),
+        (5, "A-Larm".to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modicon_references() {
+        let cases = [
+            (Table::Coil, 0, 1),
+            (Table::Coil, 12000, 12001),
+            (Table::Discrete, 0, 10001),
+            (Table::Discrete, 9998, 19999),
+            (Table::Discrete, 9999, 109_999),
+            (Table::Input, 3, 30004),
+            (Table::Holding, 3, 40004),
+            (Table::Holding, 9998, 49999),
+            (Table::Holding, 9999, 409_999),
+            (Table::Holding, 12000, 412_001),
+        ];
+        for (table, address, expected) in cases {
+            assert_eq!(table.modicon(address), expected, "{table} {address}");
+        }
+    }
+
+    #[test]
+    fn default_keys() {
+        assert_eq!(
+            default_key("pump", "F1345", 3, Table::Holding, 3, None),
+            "modbus.pump.F1345.3.40004"
+        );
+        assert_eq!(
+            default_key("pump", "F1345", 3, Table::Holding, 4, Some(2)),
+            "modbus.pump.F1345.3.40005.2"
+        );
+    }
+
+    #[test]
+    fn connections() {
+        assert_eq!(
+            Connection::parse("tcp://10.0.0.21:502"),
+            Ok(Connection::Tcp {
+                host: "10.0.0.21".into(),
+                port: 502
+            })
+        );
+        assert_eq!(
+            Connection::parse("tcp://plc.local"),
+            Ok(Connection::Tcp {
+                host: "plc.local".into(),
+                port: 502
+            })
+        );
+        assert_eq!(
+            Connection::parse("tcp://[::1]:1502"),
+            Ok(Connection::Tcp {
+                host: "::1".into(),
+                port: 1502
+            })
+        );
+        assert_eq!(
+            Connection::parse("rtu:///dev/ttyUSB0"),
+            Ok(Connection::Rtu {
+                path: "/dev/ttyUSB0".into()
+            })
+        );
+        for bad in ["tcp://", "tcp://h:99999", "rtu://ttyUSB0", "udp://x", "tcp://h:0"] {
+            assert!(Connection::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inter_frame_silence() {
+        let s = SerialSettings::default(); // 9600 8N1: 10 bits/char
+        assert_eq!(s.inter_frame_silence(), Duration::from_micros(3645));
+        let fast = SerialSettings {
+            baud: 115_200,
+            ..s
+        };
+        assert_eq!(fast.inter_frame_silence(), Duration::from_micros(1750));
+    }
+}
