@@ -1,1 +1,652 @@
-//! cli
+//! The command line: `run`, `check`, `read`, `probe`, `demo`, `simulate`.
+//!
+//! Exit status: 0 success, 2 bad config or bad usage, 1 anything else.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::model::{Connection, HostSpec, SerialSettings, Table};
+use crate::modbus::{Buses, Link, Operation, Priority, ReadData};
+use crate::poll::HostReader;
+use crate::{config, daemon, decode, plan, sim};
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/modbridge/modbridge.toml";
+
+/// modbridge: a Modbus edge gateway.
+#[derive(Debug, Parser)]
+#[command(name = "modbridge", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway daemon.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the config without touching devices; print hosts, items and the
+    /// planned Modbus requests per poll cycle.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Poll one host (or one item) now and print the values, for wiring checks.
+    Read {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The host id.
+        #[arg(long)]
+        host: String,
+        /// Only this item.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Read raw registers and show every plausible decoding side by side.
+    Probe {
+        /// tcp://HOST:PORT or rtu:///dev/ttyUSB0
+        #[arg(long)]
+        connection: String,
+        /// Modbus unit id.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// holding, input, coil or discrete.
+        #[arg(long)]
+        table: String,
+        /// First 0-based address.
+        #[arg(long)]
+        address: u16,
+        /// How many registers (or bits).
+        #[arg(long, default_value_t = 10)]
+        count: u16,
+        /// Serial line speed (rtu only).
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Serial parity: none, even or odd (rtu only).
+        #[arg(long, default_value = "none")]
+        parity: String,
+        /// Per request.
+        #[arg(long, default_value = "1s")]
+        timeout: String,
+    },
+    /// A self-contained demo: a simulated heat pump on loopback, polled by the gateway.
+    Demo {
+        /// Stop after this long (e.g. "30s"); default: run until Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Where the demo keeps its config and database.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Serve simulated devices for benchmarks: DEVICES TCP devices on
+    /// consecutive ports, each with REGISTERS holding registers that change every second.
+    Simulate {
+        #[arg(long, default_value_t = 10)]
+        devices: u16,
+        #[arg(long, default_value_t = 15020)]
+        base_port: u16,
+        #[arg(long, default_value_t = 100)]
+        registers: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("modbridge: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Run { config } => runtime.block_on(cmd_run(&config)),
+        Command::Check { config } => cmd_check(&config),
+        Command::Read { config, host, key } => {
+            runtime.block_on(cmd_read(&config, &host, key.as_deref()))
+        }
+        Command::Probe {
+            connection,
+            unit,
+            table,
+            address,
+            count,
+            baud,
+            parity,
+            timeout,
+        } => runtime.block_on(cmd_probe(ProbeArgs {
+            connection,
+            unit,
+            table,
+            address,
+            count,
+            baud,
+            parity,
+            timeout,
+        })),
+        Command::Demo { duration, dir } => runtime.block_on(cmd_demo(duration, dir)),
+        Command::Simulate {
+            devices,
+            base_port,
+            registers,
+            bind,
+        } => runtime.block_on(cmd_simulate(devices, base_port, registers, &bind)),
+    }
+}
+
+fn load_or_report(path: &Path) -> Result<crate::model::Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        for d in &errors.0 {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "{}: {} problem{} found",
+            path.display(),
+            errors.0.len(),
+            if errors.0.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(2)
+    })
+}
+
+async fn cmd_run(path: &Path) -> ExitCode {
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match daemon::run(config, daemon::termination_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway stopped with an error");
+            eprintln!("modbridge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The text `check` prints for a valid config.
+pub fn check_report(config: &crate::model::Config) -> String {
+    let mut out = String::new();
+    let items: usize = config.hosts.iter().map(|h| h.items.len()).sum();
+    let _ = writeln!(
+        out,
+        "{}: OK — gateway {:?}, {} host{}, {} item{}, {} trigger{}",
+        config.path.display(),
+        config.gateway.id,
+        config.hosts.len(),
+        plural(config.hosts.len()),
+        items,
+        plural(items),
+        config.triggers.len(),
+        plural(config.triggers.len()),
+    );
+    for host in &config.hosts {
+        let _ = writeln!(out);
+        let link = match (&host.connection, &host.serial) {
+            (Connection::Rtu { .. }, Some(s)) => format!(
+                "{} {} baud {}{}{}",
+                host.connection,
+                s.baud,
+                s.data_bits,
+                s.parity.name().chars().next().unwrap_or('n').to_ascii_uppercase(),
+                s.stop_bits
+            ),
+            _ => host.connection.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "host {} ({:?}) {} unit {}, model {}, {} item{}",
+            host.host,
+            host.name,
+            link,
+            host.unit,
+            host.model,
+            host.items.len(),
+            plural(host.items.len())
+        );
+        for item in &host.items {
+            let place = match item.bit {
+                Some(b) => format!("{} {}.{}", item.table, item.address, b),
+                None => format!("{} {}", item.table, item.address),
+            };
+            let mut extra = String::new();
+            if item.scale != 1.0 || item.offset != 0.0 {
+                let _ = write!(extra, " x{} {:+}", item.scale, item.offset);
+            }
+            if item.value_type.registers() > 1 && !item.table.is_bits() {
+                let _ = write!(extra, " {}", item.byte_order);
+            }
+            if item.configurable {
+                extra.push_str(" configurable");
+            }
+            let _ = writeln!(
+                out,
+                "  item {} {:?} {} {}{} [{}] every {}",
+                item.key,
+                item.name,
+                place,
+                item.value_type,
+                extra,
+                item.unit,
+                crate::units::format_duration(item.poll_interval)
+            );
+        }
+        let groups = plan::plan_host(host);
+        let total: usize = groups.iter().map(|g| g.requests.len()).sum();
+        let _ = writeln!(
+            out,
+            "  requests per cycle ({total} in all):"
+        );
+        for group in &groups {
+            for req in &group.requests {
+                let _ = writeln!(out, "  {}", plan::describe(host, req, group.interval));
+            }
+        }
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn cmd_check(path: &Path) -> ExitCode {
+    match load_or_report(path) {
+        Ok(config) => {
+            print!("{}", check_report(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn cmd_read(path: &Path, host_id: &str, key: Option<&str>) -> ExitCode {
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(host) = config.host(host_id) else {
+        let known: Vec<&str> = config.hosts.iter().map(|h| h.host.as_str()).collect();
+        eprintln!(
+            "modbridge: no host {host_id:?} in {}; hosts: {}",
+            path.display(),
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let items: Vec<usize> = match key {
+        None => (0..host.items.len()).collect(),
+        Some(k) => match host.items.iter().position(|i| i.key == k) {
+            Some(i) => vec![i],
+            None => {
+                eprintln!("modbridge: host {host_id:?} has no item {k:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let buses = Buses::default();
+    let mut reader = HostReader::new(Arc::new(host.clone()), &buses);
+    let started = std::time::Instant::now();
+    let report = reader.read(&items).await;
+    let elapsed = started.elapsed();
+    print!("{}", read_table(host, &report.readings));
+    println!(
+        "{} request{} in {:.0} ms{}",
+        report.requests,
+        plural(report.requests as usize),
+        elapsed.as_secs_f64() * 1000.0,
+        match &report.transport_error {
+            Some(e) => format!("; link failed: {e}"),
+            None => String::new(),
+        }
+    );
+    if report.readings.iter().all(|r| r.value.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The table `read` prints.
+pub fn read_table(host: &HostSpec, readings: &[crate::poll::ItemReading]) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "KEY".into(),
+        "ADDRESS".into(),
+        "TYPE".into(),
+        "VALUE".into(),
+        "NAME".into(),
+    ]];
+    for r in readings {
+        let item = &host.items[r.index];
+        let place = match item.bit {
+            Some(b) => format!("{} {}.{} ({})", item.table, item.address, b, item.reference()),
+            None => format!("{} {} ({})", item.table, item.address, item.reference()),
+        };
+        let value = match &r.value {
+            Ok(v) => format!("{} {}", format_value(*v), item.unit).trim_end().to_string(),
+            Err(e) => format!("ERROR: {e}"),
+        };
+        rows.push([
+            item.key.clone(),
+            place,
+            item.value_type.to_string(),
+            value,
+            item.name.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+    out
+}
+
+/// A value as people read it: integers without a fraction, others with up to 6 digits.
+pub fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+struct ProbeArgs {
+    connection: String,
+    unit: u8,
+    table: String,
+    address: u16,
+    count: u16,
+    baud: u32,
+    parity: String,
+    timeout: String,
+}
+
+async fn cmd_probe(args: ProbeArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("modbridge probe: {msg}");
+        ExitCode::from(2)
+    };
+    let connection = match Connection::parse(&args.connection) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    let Some(table) = Table::parse(&args.table) else {
+        return usage(format!(
+            "unknown table {:?}; use holding, input, coil or discrete",
+            args.table
+        ));
+    };
+    let max = table.protocol_max_read();
+    if args.count == 0 || args.count > max {
+        return usage(format!("--count must be 1..{max} for {table}"));
+    }
+    if u32::from(args.address) + u32::from(args.count) > 65536 {
+        return usage("address + count goes past 65535".into());
+    }
+    let parity = match args.parity.as_str() {
+        "none" => crate::model::Parity::None,
+        "even" => crate::model::Parity::Even,
+        "odd" => crate::model::Parity::Odd,
+        other => return usage(format!("unknown parity {other:?}; use none, even or odd")),
+    };
+    let timeout = match crate::units::parse_duration(&args.timeout) {
+        Ok(t) => t,
+        Err(e) => return usage(format!("--timeout: {e}")),
+    };
+    let host = HostSpec {
+        host: "probe".into(),
+        name: "probe".into(),
+        serial: connection.is_serial().then_some(SerialSettings {
+            baud: args.baud,
+            parity,
+            ..SerialSettings::default()
+        }),
+        connection,
+        unit: args.unit,
+        model: "generic".into(),
+        poll_interval: Duration::from_secs(10),
+        timeout,
+        retries: 0,
+        max_read_registers: 125,
+        max_gap: 0,
+        byte_order: crate::model::ByteOrder::Abcd,
+        kind: None,
+        tags: vec![],
+        write_expiry: Duration::from_secs(600),
+        items: vec![],
+    };
+    let buses = Buses::default();
+    let mut link = Link::new(&host, &buses);
+    let op = Operation::Read {
+        table,
+        start: args.address,
+        count: args.count,
+    };
+    println!(
+        "{} unit {} {} {}..{} ({}..{})",
+        host.connection,
+        host.unit,
+        table,
+        args.address,
+        u32::from(args.address) + u32::from(args.count) - 1,
+        table.modicon(args.address),
+        table.modicon(args.address.saturating_add(args.count - 1))
+    );
+    match link.request(&op, Priority::Poll).await {
+        Ok(ReadData::Words(words)) => {
+            print!("{}", decode::probe_table(args.address, &words));
+            ExitCode::SUCCESS
+        }
+        Ok(ReadData::Bits(bits)) => {
+            for (i, b) in bits.iter().enumerate() {
+                let a = usize::from(args.address) + i;
+                let modicon = u16::try_from(a).map(|a| table.modicon(a)).unwrap_or(0);
+                println!("{a:>5}  {modicon:>6}  {}", u8::from(*b));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("modbridge probe: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The demo's config template; its connection and data_dir are replaced at start.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+/// The device profile the demo's simulated heat pump serves.
+pub const DEMO_PROFILE: &str = include_str!("../config/profiles/nibe-f1345.toml");
+/// The address in the demo template that is replaced by the simulator's.
+const DEMO_PLACEHOLDER_ADDR: &str = "127.0.0.1:15502";
+
+async fn cmd_demo(duration: Option<String>, dir: Option<PathBuf>) -> ExitCode {
+    let duration = match duration.as_deref().map(crate::units::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            eprintln!("modbridge demo: --duration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match demo(duration, dir).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modbridge demo: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("modbridge-demo"));
+    std::fs::create_dir_all(dir.join("profiles"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("profiles/nibe-f1345.toml"), DEMO_PROFILE)
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+
+    // The simulated heat pump, on a free loopback port.
+    let device = sim::SimDevice::new();
+    let server = device
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback for the simulated device")?;
+    let addr = server
+        .addr()
+        .context("the simulated device has no address")?;
+    let text = DEMO_CONFIG
+        .replace(DEMO_PLACEHOLDER_ADDR, &addr.to_string())
+        .replace("data_dir = \"./demo-data\"", &format!("data_dir = {:?}", dir.join("data")));
+    let config_path = dir.join("modbridge.toml");
+    std::fs::write(&config_path, &text)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for host in &config.hosts {
+        device.animate(&host.items);
+    }
+    let gateway = daemon::open(config.clone())?;
+    let host = config.hosts.first().context("the demo config has no host")?;
+    let first_key = host.items.first().map(|i| i.key.clone()).unwrap_or_default();
+    println!(
+        "modbridge demo\n\
+         \n\
+         A simulated NIBE F1345 heat pump is serving Modbus TCP on {addr}.\n\
+         The gateway polls it every {} and keeps history in {}.\n\
+         \n\
+         Try, in another terminal:\n\
+         \x20 modbridge check -c {cfg}\n\
+         \x20 modbridge read  -c {cfg} --host {host}\n\
+         \x20 modbridge probe --connection tcp://{addr} --table input --address 0 --count 12\n\
+         \x20 curl http://{api}/hosts/{host}/items/{first_key}/history\n\
+         \n\
+         Ctrl-C stops the demo.\n",
+        crate::units::format_duration(host.poll_interval),
+        dir.join("data").display(),
+        cfg = config_path.display(),
+        host = host.host,
+        api = config.api.listen,
+    );
+    let live = gateway.host(&host.host).cloned();
+    let host_spec = host.clone();
+    let printer = async move {
+        // Print what the gateway reads, so the demo shows something by itself.
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Some(live) = &live {
+                let snapshot = crate::poll::lock_host(live).clone();
+                let shown: Vec<String> = host_spec
+                    .items
+                    .iter()
+                    .zip(snapshot.items.iter())
+                    .filter(|(_, l)| l.value.is_some())
+                    .take(4)
+                    .map(|(i, l)| {
+                        format!(
+                            "{} = {} {}",
+                            i.name,
+                            l.value.map(format_value).unwrap_or_default(),
+                            i.unit
+                        )
+                    })
+                    .collect();
+                println!("{}", shown.join(" | "));
+            }
+        }
+    };
+    let stop = async move {
+        tokio::select! {
+            () = daemon::termination_signal() => {}
+            () = async {
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+            () = printer => {}
+        }
+    };
+    daemon::run_gateway(gateway, stop).await?;
+    drop(server);
+    println!("demo stopped; history kept in {}", dir.join("data").display());
+    Ok(())
+}
+
+async fn cmd_simulate(devices: u16, base_port: u16, registers: u16, bind: &str) -> ExitCode {
+    let mut servers = Vec::new();
+    let mut sims = Vec::new();
+    for d in 0..devices {
+        let Some(port) = base_port.checked_add(d) else {
+            eprintln!("modbridge simulate: ports past 65535");
+            return ExitCode::from(2);
+        };
+        let device = sim::SimDevice::new();
+        match device.bind_tcp(&format!("{bind}:{port}")).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                eprintln!("modbridge simulate: cannot listen on {bind}:{port}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        sims.push(device);
+    }
+    println!(
+        "serving {devices} simulated devices on {bind}:{base_port}..{} with {registers} holding registers each",
+        u32::from(base_port) + u32::from(devices) - 1
+    );
+    // Registers change once a second, like the benchmark's reference simulator.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u16 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = daemon::termination_signal() => break,
+        }
+        n = n.wrapping_add(1);
+        for (d, device) in sims.iter().enumerate() {
+            let values: Vec<u16> = (0..registers)
+                .map(|r| n.wrapping_add(r).wrapping_add(d as u16) % 1000)
+                .collect();
+            device.set_registers(Table::Holding, 0, &values);
+        }
+    }
+    drop(servers);
+    ExitCode::SUCCESS
+}

@@ -9,15 +9,22 @@ pub enum EncodeError {
     NotRepresentable(String),
 }
 
+/// Why registers could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0}")]
+    Short(String),
+}
+
 /// The raw value (before scale and offset) of `vt` laid out in `words` (exactly
 /// `vt.registers()` words) in byte order `order`; for `Bool`, `bit` of `words[0]`.
-pub fn decode_raw(words: &[u16], vt: ValueType, order: ByteOrder, bit: Option<u8>) -> f64 {
+pub fn decode_raw(words: &[u16], vt: ValueType, order: ByteOrder, bit: Option<u8>) -> Result<f64, DecodeError> {
     let _ = (words, vt, order, bit);
     todo!()
 }
 
 /// The engineering value of a register item: raw * scale + offset.
-pub fn decode_item(item: &ItemSpec, words: &[u16]) -> f64 {
+pub fn decode_item(item: &ItemSpec, words: &[u16]) -> Result<f64, DecodeError> {
     let _ = (item, words);
     todo!()
 }
@@ -38,5 +45,17 @@ pub fn encode_item(item: &ItemSpec, target: f64) -> Result<Vec<u16>, EncodeError
 /// (offset, label such as `u32 CDAB`, value).
 pub fn all_decodings(words: &[u16]) -> Vec<(usize, String, f64)> {
     let _ = words;
+    todo!()
+}
+
+/// `word` with `bit` set to `on`.
+pub fn encode_bit_into(word: u16, bit: u8, on: bool) -> u16 {
+    let _ = (word, bit, on);
+    todo!()
+}
+
+/// A text table of raw registers and their plausible decodings, for `probe`.
+pub fn probe_table(start_address: u16, words: &[u16]) -> String {
+    let _ = (start_address, words);
     todo!()
 }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod logging;
 pub mod model;
 pub mod modbus;
 pub mod plan;

@@ -1,1 +1,549 @@
-//! modbus
+//! The field side: Modbus TCP links and shared RTU buses.
+//!
+//! Invariants:
+//! - every request has a timeout (tokio-modbus's async client has none);
+//! - after a timeout or any transport error the connection is dropped, so a late
+//!   reply can never be taken as the answer to the next request;
+//! - hosts on one serial port share one [`Bus`]: one request at a time, writes
+//!   ahead of queued reads, and the RTU inter-frame silence kept between frames.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
+
+use crate::model::{Connection, HostSpec, Parity, SerialSettings, Table};
+
+/// Why a Modbus request failed.
+///
+/// The split matters: a transport failure means "drop the link and back off";
+/// an exception means the device is there and refused this request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No answer within the host's timeout.
+    #[error("timeout after {0:?}")]
+    Timeout(Duration),
+    /// Connecting, sending or receiving failed, or the answer was garbage.
+    #[error("{0}")]
+    Transport(String),
+    /// The device answered with a Modbus exception.
+    #[error("Modbus exception {}", exception_name(*.0))]
+    Exception(ExceptionCode),
+}
+
+impl RequestError {
+    /// True when the link must be dropped and rebuilt.
+    pub fn is_transport(&self) -> bool {
+        !matches!(self, RequestError::Exception(_))
+    }
+}
+
+/// A human readable name of a Modbus exception, with its code.
+pub fn exception_name(code: ExceptionCode) -> String {
+    let n: u8 = code.into();
+    let name = match code {
+        ExceptionCode::IllegalFunction => "illegal function",
+        ExceptionCode::IllegalDataAddress => "illegal data address",
+        ExceptionCode::IllegalDataValue => "illegal data value",
+        ExceptionCode::ServerDeviceFailure => "server device failure",
+        ExceptionCode::Acknowledge => "acknowledge",
+        ExceptionCode::ServerDeviceBusy => "server device busy",
+        ExceptionCode::MemoryParityError => "memory parity error",
+        ExceptionCode::GatewayPathUnavailable => "gateway path unavailable",
+        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond",
+        ExceptionCode::Custom(_) => "unknown exception",
+    };
+    format!("0x{n:02X} ({name})")
+}
+
+/// The answer to a read: registers or bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadData {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// One operation on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Read {
+        table: Table,
+        start: u16,
+        count: u16,
+    },
+    WriteRegisters {
+        start: u16,
+        words: Vec<u16>,
+    },
+    WriteCoil {
+        address: u16,
+        on: bool,
+    },
+}
+
+/// Whether a request may jump the queue on a shared bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Config writes (and their reads): ahead of every queued poll read.
+    Write,
+    Poll,
+}
+
+/// Capped exponential backoff with jitter for reconnecting.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    cap: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubles per failure, never above `cap`.
+    pub fn new(initial: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            initial: initial.min(cap),
+            cap,
+            failures: 0,
+        }
+    }
+
+    /// The backoff for a host: capped at its poll interval and at 60 s.
+    pub fn for_host(host: &HostSpec) -> Backoff {
+        let cap = host.poll_interval.min(Duration::from_secs(60));
+        Backoff::new(Duration::from_millis(500), cap)
+    }
+
+    /// Records a failure and returns how long to wait before the next attempt
+    /// (between 80% and 100% of the exponential step, so many links that failed
+    /// together do not retry in lockstep).
+    pub fn fail(&mut self) -> Duration {
+        let exp = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let step = self.initial.saturating_mul(1u32 << exp).min(self.cap);
+        let jitter = 0.8 + 0.2 * fastrand::f64();
+        step.mul_f64(jitter)
+    }
+
+    /// Records a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// A serial port wrapper whose flush does not drain: tokio-serial's flush calls
+/// `tcdrain`, which blocks the runtime thread until the frame is on the wire. The
+/// kernel sends what we wrote anyway, and we wait for the answer, so no drain is needed.
+struct NoDrain<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for NoDrain<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NoDrain<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Opens a serial port with the given settings.
+fn open_serial(path: &str, settings: &SerialSettings) -> io::Result<Context> {
+    let parity = match settings.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = match settings.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let stop_bits = if settings.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
+    let builder = tokio_serial::new(path, settings.baud)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .timeout(Duration::from_millis(50));
+    let port = tokio_serial::SerialStream::open(&builder).map_err(io::Error::from)?;
+    Ok(tokio_modbus::client::rtu::attach(NoDrain(port)))
+}
+
+/// Runs one operation on a connected context, with a timeout.
+async fn execute(
+    ctx: &mut Context,
+    op: &Operation,
+    timeout: Duration,
+) -> Result<ReadData, RequestError> {
+    let call = async {
+        match op {
+            Operation::Read {
+                table,
+                start,
+                count,
+            } => match table {
+                Table::Holding => ctx
+                    .read_holding_registers(*start, *count)
+                    .await
+                    .map(|r| r.map(ReadData::Words)),
+                Table::Input => ctx
+                    .read_input_registers(*start, *count)
+                    .await
+                    .map(|r| r.map(ReadData::Words)),
+                Table::Coil => ctx
+                    .read_coils(*start, *count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+                Table::Discrete => ctx
+                    .read_discrete_inputs(*start, *count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+            },
+            Operation::WriteRegisters { start, words } => {
+                let r = if words.len() == 1 {
+                    ctx.write_single_register(*start, words[0]).await
+                } else {
+                    ctx.write_multiple_registers(*start, words).await
+                };
+                r.map(|r| r.map(|()| ReadData::Words(Vec::new())))
+            }
+            Operation::WriteCoil { address, on } => ctx
+                .write_single_coil(*address, *on)
+                .await
+                .map(|r| r.map(|()| ReadData::Bits(Vec::new()))),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(RequestError::Timeout(timeout)),
+        Ok(Err(e)) => Err(RequestError::Transport(e.to_string())),
+        Ok(Ok(Err(code))) => Err(RequestError::Exception(code)),
+        Ok(Ok(Ok(data))) => {
+            // A device that answers with fewer values than asked for is
+            // answering garbage: treat it as a transport failure.
+            if let Operation::Read { count, .. } = op {
+                let got = match &data {
+                    ReadData::Words(w) => w.len(),
+                    ReadData::Bits(b) => b.len(),
+                };
+                if got < usize::from(*count) {
+                    return Err(RequestError::Transport(format!(
+                        "short answer: {got} values for {count} requested"
+                    )));
+                }
+            }
+            Ok(data)
+        }
+    }
+}
+
+/// One serial port shared by every host on it.
+pub struct Bus {
+    path: String,
+    settings: SerialSettings,
+    state: tokio::sync::Mutex<BusState>,
+    /// Writes waiting for the bus; poll reads wait while this is not zero.
+    writes_waiting: AtomicUsize,
+    writes_done: Notify,
+}
+
+struct BusState {
+    ctx: Option<Context>,
+    /// When the last frame on the wire ended (answer received or timed out).
+    last_activity: Option<Instant>,
+    /// Port-level reconnect backoff (opening the device failed).
+    reopen_at: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl Bus {
+    /// A bus for a serial port; the port is opened on first use.
+    pub fn new(path: &str, settings: SerialSettings) -> Arc<Bus> {
+        Arc::new(Bus {
+            path: path.to_string(),
+            settings,
+            state: tokio::sync::Mutex::new(BusState {
+                ctx: None,
+                last_activity: None,
+                reopen_at: None,
+                backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+            }),
+            writes_waiting: AtomicUsize::new(0),
+            writes_done: Notify::new(),
+        })
+    }
+
+    /// The device path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    async fn lock(&self, priority: Priority) -> tokio::sync::MutexGuard<'_, BusState> {
+        match priority {
+            Priority::Write => {
+                self.writes_waiting.fetch_add(1, Ordering::SeqCst);
+                let guard = self.state.lock().await;
+                self.writes_waiting.fetch_sub(1, Ordering::SeqCst);
+                self.writes_done.notify_waiters();
+                guard
+            }
+            Priority::Poll => loop {
+                let notified = self.writes_done.notified();
+                if self.writes_waiting.load(Ordering::SeqCst) == 0 {
+                    return self.state.lock().await;
+                }
+                notified.await;
+            },
+        }
+    }
+
+    /// Runs one request for unit `unit`, holding the bus only for it.
+    async fn request(
+        &self,
+        unit: u8,
+        op: &Operation,
+        timeout: Duration,
+        priority: Priority,
+    ) -> Result<ReadData, RequestError> {
+        let mut state = self.lock(priority).await;
+        if state.ctx.is_none() {
+            if let Some(at) = state.reopen_at {
+                if Instant::now() < at {
+                    return Err(RequestError::Transport(format!(
+                        "serial port {} unavailable (retrying)",
+                        self.path
+                    )));
+                }
+            }
+            match open_serial(&self.path, &self.settings) {
+                Ok(ctx) => {
+                    state.ctx = Some(ctx);
+                    state.reopen_at = None;
+                    state.backoff.reset();
+                    tracing::info!(port = %self.path, "serial port opened");
+                }
+                Err(e) => {
+                    let wait = state.backoff.fail();
+                    state.reopen_at = Some(Instant::now() + wait);
+                    return Err(RequestError::Transport(format!(
+                        "cannot open serial port {}: {e}",
+                        self.path
+                    )));
+                }
+            }
+        }
+        if let Some(last) = state.last_activity {
+            let ready = last + self.settings.inter_frame_silence();
+            if Instant::now() < ready {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+        let BusState {
+            ctx, last_activity, ..
+        } = &mut *state;
+        let Some(context) = ctx.as_mut() else {
+            return Err(RequestError::Transport("serial port not open".into()));
+        };
+        context.set_slave(Slave(unit));
+        let result = execute(context, op, timeout).await;
+        *last_activity = Some(Instant::now());
+        if matches!(&result, Err(e) if e.is_transport()) {
+            // Reopen the port so that a late answer or line noise is discarded
+            // instead of being read as the next unit's answer.
+            *ctx = None;
+        }
+        result
+    }
+}
+
+/// Serial buses by device path, so hosts on one port share one [`Bus`].
+#[derive(Default)]
+pub struct Buses {
+    buses: Mutex<HashMap<String, Arc<Bus>>>,
+}
+
+impl Buses {
+    /// The bus for a port, created on first use.
+    pub fn get(&self, path: &str, settings: SerialSettings) -> Arc<Bus> {
+        let mut map = self.buses.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(path.to_string())
+            .or_insert_with(|| Bus::new(path, settings))
+            .clone()
+    }
+}
+
+/// A host's link to its device: its own TCP connection, or its unit on a shared bus.
+pub struct Link {
+    target: Target,
+    unit: u8,
+    timeout: Duration,
+    retries: u32,
+}
+
+enum Target {
+    Tcp {
+        address: String,
+        ctx: Option<Context>,
+    },
+    Serial(Arc<Bus>),
+}
+
+impl Link {
+    /// The link for a host; TCP connects lazily, serial shares `buses`.
+    pub fn new(host: &HostSpec, buses: &Buses) -> Link {
+        let target = match &host.connection {
+            Connection::Tcp { host: h, port } => Target::Tcp {
+                address: if h.contains(':') {
+                    format!("[{h}]:{port}")
+                } else {
+                    format!("{h}:{port}")
+                },
+                ctx: None,
+            },
+            Connection::Rtu { path } => {
+                Target::Serial(buses.get(path, host.serial.unwrap_or_default()))
+            }
+        };
+        Link {
+            target,
+            unit: host.unit,
+            timeout: host.timeout,
+            retries: host.retries,
+        }
+    }
+
+    /// True while a TCP connection is open (serial: while the port is usable).
+    pub fn is_connected(&self) -> bool {
+        match &self.target {
+            Target::Tcp { ctx, .. } => ctx.is_some(),
+            Target::Serial(_) => true,
+        }
+    }
+
+    /// Drops the connection (TCP); the next request reconnects.
+    pub fn disconnect(&mut self) {
+        if let Target::Tcp { ctx, .. } = &mut self.target {
+            *ctx = None;
+        }
+    }
+
+    /// Runs one operation, with the host's timeout and retries. Transport
+    /// failures drop the connection before the retry; exceptions are not retried.
+    pub async fn request(
+        &mut self,
+        op: &Operation,
+        priority: Priority,
+    ) -> Result<ReadData, RequestError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.request_once(op, priority).await;
+            match result {
+                Err(e) if e.is_transport() && attempt < self.retries => {
+                    tracing::debug!(error = %e, attempt, "request failed; retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once(
+        &mut self,
+        op: &Operation,
+        priority: Priority,
+    ) -> Result<ReadData, RequestError> {
+        match &mut self.target {
+            Target::Tcp { address, ctx } => {
+                if ctx.is_none() {
+                    *ctx = Some(connect_tcp(address, self.unit, self.timeout).await?);
+                }
+                let Some(context) = ctx.as_mut() else {
+                    return Err(RequestError::Transport("not connected".into()));
+                };
+                let result = execute(context, op, self.timeout).await;
+                if matches!(&result, Err(e) if e.is_transport()) {
+                    *ctx = None;
+                }
+                result
+            }
+            Target::Serial(bus) => bus.request(self.unit, op, self.timeout, priority).await,
+        }
+    }
+}
+
+async fn connect_tcp(address: &str, unit: u8, timeout: Duration) -> Result<Context, RequestError> {
+    let connect = async {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, io::Error>(stream)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Err(_) => Err(RequestError::Transport(format!(
+            "connect to {address}: timeout after {timeout:?}"
+        ))),
+        Ok(Err(e)) => Err(RequestError::Transport(format!("connect to {address}: {e}"))),
+        Ok(Ok(stream)) => Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let waits: Vec<Duration> = (0..6).map(|_| b.fail()).collect();
+        let steps = [100u64, 200, 400, 800, 1000, 1000];
+        for (w, s) in waits.iter().zip(steps) {
+            let s = Duration::from_millis(s);
+            assert!(*w <= s && *w >= s.mul_f64(0.8), "{w:?} vs {s:?}");
+        }
+        b.reset();
+        assert!(b.fail() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn exception_names() {
+        assert_eq!(
+            exception_name(ExceptionCode::IllegalDataAddress),
+            "0x02 (illegal data address)"
+        );
+    }
+}

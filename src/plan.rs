@@ -19,3 +19,22 @@ pub fn plan_items(host: &HostSpec, items: &[usize]) -> Vec<ReadRequest> {
     let _ = (host, items);
     todo!()
 }
+
+/// The requests of one poll interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollGroup {
+    pub interval: std::time::Duration,
+    pub requests: Vec<ReadRequest>,
+}
+
+/// Every item grouped by poll interval, each group planned.
+pub fn plan_host(host: &HostSpec) -> Vec<PollGroup> {
+    let _ = host;
+    todo!()
+}
+
+/// The `check` line for a request.
+pub fn describe(host: &HostSpec, req: &ReadRequest, interval: std::time::Duration) -> String {
+    let _ = (host, req, interval);
+    todo!()
+}

@@ -1,1 +1,473 @@
-//! poll
+//! One task per host: when items are due, read them with the fewest requests,
+//! decode them, keep the live state the API shows, and hand good samples to the store.
+//!
+//! Invariants:
+//! - only a host's task touches its link (serial hosts share a bus through it);
+//! - a failed item keeps its last value and clock, never re-stamped, and produces no sample;
+//! - a Modbus exception on a merged read blinds only the items that cause it:
+//!   they are found by reading each item alone, and read alone from then on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode;
+use crate::model::HostSpec;
+use crate::modbus::{Backoff, Buses, Link, Operation, Priority, ReadData, RequestError};
+use crate::plan::{self, ReadRequest};
+use crate::store::{ItemId, Sample, Store};
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether an item's value is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ItemState {
+    /// Not read yet since start-up.
+    #[default]
+    Unknown,
+    Ok,
+    /// The last read failed; `lastvalue`/`lastclock` are from before.
+    Error,
+}
+
+impl ItemState {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Unknown => "unknown",
+            ItemState::Ok => "ok",
+            ItemState::Error => "error",
+        }
+    }
+}
+
+/// What the API shows of an item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemLive {
+    pub value: Option<f64>,
+    pub clock: Option<i64>,
+    pub state: ItemState,
+    pub error: Option<String>,
+}
+
+/// What the API shows of a host and its link.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostLive {
+    /// The last cycle reached the device.
+    pub link_up: bool,
+    /// Unix seconds of the last cycle that reached the device.
+    pub last_ok: Option<i64>,
+    /// Cycles in a row that failed on the transport.
+    pub consecutive_errors: u32,
+    pub last_error: Option<String>,
+    pub polls: u64,
+    pub requests: u64,
+    pub request_errors: u64,
+    /// Request latency histogram, counts per bucket of [`LATENCY_BUCKETS`] (+Inf last).
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum: f64,
+    /// Per item, in the host's item order.
+    pub items: Vec<ItemLive>,
+}
+
+/// Upper bounds, in seconds, of the request latency histogram.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+impl HostLive {
+    /// A fresh state for a host's items.
+    pub fn new(items: usize) -> HostLive {
+        HostLive {
+            items: vec![ItemLive::default(); items],
+            latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
+            ..HostLive::default()
+        }
+    }
+
+    fn observe_latency(&mut self, seconds: f64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.latency_buckets.get_mut(i) {
+            *b += 1;
+        }
+        self.latency_sum += seconds;
+    }
+}
+
+/// A host's live state, shared between its task and the API.
+pub type SharedHost = Arc<Mutex<HostLive>>;
+
+/// Locks a host's live state (a poisoned lock still holds valid data).
+pub fn lock_host(h: &SharedHost) -> MutexGuard<'_, HostLive> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The result of reading one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemReading {
+    /// Index into the host's items.
+    pub index: usize,
+    /// The engineering value, or why there is none.
+    pub value: Result<f64, String>,
+}
+
+/// Reads a host's items: plans, requests, narrows exceptions, decodes.
+pub struct HostReader {
+    host: Arc<HostSpec>,
+    link: Link,
+    /// Items that caused an exception in a merged read: read alone from now on.
+    isolated: Vec<bool>,
+    /// Plans by the set of due items, so a recurring cycle is planned once.
+    plans: HashMap<Vec<usize>, Vec<ReadRequest>>,
+}
+
+/// What one cycle did on the wire.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub readings: Vec<ItemReading>,
+    pub requests: u64,
+    pub request_errors: u64,
+    /// Set when the transport failed: the link was dropped.
+    pub transport_error: Option<RequestError>,
+    /// Latency of each answered request, seconds.
+    pub latencies: Vec<f64>,
+}
+
+impl HostReader {
+    /// A reader for a host; serial hosts share `buses`.
+    pub fn new(host: Arc<HostSpec>, buses: &Buses) -> HostReader {
+        let link = Link::new(&host, buses);
+        let n = host.items.len();
+        HostReader {
+            host,
+            link,
+            isolated: vec![false; n],
+            plans: HashMap::new(),
+        }
+    }
+
+    /// The host.
+    pub fn host(&self) -> &Arc<HostSpec> {
+        &self.host
+    }
+
+    /// The link, for writes.
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    /// The requests that read `items` (sorted indices) now.
+    pub fn requests_for(&mut self, items: &[usize]) -> Vec<ReadRequest> {
+        if let Some(p) = self.plans.get(items) {
+            return p.clone();
+        }
+        let (alone, merged): (Vec<usize>, Vec<usize>) =
+            items.iter().partition(|i| self.isolated[**i]);
+        let mut requests = plan::plan_items(&self.host, &merged);
+        requests.extend(alone.iter().map(|&i| single_request(&self.host, i)));
+        self.plans.insert(items.to_vec(), requests.clone());
+        requests
+    }
+
+    /// Reads the given items (sorted indices into the host's items) once.
+    pub async fn read(&mut self, items: &[usize]) -> CycleReport {
+        let mut report = CycleReport::default();
+        let requests = self.requests_for(items);
+        let mut pending: Vec<ReadRequest> = requests.into_iter().rev().collect();
+        let mut narrowed: Vec<usize> = Vec::new();
+        while let Some(req) = pending.pop() {
+            let op = Operation::Read {
+                table: req.table,
+                start: req.start,
+                count: req.count,
+            };
+            let started = Instant::now();
+            let result = self.link.request(&op, Priority::Poll).await;
+            report.requests += 1;
+            match result {
+                Ok(data) => {
+                    report.latencies.push(started.elapsed().as_secs_f64());
+                    self.decode_into(&req, &data, &mut report.readings);
+                }
+                Err(RequestError::Exception(code)) if req.items.len() > 1 => {
+                    report.request_errors += 1;
+                    tracing::info!(
+                        host = %self.host.host,
+                        table = %req.table,
+                        start = req.start,
+                        count = req.count,
+                        exception = %crate::modbus::exception_name(code),
+                        "merged read refused; reading its items one by one"
+                    );
+                    // Narrow down: each item alone. Those that still fail are
+                    // isolated for later cycles.
+                    for &i in req.items.iter().rev() {
+                        pending.push(single_request(&self.host, i));
+                    }
+                    narrowed.extend_from_slice(&req.items);
+                }
+                Err(RequestError::Exception(code)) => {
+                    report.request_errors += 1;
+                    let text = format!(
+                        "Modbus exception {} reading {} {}",
+                        crate::modbus::exception_name(code),
+                        req.table,
+                        req.start
+                    );
+                    for &i in &req.items {
+                        report.readings.push(ItemReading {
+                            index: i,
+                            value: Err(text.clone()),
+                        });
+                    }
+                }
+                Err(e) => {
+                    report.request_errors += 1;
+                    let text = e.to_string();
+                    for r in std::iter::once(&req).chain(pending.iter()) {
+                        for &i in &r.items {
+                            report.readings.push(ItemReading {
+                                index: i,
+                                value: Err(text.clone()),
+                            });
+                        }
+                    }
+                    report.transport_error = Some(e);
+                    break;
+                }
+            }
+        }
+        // Remember the outcome of narrowing: the items that failed alone are
+        // read alone from now on; the others are merged again.
+        if !narrowed.is_empty() {
+            for r in &report.readings {
+                if narrowed.contains(&r.index) {
+                    self.isolated[r.index] =
+                        matches!(&r.value, Err(e) if e.starts_with("Modbus exception"));
+                }
+            }
+            self.plans.clear();
+        }
+        report.readings.sort_by_key(|r| r.index);
+        report
+    }
+
+    fn decode_into(&self, req: &ReadRequest, data: &ReadData, out: &mut Vec<ItemReading>) {
+        for &i in &req.items {
+            let item = &self.host.items[i];
+            let offset = usize::from(item.address - req.start);
+            let value = match data {
+                ReadData::Words(words) => {
+                    let width = usize::from(item.width());
+                    match words.get(offset..offset + width) {
+                        Some(slice) => decode::decode_item(item, slice).map_err(|e| e.to_string()),
+                        None => Err("the device's answer was too short".to_string()),
+                    }
+                }
+                ReadData::Bits(bits) => match bits.get(offset) {
+                    Some(b) => Ok(decode::decode_bit_item(item, *b)),
+                    None => Err("the device's answer was too short".to_string()),
+                },
+            };
+            let value = value.and_then(|v| {
+                if v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(format!("the device sent a value that is not a number ({v})"))
+                }
+            });
+            out.push(ItemReading { index: i, value });
+        }
+    }
+}
+
+/// A request reading one item alone.
+fn single_request(host: &HostSpec, index: usize) -> ReadRequest {
+    let item = &host.items[index];
+    ReadRequest {
+        table: item.table,
+        start: item.address,
+        count: item.width(),
+        items: vec![index],
+    }
+}
+
+/// The instant of the next multiple of `interval` since the Unix epoch, so that
+/// hosts sharing an interval are polled at the same instant (one wake-up serves them all).
+pub fn next_aligned(interval: Duration) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    let step = interval.as_micros().max(1000);
+    let next = (now / step + 1) * step;
+    let wait = u64::try_from(next - now).unwrap_or(0);
+    Instant::now() + Duration::from_micros(wait)
+}
+
+/// Groups of item indices sharing a poll interval, ascending by interval.
+fn interval_groups(host: &HostSpec) -> Vec<(Duration, Vec<usize>)> {
+    let mut groups: Vec<(Duration, Vec<usize>)> = Vec::new();
+    for (i, item) in host.items.iter().enumerate() {
+        match groups.iter_mut().find(|(d, _)| *d == item.poll_interval) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((item.poll_interval, vec![i])),
+        }
+    }
+    groups.sort_by_key(|(d, _)| *d);
+    groups
+}
+
+/// Where a host task sends its results.
+pub struct Outputs {
+    pub live: SharedHost,
+    pub store: Option<Store>,
+    /// Store ids by item index (None where the store has no id).
+    pub item_ids: Vec<Option<ItemId>>,
+}
+
+/// Applies a cycle's readings to the live state and returns the samples to store.
+pub fn apply_readings(
+    host: &HostSpec,
+    live: &mut HostLive,
+    report: &CycleReport,
+    clock: i64,
+    item_ids: &[Option<ItemId>],
+) -> Vec<Sample> {
+    let mut samples = Vec::with_capacity(report.readings.len());
+    live.polls += 1;
+    live.requests += report.requests;
+    live.request_errors += report.request_errors;
+    for l in &report.latencies {
+        live.observe_latency(*l);
+    }
+    match &report.transport_error {
+        Some(e) => {
+            live.link_up = false;
+            live.consecutive_errors += 1;
+            live.last_error = Some(e.to_string());
+        }
+        None => {
+            live.link_up = true;
+            live.consecutive_errors = 0;
+            live.last_ok = Some(clock);
+        }
+    }
+    for r in &report.readings {
+        let Some(item) = live.items.get_mut(r.index) else {
+            continue;
+        };
+        match &r.value {
+            Ok(v) => {
+                item.value = Some(*v);
+                item.clock = Some(clock);
+                item.state = ItemState::Ok;
+                item.error = None;
+                if let Some(Some(id)) = item_ids.get(r.index) {
+                    samples.push(Sample {
+                        item: *id,
+                        clock,
+                        value: *v,
+                    });
+                }
+            }
+            Err(e) => {
+                if item.state != ItemState::Error || item.error.as_deref() != Some(e) {
+                    tracing::warn!(
+                        host = %host.host,
+                        key = %host.items.get(r.index).map(|i| i.key.as_str()).unwrap_or(""),
+                        error = %e,
+                        "item read failed"
+                    );
+                }
+                item.state = ItemState::Error;
+                item.error = Some(e.clone());
+            }
+        }
+    }
+    samples
+}
+
+/// The polling task of one host. Returns when `shutdown` is cancelled.
+pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: CancellationToken) {
+    let host = reader.host().clone();
+    let groups = interval_groups(&host);
+    let mut backoff = Backoff::for_host(&host);
+    // The first poll of every host starts right after start-up.
+    let start = Instant::now();
+    let mut next_due: Vec<Instant> = vec![start; groups.len()];
+    // Items whose read failed on the transport, retried after the backoff.
+    let mut retry: Option<(Instant, Vec<usize>)> = None;
+    tracing::info!(host = %host.host, connection = %host.connection, items = host.items.len(), "polling");
+    loop {
+        let mut wake = next_due.iter().copied().min().unwrap_or(start + Duration::from_secs(3600));
+        if let Some((at, _)) = &retry {
+            wake = wake.min(*at);
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        // A little slack so that groups due within the same millisecond merge.
+        let horizon = now + Duration::from_millis(2);
+        let mut due: Vec<usize> = Vec::new();
+        for (g, (interval, items)) in groups.iter().enumerate() {
+            if next_due[g] <= horizon {
+                due.extend_from_slice(items);
+                next_due[g] = next_aligned(*interval);
+            }
+        }
+        if let Some((at, items)) = retry.take() {
+            if at <= horizon {
+                due.extend(items);
+            } else {
+                retry = Some((at, items));
+            }
+        }
+        if due.is_empty() {
+            continue;
+        }
+        due.sort_unstable();
+        due.dedup();
+        let clock = unix_now();
+        let report = reader.read(&due).await;
+        if report.transport_error.is_some() {
+            let wait = backoff.fail();
+            let failed: Vec<usize> = report
+                .readings
+                .iter()
+                .filter(|r| r.value.is_err())
+                .map(|r| r.index)
+                .collect();
+            // Retry only if that comes before the items' next regular poll.
+            retry = Some((Instant::now() + wait, failed));
+            tracing::debug!(host = %host.host, retry_in = ?wait, "transport failed; backing off");
+        } else {
+            if backoff.failures() > 0 {
+                tracing::info!(host = %host.host, "device answers again");
+            }
+            backoff.reset();
+        }
+        let samples = {
+            let mut live = lock_host(&outputs.live);
+            apply_readings(&host, &mut live, &report, clock, &outputs.item_ids)
+        };
+        if let Some(store) = &outputs.store {
+            if !samples.is_empty() {
+                store.push(&samples);
+            }
+        }
+    }
+}
