@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::model::{Connection, HostSpec, SerialSettings, Table};
 use crate::modbus::{Buses, Link, Operation, Priority, ReadData};
+use crate::model::{Connection, HostSpec, SerialSettings, Table};
 use crate::poll::HostReader;
 use crate::{config, daemon, decode, plan, sim};
 
@@ -204,7 +204,12 @@ pub fn check_report(config: &crate::model::Config) -> String {
                 host.connection,
                 s.baud,
                 s.data_bits,
-                s.parity.name().chars().next().unwrap_or('n').to_ascii_uppercase(),
+                s.parity
+                    .name()
+                    .chars()
+                    .next()
+                    .unwrap_or('n')
+                    .to_ascii_uppercase(),
                 s.stop_bits
             ),
             _ => host.connection.to_string(),
@@ -249,10 +254,7 @@ pub fn check_report(config: &crate::model::Config) -> String {
         }
         let groups = plan::plan_host(host);
         let total: usize = groups.iter().map(|g| g.requests.len()).sum();
-        let _ = writeln!(
-            out,
-            "  requests per cycle ({total} in all):"
-        );
+        let _ = writeln!(out, "  requests per cycle ({total} in all):");
         for group in &groups {
             for req in &group.requests {
                 let _ = writeln!(out, "  {}", plan::describe(host, req, group.interval));
@@ -339,11 +341,19 @@ pub fn read_table(host: &HostSpec, readings: &[crate::poll::ItemReading]) -> Str
     for r in readings {
         let item = &host.items[r.index];
         let place = match item.bit {
-            Some(b) => format!("{} {}.{} ({})", item.table, item.address, b, item.reference()),
+            Some(b) => format!(
+                "{} {}.{} ({})",
+                item.table,
+                item.address,
+                b,
+                item.reference()
+            ),
             None => format!("{} {} ({})", item.table, item.address, item.reference()),
         };
         let value = match &r.value {
-            Ok(v) => format!("{} {}", format_value(*v), item.unit).trim_end().to_string(),
+            Ok(v) => format!("{} {}", format_value(*v), item.unit)
+                .trim_end()
+                .to_string(),
             Err(e) => format!("ERROR: {e}"),
         };
         rows.push([
@@ -532,7 +542,10 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         .context("the simulated device has no address")?;
     let text = DEMO_CONFIG
         .replace(DEMO_PLACEHOLDER_ADDR, &addr.to_string())
-        .replace("data_dir = \"./demo-data\"", &format!("data_dir = {:?}", dir.join("data")));
+        .replace(
+            "data_dir = \"./demo-data\"",
+            &format!("data_dir = {:?}", dir.join("data")),
+        );
     let config_path = dir.join("modbridge.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -541,8 +554,15 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         device.animate(&host.items);
     }
     let gateway = daemon::open(config.clone())?;
-    let host = config.hosts.first().context("the demo config has no host")?;
-    let first_key = host.items.first().map(|i| i.key.clone()).unwrap_or_default();
+    let host = config
+        .hosts
+        .first()
+        .context("the demo config has no host")?;
+    let first_key = host
+        .items
+        .first()
+        .map(|i| i.key.clone())
+        .unwrap_or_default();
     println!(
         "modbridge demo\n\
          \n\
@@ -571,7 +591,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         loop {
             tick.tick().await;
             if let Some(live) = &live {
-                let snapshot = crate::poll::lock_host(live).clone();
+                let snapshot = live.lock().clone();
                 let shown: Vec<String> = host_spec
                     .items
                     .iter()
@@ -605,7 +625,10 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     };
     daemon::run_gateway(gateway, stop).await?;
     drop(server);
-    println!("demo stopped; history kept in {}", dir.join("data").display());
+    println!(
+        "demo stopped; history kept in {}",
+        dir.join("data").display()
+    );
     Ok(())
 }
 

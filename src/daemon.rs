@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::Config;
 use crate::modbus::Buses;
-use crate::poll::{self, HostLive, HostReader, ItemState, Outputs, SharedHost};
+use crate::model::Config;
+use crate::poll::{self, HostReader, HostShared, ItemState, Outputs, SharedHost};
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start or stop cleanly.
@@ -43,7 +43,8 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
     let store = Store::open(&config)?;
     let mut hosts = BTreeMap::new();
     for host in &config.hosts {
-        let mut live = HostLive::new(host.items.len());
+        let shared = HostShared::new(host.items.len());
+        let mut live = shared.lock();
         for (item, state) in host.items.iter().zip(live.items.iter_mut()) {
             if let Some(id) = store.item_id(&host.host, &item.key) {
                 if let Ok(Some((clock, value))) = store.latest(id) {
@@ -53,7 +54,8 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
                 }
             }
         }
-        hosts.insert(host.host.clone(), Arc::new(Mutex::new(live)));
+        drop(live);
+        hosts.insert(host.host.clone(), shared);
     }
     Ok(Gateway {
         config: Arc::new(config),

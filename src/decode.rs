@@ -18,7 +18,12 @@ pub enum DecodeError {
 
 /// The raw value (before scale and offset) of `vt` laid out in `words` (exactly
 /// `vt.registers()` words) in byte order `order`; for `Bool`, `bit` of `words[0]`.
-pub fn decode_raw(words: &[u16], vt: ValueType, order: ByteOrder, bit: Option<u8>) -> Result<f64, DecodeError> {
+pub fn decode_raw(
+    words: &[u16],
+    vt: ValueType,
+    order: ByteOrder,
+    bit: Option<u8>,
+) -> Result<f64, DecodeError> {
     let _ = (words, vt, order, bit);
     todo!()
 }

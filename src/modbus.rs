@@ -517,7 +517,9 @@ async fn connect_tcp(address: &str, unit: u8, timeout: Duration) -> Result<Conte
         Err(_) => Err(RequestError::Transport(format!(
             "connect to {address}: timeout after {timeout:?}"
         ))),
-        Ok(Err(e)) => Err(RequestError::Transport(format!("connect to {address}: {e}"))),
+        Ok(Err(e)) => Err(RequestError::Transport(format!(
+            "connect to {address}: {e}"
+        ))),
         Ok(Ok(stream)) => Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit))),
     }
 }

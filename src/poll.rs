@@ -7,7 +7,7 @@
 //! - a Modbus exception on a merged read blinds only the items that cause it:
 //!   they are found by reading each item alone, and read alone from then on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode;
-use crate::model::HostSpec;
 use crate::modbus::{Backoff, Buses, Link, Operation, Priority, ReadData, RequestError};
+use crate::model::{HostSpec, Table};
 use crate::plan::{self, ReadRequest};
 use crate::store::{ItemId, Sample, Store};
 
@@ -104,13 +104,40 @@ impl HostLive {
     }
 }
 
-/// A host's live state, shared between its task and the API.
-pub type SharedHost = Arc<Mutex<HostLive>>;
-
-/// Locks a host's live state (a poisoned lock still holds valid data).
-pub fn lock_host(h: &SharedHost) -> MutexGuard<'_, HostLive> {
-    h.lock().unwrap_or_else(|e| e.into_inner())
+/// A host's live state, shared between its task and the API, with a counter
+/// of finished poll cycles that others can await.
+#[derive(Debug)]
+pub struct HostShared {
+    live: Mutex<HostLive>,
+    cycles: tokio::sync::watch::Sender<u64>,
 }
+
+impl HostShared {
+    /// Fresh state for a host with `items` items.
+    pub fn new(items: usize) -> SharedHost {
+        Arc::new(HostShared {
+            live: Mutex::new(HostLive::new(items)),
+            cycles: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// Locks the live state (a poisoned lock still holds valid data).
+    pub fn lock(&self) -> MutexGuard<'_, HostLive> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver that sees the number of finished poll cycles change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cycles.subscribe()
+    }
+
+    fn cycle_done(&self) {
+        self.cycles.send_modify(|n| *n += 1);
+    }
+}
+
+/// A host's shared live state.
+pub type SharedHost = Arc<HostShared>;
 
 /// The result of reading one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,8 +152,10 @@ pub struct ItemReading {
 pub struct HostReader {
     host: Arc<HostSpec>,
     link: Link,
-    /// Items that caused an exception in a merged read: read alone from now on.
-    isolated: Vec<bool>,
+    /// Learned from exceptions: a cut `(table, c)` means no merged request may
+    /// cover both `c - 1` and `c`. A refused item gets cuts on both sides (it
+    /// is read alone); a refused gap between items gets a cut at the next item.
+    cuts: BTreeSet<(Table, u16)>,
     /// Plans by the set of due items, so a recurring cycle is planned once.
     plans: HashMap<Vec<usize>, Vec<ReadRequest>>,
 }
@@ -147,11 +176,10 @@ impl HostReader {
     /// A reader for a host; serial hosts share `buses`.
     pub fn new(host: Arc<HostSpec>, buses: &Buses) -> HostReader {
         let link = Link::new(&host, buses);
-        let n = host.items.len();
         HostReader {
             host,
             link,
-            isolated: vec![false; n],
+            cuts: BTreeSet::new(),
             plans: HashMap::new(),
         }
     }
@@ -166,17 +194,55 @@ impl HostReader {
         &mut self.link
     }
 
-    /// The requests that read `items` (sorted indices) now.
+    /// The requests that read `items` (sorted indices) now: the planner's
+    /// fewest requests, but never across a learned cut.
     pub fn requests_for(&mut self, items: &[usize]) -> Vec<ReadRequest> {
         if let Some(p) = self.plans.get(items) {
             return p.clone();
         }
-        let (alone, merged): (Vec<usize>, Vec<usize>) =
-            items.iter().partition(|i| self.isolated[**i]);
-        let mut requests = plan::plan_items(&self.host, &merged);
-        requests.extend(alone.iter().map(|&i| single_request(&self.host, i)));
+        let mut sorted: Vec<usize> = items.to_vec();
+        sorted.sort_by_key(|&i| {
+            let it = &self.host.items[i];
+            (it.table, it.address, it.end())
+        });
+        let mut requests = Vec::new();
+        let mut segment: Vec<usize> = Vec::new();
+        let mut segment_end: Option<(Table, u16)> = None;
+        for i in sorted {
+            let item = &self.host.items[i];
+            let split = match segment_end {
+                None => false,
+                Some((table, _)) if table != item.table => true,
+                Some((table, end)) => {
+                    end < item.address
+                        && self
+                            .cuts
+                            .range((table, end + 1)..=(table, item.address))
+                            .next()
+                            .is_some()
+                }
+            };
+            if split {
+                requests.extend(plan::plan_items(&self.host, &segment));
+                segment.clear();
+                segment_end = None;
+            }
+            segment.push(i);
+            segment_end = Some(match segment_end {
+                Some((t, e)) => (t, e.max(item.end())),
+                None => (item.table, item.end()),
+            });
+        }
+        if !segment.is_empty() {
+            requests.extend(plan::plan_items(&self.host, &segment));
+        }
         self.plans.insert(items.to_vec(), requests.clone());
         requests
+    }
+
+    /// The cuts learned so far (for tests and diagnostics).
+    pub fn cuts(&self) -> Vec<(Table, u16)> {
+        self.cuts.iter().copied().collect()
     }
 
     /// Reads the given items (sorted indices into the host's items) once.
@@ -184,7 +250,8 @@ impl HostReader {
         let mut report = CycleReport::default();
         let requests = self.requests_for(items);
         let mut pending: Vec<ReadRequest> = requests.into_iter().rev().collect();
-        let mut narrowed: Vec<usize> = Vec::new();
+        // Merged requests refused with an exception, whose items are being read alone.
+        let mut narrowed: Vec<ReadRequest> = Vec::new();
         while let Some(req) = pending.pop() {
             let op = Operation::Read {
                 table: req.table,
@@ -209,12 +276,10 @@ impl HostReader {
                         exception = %crate::modbus::exception_name(code),
                         "merged read refused; reading its items one by one"
                     );
-                    // Narrow down: each item alone. Those that still fail are
-                    // isolated for later cycles.
                     for &i in req.items.iter().rev() {
                         pending.push(single_request(&self.host, i));
                     }
-                    narrowed.extend_from_slice(&req.items);
+                    narrowed.push(req);
                 }
                 Err(RequestError::Exception(code)) => {
                     report.request_errors += 1;
@@ -247,19 +312,49 @@ impl HostReader {
                 }
             }
         }
-        // Remember the outcome of narrowing: the items that failed alone are
-        // read alone from now on; the others are merged again.
-        if !narrowed.is_empty() {
-            for r in &report.readings {
-                if narrowed.contains(&r.index) {
-                    self.isolated[r.index] =
-                        matches!(&r.value, Err(e) if e.starts_with("Modbus exception"));
-                }
+        if report.transport_error.is_none() {
+            for req in &narrowed {
+                self.learn_cuts(req, &report.readings);
             }
-            self.plans.clear();
         }
         report.readings.sort_by_key(|r| r.index);
         report
+    }
+
+    /// Remembers why a merged request was refused: items refused alone are cut
+    /// off on both sides; if every item reads fine alone, the device refuses
+    /// some unused register in a gap, so the gaps of that request are cut.
+    fn learn_cuts(&mut self, req: &ReadRequest, readings: &[ItemReading]) {
+        let refused = |i: usize| {
+            readings.iter().any(|r| {
+                r.index == i && matches!(&r.value, Err(e) if e.starts_with("Modbus exception"))
+            })
+        };
+        let mut any_refused = false;
+        for &i in &req.items {
+            if refused(i) {
+                any_refused = true;
+                let item = &self.host.items[i];
+                self.cuts.insert((item.table, item.address));
+                if let Some(after) = item.end().checked_add(1) {
+                    self.cuts.insert((item.table, after));
+                }
+            }
+        }
+        if !any_refused {
+            let mut end: Option<u16> = None;
+            for &i in &req.items {
+                let item = &self.host.items[i];
+                if let Some(e) = end {
+                    if item.address > e + 1 {
+                        self.cuts.insert((item.table, item.address));
+                    }
+                }
+                end = Some(end.map_or(item.end(), |e| e.max(item.end())));
+            }
+        }
+        tracing::info!(host = %self.host.host, cuts = ?self.cuts, "remembering where the device refuses merged reads");
+        self.plans.clear();
     }
 
     fn decode_into(&self, req: &ReadRequest, data: &ReadData, out: &mut Vec<ItemReading>) {
@@ -283,7 +378,9 @@ impl HostReader {
                 if v.is_finite() {
                     Ok(v)
                 } else {
-                    Err(format!("the device sent a value that is not a number ({v})"))
+                    Err(format!(
+                        "the device sent a value that is not a number ({v})"
+                    ))
                 }
             });
             out.push(ItemReading { index: i, value });
@@ -410,7 +507,11 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
     let mut retry: Option<(Instant, Vec<usize>)> = None;
     tracing::info!(host = %host.host, connection = %host.connection, items = host.items.len(), "polling");
     loop {
-        let mut wake = next_due.iter().copied().min().unwrap_or(start + Duration::from_secs(3600));
+        let mut wake = next_due
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(start + Duration::from_secs(3600));
         if let Some((at, _)) = &retry {
             wake = wake.min(*at);
         }
@@ -461,7 +562,7 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
             backoff.reset();
         }
         let samples = {
-            let mut live = lock_host(&outputs.live);
+            let mut live = outputs.live.lock();
             apply_readings(&host, &mut live, &report, clock, &outputs.item_ids)
         };
         if let Some(store) = &outputs.store {
@@ -469,5 +570,6 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
                 store.push(&samples);
             }
         }
+        outputs.live.cycle_done();
     }
 }

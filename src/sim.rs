@@ -154,11 +154,19 @@ impl SimDevice {
     pub fn set_value(&self, item: &ItemSpec, value: f64) -> Result<(), decode::EncodeError> {
         let words = decode::encode_item(item, value)?;
         match (item.table.is_bits(), item.bit) {
-            (true, _) => self.set_register(item.table, item.address, words.first().copied().unwrap_or(0)),
+            (true, _) => self.set_register(
+                item.table,
+                item.address,
+                words.first().copied().unwrap_or(0),
+            ),
             (false, Some(bit)) => {
                 let word = self.register(item.table, item.address);
                 let on = words.first().copied().unwrap_or(0) != 0;
-                self.set_register(item.table, item.address, decode::encode_bit_into(word, bit, on));
+                self.set_register(
+                    item.table,
+                    item.address,
+                    decode::encode_bit_into(word, bit, on),
+                );
             }
             (false, None) => self.set_registers(item.table, item.address, &words),
         }
@@ -341,7 +349,8 @@ impl SimDevice {
                     Ok(Some((Service { device }, transport)))
                 }
             };
-            let on_error = |e: io::Error| tracing::debug!(error = %e, "simulated device: connection ended");
+            let on_error =
+                |e: io::Error| tracing::debug!(error = %e, "simulated device: connection ended");
             if let Err(e) = server.serve(&on_connected, on_error).await {
                 tracing::warn!(error = %e, "simulated device stopped");
             }

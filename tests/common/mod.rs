@@ -1,0 +1,127 @@
+//! Shared test fixtures: hand-built host specs, simulated devices, socat pty pairs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use modbridge::model::{
+    ByteOrder, Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType,
+};
+
+/// An item with defaults: scale 1, no deadband, 1 s poll.
+pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
+    ItemSpec {
+        key: key.to_string(),
+        name: key.to_string(),
+        table,
+        address,
+        value_type,
+        bit: None,
+        byte_order: ByteOrder::Abcd,
+        scale: 1.0,
+        offset: 0.0,
+        unit: String::new(),
+        poll_interval: Duration::from_secs(1),
+        deadband: None,
+        heartbeat: None,
+        lower_bound: None,
+        upper_bound: None,
+        configurable: false,
+        tags: vec![],
+    }
+}
+
+/// A TCP host with defaults: timeout 300 ms, no retries, 125 registers, gap 8.
+pub fn tcp_host(id: &str, addr: std::net::SocketAddr, items: Vec<ItemSpec>) -> HostSpec {
+    HostSpec {
+        host: id.to_string(),
+        name: id.to_string(),
+        connection: Connection::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        serial: None,
+        unit: 1,
+        model: "generic".into(),
+        poll_interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(300),
+        retries: 0,
+        max_read_registers: 125,
+        max_gap: 8,
+        byte_order: ByteOrder::Abcd,
+        kind: None,
+        tags: vec![],
+        write_expiry: Duration::from_secs(600),
+        items,
+    }
+}
+
+/// An RTU host on a serial port.
+pub fn rtu_host(id: &str, path: &str, unit: u8, items: Vec<ItemSpec>) -> HostSpec {
+    HostSpec {
+        connection: Connection::Rtu {
+            path: path.to_string(),
+        },
+        serial: Some(SerialSettings {
+            baud: 19200,
+            ..SerialSettings::default()
+        }),
+        unit,
+        ..tcp_host(id, "127.0.0.1:1".parse().unwrap(), items)
+    }
+}
+
+/// A pair of connected pseudo terminals made by socat; killed on drop.
+pub struct PtyPair {
+    child: Child,
+    pub a: String,
+    pub b: String,
+}
+
+impl PtyPair {
+    /// Starts socat and waits until it names both ptys.
+    pub fn new() -> PtyPair {
+        let mut child = Command::new("socat")
+            .args(["-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("socat must be installed (apt-get install socat)");
+        let stderr = child.stderr.take().expect("socat stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut ptys = Vec::new();
+        while ptys.len() < 2 {
+            let line = lines
+                .next()
+                .expect("socat ended before naming its ptys")
+                .expect("socat stderr");
+            if let Some(pos) = line.find("PTY is ") {
+                ptys.push(line[pos + 7..].trim().to_string());
+            }
+        }
+        // socat logs "starting data transfer loop" once both ends are open.
+        for line in lines.by_ref() {
+            if line
+                .map(|l| l.contains("starting data transfer loop"))
+                .unwrap_or(true)
+            {
+                break;
+            }
+        }
+        // Keep draining stderr so socat never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        PtyPair {
+            child,
+            a: ptys.remove(0),
+            b: ptys.remove(0),
+        }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
