@@ -1,0 +1,243 @@
+//! Whole-process benchmark of the gateway (prints figures; not a timed test).
+//!
+//! Starts `modbridge simulate` (devices in another process) and `modbridge run`
+//! polling them, waits a warm-up, then measures over a window: CPU seconds of
+//! the gateway process (utime + stime from /proc, as % of one core), peak RSS
+//! (VmHWM), and Modbus requests per device per cycle (from the simulator).
+//!
+//!     cargo bench --bench gateway -- --devices 100 --registers 1000     # W2
+//!     cargo bench --bench gateway -- --devices 10 --registers 100       # W1 without MQTT
+//!
+//! Options: --devices N --registers R --interval 1s --warmup S --window S --runs K --base-port P
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Args {
+    devices: u16,
+    registers: u16,
+    interval: String,
+    warmup: u64,
+    window: u64,
+    runs: usize,
+    base_port: u16,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        devices: 100,
+        registers: 1000,
+        interval: "1s".into(),
+        warmup: 10,
+        window: 60,
+        runs: 1,
+        base_port: 25020,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--devices" => a.devices = v.parse().expect("--devices N"),
+            "--registers" => a.registers = v.parse().expect("--registers N"),
+            "--interval" => a.interval = v,
+            "--warmup" => a.warmup = v.parse().expect("--warmup seconds"),
+            "--window" => a.window = v.parse().expect("--window seconds"),
+            "--runs" => a.runs = v.parse().expect("--runs N"),
+            "--base-port" => a.base_port = v.parse().expect("--base-port P"),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime + cutime + cstime of a process, in ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14..17 of stat; `after` starts at field 3.
+    f[11] + f[12] + f[13] + f[14]
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Run {
+    cpu_percent: f64,
+    peak_rss_mib: f64,
+    requests_per_device_cycle: f64,
+}
+
+fn one_run(args: &Args, bin: &str) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A profile with the registers, shared by every host.
+    let mut profile = String::new();
+    for r in 0..args.registers {
+        profile.push_str(&format!(
+            "[[items]]\ntable = \"holding\"\naddress = {r}\ntype = \"i16\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("bench-profile.toml"), profile).expect("profile");
+    let mut config = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n\n[storage]\ncommit_interval = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("data")
+    );
+    for d in 0..args.devices {
+        config.push_str(&format!(
+            "\n[[hosts]]\nhost = \"dev{d:03}\"\nconnection = \"tcp://127.0.0.1:{}\"\nprofile = \"bench-profile.toml\"\npoll_interval = {:?}\ntimeout = \"1s\"\n",
+            args.base_port + d,
+            args.interval
+        ));
+    }
+    let config_path = dir.path().join("bench.toml");
+    std::fs::write(&config_path, config).expect("config");
+
+    let mut sim = Command::new(bin)
+        .args([
+            "simulate",
+            "--devices",
+            &args.devices.to_string(),
+            "--base-port",
+            &args.base_port.to_string(),
+            "--registers",
+            &args.registers.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start simulator");
+    // The simulator's latest report: when it came and the request total.
+    let requests = Arc::new(Mutex::new((Instant::now(), 0u64)));
+    let sim_out = sim.stdout.take().expect("sim stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let requests = requests.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(sim_out).lines().map_while(Result::ok) {
+                if line.starts_with("serving") {
+                    let _ = ready_tx.send(());
+                }
+                if let Some(n) = line.strip_prefix("requests ") {
+                    let n = n.trim().parse().unwrap_or(0);
+                    *requests.lock().expect("lock") = (Instant::now(), n);
+                }
+            }
+        });
+    }
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("simulator did not start");
+
+    let mut gw: Child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start gateway");
+    let pid = gw.id();
+    std::thread::sleep(Duration::from_secs(args.warmup));
+    let ticks0 = cpu_ticks(pid);
+    let req0 = *requests.lock().expect("lock");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.window));
+    let ticks1 = cpu_ticks(pid);
+    let req1 = *requests.lock().expect("lock");
+    let elapsed = t0.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib(pid);
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let status = gw.wait().expect("gateway exit");
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(status.success(), "gateway exited with {status}");
+    let interval = parse_secs(&args.interval);
+    // The simulator reports every 5 s: rate between its two reports.
+    let cycles = req1.0.duration_since(req0.0).as_secs_f64() / interval;
+    Run {
+        cpu_percent: (ticks1 - ticks0) as f64 / clock_ticks() / elapsed * 100.0,
+        peak_rss_mib: hwm as f64 / 1024.0,
+        requests_per_device_cycle: (req1.1 - req0.1) as f64 / f64::from(args.devices) / cycles,
+    }
+}
+
+fn parse_secs(s: &str) -> f64 {
+    if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse::<f64>().unwrap_or(1000.0) / 1000.0
+    } else if let Some(sec) = s.strip_suffix('s') {
+        sec.parse().unwrap_or(1.0)
+    } else {
+        1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args = parse_args();
+    let bin = env!("CARGO_BIN_EXE_modbridge");
+    let mut runs = Vec::new();
+    for i in 0..args.runs {
+        let r = one_run(&args, bin);
+        println!(
+            "run {}: cpu {:.2} % of one core, peak RSS {:.1} MiB, {:.2} requests per device per cycle",
+            i + 1,
+            r.cpu_percent,
+            r.peak_rss_mib,
+            r.requests_per_device_cycle
+        );
+        runs.push(r);
+    }
+    let optimum = f64::from(args.registers.div_ceil(125));
+    println!(
+        "\ngateway benchmark: {} devices x {} holding registers every {} ({} values/s), warm-up {} s, window {} s, {} run(s)",
+        args.devices,
+        args.registers,
+        args.interval,
+        u64::from(args.devices) * u64::from(args.registers) * 1000 / (parse_secs(&args.interval) * 1000.0) as u64,
+        args.warmup,
+        args.window,
+        args.runs
+    );
+    println!(
+        "  median CPU          {:.2} % of one core",
+        median(runs.iter().map(|r| r.cpu_percent).collect())
+    );
+    println!(
+        "  median peak RSS     {:.1} MiB",
+        median(runs.iter().map(|r| r.peak_rss_mib).collect())
+    );
+    println!(
+        "  requests per device per cycle {:.2} (optimum {optimum})",
+        median(runs.iter().map(|r| r.requests_per_device_cycle).collect())
+    );
+}
