@@ -219,8 +219,10 @@ fn num(x: f64) -> String {
 /// (engineering units): raw = (target - offset) / scale, which must be
 /// representable in the item's type.
 ///
-/// * integer types: raw must be an integer (1e-9 relative tolerance) in the
-///   type's range;
+/// * integer types: raw must be an integer in the type's range. The tolerance
+///   is 1e-9 of a register step (so `0.3` on a scale `0.1` register is raw 3
+///   although `0.3 / 0.1` is `2.9999999999999996`), widened to a few f64 ulps
+///   for huge raw values;
 /// * `f32`: raw within ±`f32::MAX` (it is then rounded to the nearest `f32`;
 ///   see [`written_value`] for what the device will hold); `f64`: finite;
 /// * `bool`: raw 0 or 1, returned as one word `0` or `1`. For a coil the caller
@@ -274,8 +276,13 @@ pub fn encode_item(item: &ItemSpec, target: f64) -> Result<Vec<u16>, EncodeError
             let Some((min, max, text)) = int_range(vt) else {
                 return Err(EncodeError::OutOfRange(format!("{vt} cannot be written")));
             };
-            let tol = 1e-9 * raw.abs().max(1.0);
-            if raw < min - tol || raw > max + tol {
+            // 1e-9 of one step of the register; for huge raw values the f64
+            // spacing of the division's result dominates instead.
+            let tol = (raw.abs() * 4.0 * f64::EPSILON).max(1e-9);
+            let r = raw.round();
+            let on_grid = (raw - r).abs() <= tol;
+            let checked = if on_grid { r } else { raw };
+            if checked < min || checked > max {
                 let mut msg = format!(
                     "target {} is outside the {vt} range {text} of this register ({after})",
                     num(target)
@@ -287,8 +294,7 @@ pub fn encode_item(item: &ItemSpec, target: f64) -> Result<Vec<u16>, EncodeError
                 }
                 return Err(EncodeError::OutOfRange(msg));
             }
-            let r = raw.round().clamp(min, max);
-            if (raw - r).abs() > tol {
+            if !on_grid {
                 let mut near: Vec<f64> = [raw.floor(), raw.ceil()]
                     .into_iter()
                     .filter(|k| (min..=max).contains(k))
@@ -635,32 +641,33 @@ mod tests {
             // f32 21.5 = 0x41AC0000, -2.5 = 0xC0200000
             (F32, Abcd, &[0x41AC, 0x0000], 21.5),
             (F32, Dcba, &[0x0000, 0x20C0], -2.5),
-            // u64 0x0102030405060708
+            // u64 0x00123456789ABCDE (below 2^53: exact in f64)
             (
                 U64,
                 Abcd,
-                &[0x0102, 0x0304, 0x0506, 0x0708],
-                72_623_859_790_382_856.0,
+                &[0x0012, 0x3456, 0x789A, 0xBCDE],
+                5_124_095_576_030_430.0,
             ),
             (
                 U64,
                 Cdab,
-                &[0x0708, 0x0506, 0x0304, 0x0102],
-                72_623_859_790_382_856.0,
+                &[0xBCDE, 0x789A, 0x3456, 0x0012],
+                5_124_095_576_030_430.0,
             ),
             (
                 U64,
                 Badc,
-                &[0x0201, 0x0403, 0x0605, 0x0807],
-                72_623_859_790_382_856.0,
+                &[0x1200, 0x5634, 0x9A78, 0xDEBC],
+                5_124_095_576_030_430.0,
             ),
             (
                 U64,
                 Dcba,
-                &[0x0807, 0x0605, 0x0403, 0x0201],
-                72_623_859_790_382_856.0,
+                &[0xDEBC, 0x9A78, 0x5634, 0x1200],
+                5_124_095_576_030_430.0,
             ),
             (U64, Abcd, &[0, 0, 0x0001, 0x0000], 65536.0),
+            (U64, Abcd, &[0x0020, 0, 0, 0], 9_007_199_254_740_992.0), // 2^53
             // i64 -2
             (I64, Abcd, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], -2.0),
             (I64, Cdab, &[0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF], -2.0),
@@ -680,6 +687,27 @@ mod tests {
         for &(vt, order, words, raw) in cases {
             check(vt, order, words, raw);
         }
+    }
+
+    #[test]
+    fn big_64_bit_integers_are_the_nearest_f64() {
+        // 2^64 - 1 and 2^53 + 1 are not f64 values: decoding rounds.
+        let max = decode_raw(&[0xFFFF; 4], U64, Abcd, None);
+        assert_eq!(max, Ok(18_446_744_073_709_551_616.0));
+        let odd = decode_raw(&[0x0020, 0, 0, 1], U64, Abcd, None);
+        assert_eq!(odd, Ok(9_007_199_254_740_992.0));
+        // Encoding the top of the range saturates instead of failing.
+        let it = item(Table::Holding, U64, Abcd, 1.0, 0.0);
+        assert_eq!(
+            encode_item(&it, 18_446_744_073_709_551_616.0),
+            Ok(vec![0xFFFF; 4])
+        );
+        let it = item(Table::Holding, I64, Abcd, 1.0, 0.0);
+        assert_eq!(
+            encode_item(&it, 9_223_372_036_854_775_808.0),
+            Ok(vec![0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF])
+        );
+        assert!(encode_item(&it, 1e19).is_err());
     }
 
     #[test]
@@ -973,7 +1001,8 @@ mod tests {
             (1234567.0, "1.23457e+06"),
             (0.0001, "0.0001"),
             (0.00001234, "1.234e-05"),
-            (3.14159265, "3.14159"),
+            (1.23456789, "1.23457"),
+            (-98765.4321, "-98765.4"),
             (999999.5, "1e+06"),
             (f64::from(f32::from_bits(1)), "1.4013e-45"),
             (f64::NAN, "-"),
@@ -1025,22 +1054,27 @@ mod tests {
         // 21.5 as f32 ABCD at 100, then "F1" as text, then -2 as i16.
         let words = [0x41AC, 0x0000, 0x4631, 0xFFFE];
         let out = probe_table_for(Table::Holding, 100, &words);
-        let lines: Vec<&str> = out.lines().collect();
-        // Every line of a table has the same width as its rule (alignment).
-        let rule = lines[1].len();
-        for l in &lines[2..6] {
-            assert!(l.len() <= rule, "{l:?}");
-        }
-        assert!(lines[0].starts_with("addr  ref    hex"), "{out}");
-        assert!(lines[2].contains("40101"), "{out}");
-        assert!(lines[2].contains("21.5*"), "{out}");
-        assert!(lines[4].contains("F1"), "{out}");
-        assert!(lines[5].contains("-2"), "{out}");
-        assert!(out.contains("* float of everyday magnitude"), "{out}");
-        assert!(out.contains("u32 ABCD"), "{out}");
+        let want = "\
+addr    ref     hex    u16  i16  text      f32 ABCD       f32 DCBA       f32 BADC      f32 CDAB
+----  -----  ------  -----  ---  ----  ------------  -------------  -------------  ------------
+ 100  40101  0x41AC  16812       A.           21.5*   6.17931e-41   -2.74269e-12   2.35586e-41
+ 101  40102  0x0000      0       ..    2.51799e-41    2.88128e-09     1.7676e-41         11328*
+ 102  40103  0x4631  17969       F1          11392*  -1.69604e+38    2.89577e-09             -
+ 103  40104  0xFFFE  65534   -2  ..
+* float of everyday magnitude (0.001 to 1e7): a likely layout
+
+addr    ref     hex    u32 ABCD  i32 ABCD    u32 DCBA   i32 DCBA    u32 BADC     i32 BADC    u32 CDAB  i32 CDAB
+----  -----  ------  ----------  --------  ----------  ---------  ----------  -----------  ----------  --------
+ 100  40101  0x41AC  1101791232                 44097             2889940992  -1405026304       16812
+ 101  40102  0x0000       17969             826671104                  12614               1177616384
+ 102  40103  0x4631  1177681918            4278137158  -16830138   826736383               4294854193   -113103
+ 103  40104  0xFFFE
+i16/i32 shown only where negative (otherwise equal to u16/u32)
+";
+        assert_eq!(out, want, "\n{out}");
         // Without a table: no ref column; one word: no 32-bit values, no panic.
         let one = probe_table(7, &[0x0001]);
-        assert!(one.starts_with("addr  hex"), "{one}");
+        assert!(one.starts_with("addr     hex  u16"), "{one}");
         assert!(!one.contains('*'), "{one}");
         assert_eq!(probe_table(0, &[]), "no registers read\n");
         // The top of the address space does not overflow.

@@ -271,6 +271,15 @@ mod tests {
     }
 
     use Table::{Coil, Discrete, Holding, Input};
+
+    /// A request flattened for comparison: (table, start, count, items).
+    type Flat = (Table, u16, u16, Vec<usize>);
+
+    fn flat(plan: Vec<ReadRequest>) -> Vec<Flat> {
+        plan.into_iter()
+            .map(|r| (r.table, r.start, r.count, r.items))
+            .collect()
+    }
     use ValueType::{Bool, F32, F64, I16, U16, U32};
 
     /// Plans every item of a host built from `(table, address, type)` and
@@ -288,11 +297,8 @@ mod tests {
             items.iter().map(|&(t, a, vt)| item(t, a, vt, 10)).collect(),
         );
         let all: Vec<usize> = (0..items.len()).collect();
-        let got: Vec<(Table, u16, u16, Vec<usize>)> = plan_items(&h, &all)
-            .into_iter()
-            .map(|r| (r.table, r.start, r.count, r.items))
-            .collect();
-        let want: Vec<(Table, u16, u16, Vec<usize>)> = expected
+        let got = flat(plan_items(&h, &all));
+        let want: Vec<Flat> = expected
             .iter()
             .map(|&(t, s, c, i)| (t, s, c, i.to_vec()))
             .collect();
@@ -449,17 +455,9 @@ mod tests {
             ],
         );
         let groups = plan_host(&h);
-        let got: Vec<(u64, Vec<(Table, u16, u16, Vec<usize>)>)> = groups
+        let got: Vec<(u64, Vec<Flat>)> = groups
             .into_iter()
-            .map(|g| {
-                (
-                    g.interval.as_secs(),
-                    g.requests
-                        .into_iter()
-                        .map(|r| (r.table, r.start, r.count, r.items))
-                        .collect(),
-                )
-            })
+            .map(|g| (g.interval.as_secs(), flat(g.requests)))
             .collect();
         assert_eq!(
             got,
