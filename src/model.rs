@@ -649,13 +649,7 @@ mod tests {
                 path: "/dev/ttyUSB0".into()
             })
         );
-        for bad in [
-            "tcp://",
-            "tcp://h:99999",
-            "rtu://ttyUSB0",
-            "udp://x",
-            "tcp://h:0",
-        ] {
+        for bad in ["tcp://", "tcp://h:99999", "rtu://ttyUSB0", "udp://x", "tcp://h:0"] {
             assert!(Connection::parse(bad).is_err(), "{bad}");
         }
     }
@@ -664,7 +658,10 @@ mod tests {
     fn inter_frame_silence() {
         let s = SerialSettings::default(); // 9600 8N1: 10 bits/char
         assert_eq!(s.inter_frame_silence(), Duration::from_micros(3645));
-        let fast = SerialSettings { baud: 115_200, ..s };
+        let fast = SerialSettings {
+            baud: 115_200,
+            ..s
+        };
         assert_eq!(fast.inter_frame_silence(), Duration::from_micros(1750));
     }
 }

@@ -97,12 +97,7 @@ impl Store {
 
     /// Hourly trend buckets of an item whose hour starts in `[from, to]`
     /// (the bucket containing `from` included), with the current hour.
-    pub fn trend(
-        &self,
-        item: ItemId,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
+    pub fn trend(&self, item: ItemId, from: i64, to: i64) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
         let _ = (item, from, to);
         todo!()
     }
