@@ -638,3 +638,6 @@ pub(crate) fn array_of_tables<'s, 'i>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
