@@ -198,7 +198,13 @@ fn read_host(
         format!("hosts[{number}] \"{id}\"")
     };
     let section = Section::of(src, element, "[[hosts]]", format!("{label}: "), report)?;
-    section.check_keys(report, "[[hosts]]", &HOST_KEYS);
+    section.check_keys_elsewhere(
+        report,
+        "[[hosts]]",
+        &HOST_KEYS,
+        &ITEM_KEYS,
+        "[[hosts.items]] (one block per item)",
+    );
 
     let host = match section.string(report, "host") {
         Some(h) if is_name(&h.value, "_.-", 64) => h.value,
@@ -218,8 +224,8 @@ fn read_host(
                 section.missing(
                     report,
                     "host",
-                    "the host",
-                    " (required: a unique short id such as host = \"pump\")",
+                    "[[hosts]]",
+                    " (a unique short id such as host = \"pump\")",
                 );
             }
             String::new()
@@ -245,7 +251,7 @@ fn read_host(
                 section.missing(
                     report,
                     "connection",
-                    "the host",
+                    "[[hosts]]",
                     " (e.g. connection = \"tcp://10.0.0.21:502\" or \"rtu:///dev/ttyUSB0\")",
                 );
             }
@@ -587,7 +593,7 @@ fn read_item(
 ) -> Option<ItemDraft> {
     let section = Section::of(src, element, "an item", context, report)?;
     let errors_before = report.len();
-    section.check_keys(report, what, &ITEM_KEYS);
+    section.check_keys_elsewhere(report, what, &ITEM_KEYS, &HOST_KEYS, "[[hosts]]");
 
     let table = match section.string(report, "table") {
         Some(t) => match Table::parse(&t.value) {
@@ -616,7 +622,7 @@ fn read_item(
                 section.missing(
                     report,
                     "table",
-                    "the item",
+                    what,
                     &format!(" (one of {})", TABLE_NAMES.join(", ")),
                 );
             }
@@ -624,7 +630,7 @@ fn read_item(
         }
     };
 
-    let address = read_address(&section, table, report);
+    let address = read_address(&section, table, what, report);
 
     let type_pos = section.value_pos("type");
     let value_type = match section.string(report, "type") {
@@ -818,13 +824,14 @@ fn read_item(
 fn read_address(
     section: &Section<'_, '_>,
     table: Option<Table>,
+    what: &str,
     report: &mut Report,
 ) -> Option<At<u16>> {
     let Some(raw) = section.raw("address") else {
         section.missing(
             report,
             "address",
-            "the item",
+            what,
             " (the 0-based protocol address, e.g. address = 3 for holding register 40004)",
         );
         return None;

@@ -100,10 +100,11 @@ pub(crate) fn parse_document<'i>(
         let message = match error.message() {
             "duplicate key" => {
                 let key = src.text.get(span.clone()).unwrap_or("").trim();
-                if key.starts_with('[') {
-                    format!("table {key} is defined twice")
+                let before = src.text.get(..span.start).unwrap_or("").trim_end();
+                if before.ends_with('[') {
+                    format!("table [{key}] is defined twice; put all its keys under one header")
                 } else {
-                    format!("duplicate key {key}: it is already set above")
+                    format!("duplicate key \"{key}\": it is already set above")
                 }
             }
             other => format!("invalid TOML: {}", other.trim()),
@@ -218,7 +219,7 @@ fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> Gateway
             ),
         ),
         None if section.raw("id").is_none() => {
-            section.missing(report, "id", "[gateway]", " (required; e.g. id = \"box-1\")")
+            section.missing(report, "id", "[gateway]", " (e.g. id = \"box-1\")")
         }
         None => {}
     }
@@ -379,7 +380,7 @@ fn read_mqtt(
             report,
             "url",
             "[mqtt]",
-            " (required when [mqtt] is present, e.g. url = \"mqtt://10.0.0.5:1883\"; remove [mqtt] to keep everything local)",
+            " (e.g. url = \"mqtt://10.0.0.5:1883\"; remove [mqtt] to keep everything local)",
         ),
         None => {}
     }
@@ -540,7 +541,7 @@ fn read_triggers(
                     section.missing(
                         report,
                         "triggerid",
-                        "the trigger",
+                        "[[triggers]]",
                         " (a unique positive integer)",
                     );
                 }
@@ -570,7 +571,7 @@ fn read_triggers(
                     section.missing(
                         report,
                         "severity",
-                        "the trigger",
+                        "[[triggers]]",
                         &format!(" (one of {severities})"),
                     );
                 }
@@ -579,7 +580,7 @@ fn read_triggers(
         };
         let expression = read_expression(&section, "expression", report);
         if expression.is_none() && section.raw("expression").is_none() {
-            section.missing(report, "expression", "the trigger", "");
+            section.missing(report, "expression", "[[triggers]]", "");
         }
         let recovery = read_expression(&section, "recovery_expression", report);
         let (expression, expression_pos) = match expression {

@@ -260,16 +260,30 @@ impl<'s, 'i> Section<'s, 'i> {
 
     /// Reports every key not in `known`, with a suggestion for near misses.
     pub(crate) fn check_keys(&self, report: &mut Report, what: &str, known: &[&str]) {
+        self.check_keys_elsewhere(report, what, known, &[], "");
+    }
+
+    /// Like [`Section::check_keys`], and a key of `other_keys` is said to
+    /// belong in `other_place` (e.g. an item key written in `[[hosts]]`).
+    pub(crate) fn check_keys_elsewhere(
+        &self,
+        report: &mut Report,
+        what: &str,
+        known: &[&str],
+        other_keys: &[&str],
+        other_place: &str,
+    ) {
         for (key, _) in self.table.iter() {
             let name = key.get_ref().as_ref();
             if !known.contains(&name) {
+                let hint = if other_keys.contains(&name) {
+                    format!("; it belongs in {other_place}")
+                } else {
+                    did_you_mean(name, known)
+                };
                 report.error(
                     &self.src.pos(key.span().start),
-                    format!(
-                        "{}unknown key \"{name}\" in {what}{}",
-                        self.context,
-                        did_you_mean(name, known)
-                    ),
+                    format!("{}unknown key \"{name}\" in {what}{hint}", self.context),
                 );
             }
         }
@@ -315,7 +329,7 @@ impl<'s, 'i> Section<'s, 'i> {
     /// Reports that a required key is missing.
     pub(crate) fn missing(&self, report: &mut Report, key: &str, what: &str, hint: &str) {
         let pos = self.pos.clone();
-        self.error_at(report, &pos, &format!("{what} has no {key}{hint}"));
+        self.error_at(report, &pos, &format!("{key} is required in {what}{hint}"));
     }
 
     /// A string value.
@@ -364,11 +378,12 @@ impl<'s, 'i> Section<'s, 'i> {
                 match integer_value(v.get_ref()) {
                     Some(i) if (min..=max).contains(&i) => Some(At { value: i, pos }),
                     Some(i) => {
-                        self.error_at(
-                            report,
-                            &pos,
-                            &format!("{key} must be between {min} and {max}, not {i}"),
-                        );
+                        let range = if max == i64::MAX {
+                            format!("at least {min}")
+                        } else {
+                            format!("between {min} and {max}")
+                        };
+                        self.error_at(report, &pos, &format!("{key} must be {range}, not {i}"));
                         None
                     }
                     None => {
