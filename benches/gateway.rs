@@ -172,7 +172,9 @@ fn one_run(args: &Args, bin: &str) -> Run {
     let req1 = *requests.lock().expect("lock");
     let elapsed = t0.elapsed().as_secs_f64();
     let hwm = vm_hwm_kib(pid);
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let status = gw.wait().expect("gateway exit");
     let _ = sim.kill();
     let _ = sim.wait();

@@ -596,11 +596,11 @@ mod tests {
             (Table::Coil, 12000, 12001),
             (Table::Discrete, 0, 10001),
             (Table::Discrete, 9998, 19999),
-            (Table::Discrete, 9999, 109_999),
+            (Table::Discrete, 9999, 110_000),
             (Table::Input, 3, 30004),
             (Table::Holding, 3, 40004),
             (Table::Holding, 9998, 49999),
-            (Table::Holding, 9999, 409_999),
+            (Table::Holding, 9999, 410_000),
             (Table::Holding, 12000, 412_001),
         ];
         for (table, address, expected) in cases {

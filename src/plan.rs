@@ -191,32 +191,8 @@ pub fn describe(host: &HostSpec, req: &ReadRequest, interval: Duration) -> Strin
         req.table.modicon(end),
         n,
         if n == 1 { "item" } else { "items" },
-        format_interval(interval),
+        crate::units::format_duration(interval),
     )
-}
-
-/// A duration in the config file's compact spelling, in the largest unit that
-/// divides it exactly: `500ms`, `10s`, `90s`, `5m`, `2h`, `1d` (and `us`/`ns`
-/// for sub-millisecond remainders; `0s` for zero).
-pub fn format_interval(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        return "0s".to_string();
-    }
-    const UNITS: [(u128, &str); 6] = [
-        (86_400_000_000_000, "d"),
-        (3_600_000_000_000, "h"),
-        (60_000_000_000, "m"),
-        (1_000_000_000, "s"),
-        (1_000_000, "ms"),
-        (1_000, "us"),
-    ];
-    for (size, name) in UNITS {
-        if nanos % size == 0 {
-            return format!("{}{}", nanos / size, name);
-        }
-    }
-    format!("{nanos}ns")
 }
 
 #[cfg(test)]
@@ -556,31 +532,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn intervals() {
-        let cases: &[(Duration, &str)] = &[
-            (Duration::ZERO, "0s"),
-            (Duration::from_millis(500), "500ms"),
-            (Duration::from_millis(1000), "1s"),
-            (Duration::from_millis(1500), "1500ms"),
-            (Duration::from_secs(10), "10s"),
-            (Duration::from_secs(59), "59s"),
-            (Duration::from_secs(60), "1m"),
-            (Duration::from_secs(90), "90s"),
-            (Duration::from_secs(300), "5m"),
-            (Duration::from_secs(3600), "1h"),
-            (Duration::from_secs(5400), "90m"),
-            (Duration::from_secs(86_400), "1d"),
-            (Duration::from_secs(30 * 86_400), "30d"),
-            (Duration::from_secs(36 * 3600), "36h"),
-            (Duration::from_micros(1750), "1750us"),
-            (Duration::from_nanos(3), "3ns"),
-        ];
-        for &(d, want) in cases {
-            assert_eq!(format_interval(d), want, "{d:?}");
-        }
-    }
-
     // ---- optimality against brute force ----
 
     /// The item intervals of a request (inclusive ends).
@@ -774,4 +725,3 @@ mod tests {
         }
     }
 }
-

@@ -1,0 +1,644 @@
+//! The TOML config file -> [`Config`], with every problem reported as `FILE:LINE:COL: message`.
+//!
+//! The file is parsed into a spanned TOML document and walked by hand, so one
+//! run reports every unknown key, wrong type, bad value and semantic problem
+//! (in the file and in the device profiles it names), each at the line and
+//! column of the offending key or value. Only a TOML syntax error stops the
+//! walk, because the rest of the document cannot be trusted after it.
+
+mod hosts;
+mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::model::{
+    default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec, TriggerSpec,
+};
+use source::{did_you_mean, is_name, At, Report, Section, Source};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file the problem is in (the config file or a profile it names).
+    pub file: std::path::PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// A sentence for the technician.
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config file (and the profiles it names).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+/// The default config file of `modbridge run` and `check`.
+pub const DEFAULT_PATH: &str = "/etc/modbridge/modbridge.toml";
+
+/// Loads and validates a config file. Profiles it names are read relative to
+/// its directory. On failure, every problem found is returned, sorted by file
+/// and position.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(path, &text),
+        Err(e) => Err(ConfigErrors(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {e}"),
+        }])),
+    }
+}
+
+/// Validates config text as if it had been read from `path_for_messages`:
+/// messages name that path, and profiles are read relative to its directory.
+pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut report = Report::default();
+    report.add_file(path_for_messages);
+    let src = Source::new(path_for_messages, text.to_string());
+    let config = match parse_document(&src, &mut report) {
+        Some(document) => build_config(&src, &document, &mut report),
+        None => None,
+    };
+    match config {
+        Some(config) if report.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(report.into_sorted())),
+    }
+}
+
+/// Parses TOML text, reporting every syntax error; None if there was any.
+pub(crate) fn parse_document<'i>(
+    src: &'i Source,
+    report: &mut Report,
+) -> Option<Spanned<DeTable<'i>>> {
+    let (document, errors) = DeTable::parse_recoverable(&src.text);
+    if errors.is_empty() {
+        return Some(document);
+    }
+    for error in errors {
+        let span = error.span().unwrap_or(0..0);
+        let message = match error.message() {
+            "duplicate key" => {
+                let key = src.text.get(span.clone()).unwrap_or("").trim();
+                let before = src.text.get(..span.start).unwrap_or("").trim_end();
+                if before.ends_with('[') {
+                    format!("table [{key}] is defined twice; put all its keys under one header")
+                } else {
+                    format!("duplicate key \"{key}\": it is already set above")
+                }
+            }
+            other => format!("invalid TOML: {}", other.trim()),
+        };
+        report.error(&src.pos(span.start), message);
+    }
+    None
+}
+
+/// The top-level sections.
+const SECTIONS: [&str; 7] = [
+    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers",
+];
+
+/// Walks the whole document. Returns the config with defaults wherever a
+/// value was unusable; the caller only uses it when nothing was reported.
+fn build_config(
+    src: &Source,
+    document: &Spanned<DeTable<'_>>,
+    report: &mut Report,
+) -> Option<Config> {
+    let top = document.get_ref();
+    for (key, value) in top.iter() {
+        let name = key.get_ref().as_ref();
+        if SECTIONS.contains(&name) {
+            continue;
+        }
+        let message = if value.get_ref().is_table() {
+            match source::suggestion(name, &SECTIONS) {
+                Some(known) => format!("unknown section [{name}]; did you mean [{known}]?"),
+                None => format!(
+                    "unknown section [{name}]; the sections are [{}]",
+                    SECTIONS.join("], [")
+                ),
+            }
+        } else {
+            format!(
+                "unknown key \"{name}\" at the top of the file (before any [section]){}",
+                did_you_mean(name, &SECTIONS)
+            )
+        };
+        report.error(&src.pos(key.span().start), message);
+    }
+
+    let gateway = read_gateway(src, top, report);
+    let storage = match top.get("storage") {
+        Some(v) => read_storage(src, v, report),
+        None => StorageSpec::default(),
+    };
+    let severity = match top.get("severity") {
+        Some(v) => read_severity(src, v, report),
+        None => default_severity(),
+    };
+    let mqtt = top
+        .get("mqtt")
+        .and_then(|v| read_mqtt(src, v, &gateway.id, report));
+    let api = match top.get("api") {
+        Some(v) => read_api(src, v, report),
+        None => ApiSpec::default(),
+    };
+    let hosts = match top.get("hosts") {
+        Some(v) => hosts::read_hosts(src, v, report),
+        None => Vec::new(),
+    };
+    let triggers = match top.get("triggers") {
+        Some(v) => read_triggers(src, v, &severity, report),
+        None => Vec::new(),
+    };
+    Some(Config {
+        path: src.path.clone(),
+        gateway,
+        storage,
+        severity,
+        mqtt,
+        api,
+        hosts,
+        triggers,
+    })
+}
+
+/// The position of a table header given a top-level key, or the file start.
+fn start_pos(src: &Source) -> SourcePos {
+    src.pos(0)
+}
+
+/// `[gateway]`
+fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> GatewaySpec {
+    const KEYS: [&str; 3] = ["id", "name", "data_dir"];
+    let mut gateway = GatewaySpec {
+        id: String::new(),
+        name: String::new(),
+        data_dir: PathBuf::from("/var/lib/modbridge"),
+    };
+    let Some(value) = top.get("gateway") else {
+        report.error(
+            &start_pos(src),
+            "the config has no [gateway] section; it needs at least id = \"...\" (the gateway's id in MQTT topics)",
+        );
+        return gateway;
+    };
+    let Some(section) = Section::of(src, value, "[gateway]", String::new(), report) else {
+        return gateway;
+    };
+    section.check_keys(report, "[gateway]", &KEYS);
+    match section.string(report, "id") {
+        Some(id) if is_name(&id.value, "_-", 64) => gateway.id = id.value,
+        Some(id) => report.error(
+            &id.pos,
+            format!(
+                "gateway id \"{}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - (it is used in MQTT topics)",
+                id.value
+            ),
+        ),
+        None if section.raw("id").is_none() => {
+            section.missing(report, "id", "[gateway]", " (e.g. id = \"box-1\")")
+        }
+        None => {}
+    }
+    gateway.name = section
+        .nonempty_string(report, "name")
+        .map(|n| n.value)
+        .unwrap_or_else(|| gateway.id.clone());
+    if let Some(dir) = section.path(report, "data_dir") {
+        gateway.data_dir = dir;
+    }
+    gateway
+}
+
+/// `[storage]`
+fn read_storage(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report) -> StorageSpec {
+    const KEYS: [&str; 4] = [
+        "history_retention",
+        "trend_retention",
+        "max_size",
+        "commit_interval",
+    ];
+    let mut storage = StorageSpec::default();
+    let Some(section) = Section::of(src, value, "[storage]", String::new(), report) else {
+        return storage;
+    };
+    section.check_keys(report, "[storage]", &KEYS);
+    if let Some(d) = section.duration(report, "history_retention", false) {
+        storage.history_retention = d.value;
+    }
+    if let Some(d) = section.duration(report, "trend_retention", false) {
+        storage.trend_retention = d.value;
+    }
+    if let Some(d) = section.duration(report, "commit_interval", false) {
+        storage.commit_interval = d.value;
+    }
+    if let Some(size) = section.size(report, "max_size") {
+        if size.value < 1 << 20 {
+            report.error(
+                &size.pos,
+                "max_size must be at least 1MiB; the database cannot work in less",
+            );
+        } else {
+            storage.max_size = size.value;
+        }
+    }
+    storage
+}
+
+/// `[severity]`: integer keys (as TOML keys they are strings) -> text.
+fn read_severity(
+    src: &Source,
+    value: &Spanned<DeValue<'_>>,
+    report: &mut Report,
+) -> BTreeMap<u8, String> {
+    let mut severity = BTreeMap::new();
+    let Some(section) = Section::of(src, value, "[severity]", String::new(), report) else {
+        return default_severity();
+    };
+    for (key, text) in section.table.iter() {
+        let key_pos = src.pos(key.span().start);
+        let Ok(number) = key.get_ref().trim().parse::<u8>() else {
+            report.error(
+                &key_pos,
+                format!(
+                    "severity \"{}\" must be a whole number from 0 to 255 (e.g. 5 = \"A-Larm\")",
+                    key.get_ref()
+                ),
+            );
+            continue;
+        };
+        match text.get_ref() {
+            DeValue::String(s) if !s.trim().is_empty() => {
+                severity.insert(number, s.to_string());
+            }
+            DeValue::String(_) => report.error(
+                &src.pos(text.span().start),
+                format!("severity {number} needs a name, e.g. {number} = \"A-Larm\""),
+            ),
+            other => report.error(
+                &src.pos(text.span().start),
+                format!(
+                    "severity {number} must be named by a string, not {}",
+                    source::type_with_article(other)
+                ),
+            ),
+        }
+    }
+    if section.table.is_empty() {
+        report.error(
+            &section.pos,
+            "[severity] is empty; leave it out to use the defaults 3 = \"C-Larm\", 4 = \"B-Larm\", 5 = \"A-Larm\"",
+        );
+    }
+    severity
+}
+
+/// `[mqtt]`
+fn read_mqtt(
+    src: &Source,
+    value: &Spanned<DeValue<'_>>,
+    gateway_id: &str,
+    report: &mut Report,
+) -> Option<MqttSpec> {
+    const KEYS: [&str; 9] = [
+        "url",
+        "client_id",
+        "username",
+        "password_file",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "topic_prefix",
+        "keep_alive",
+    ];
+    let section = Section::of(src, value, "[mqtt]", String::new(), report)?;
+    section.check_keys(report, "[mqtt]", &KEYS);
+    let mut mqtt = MqttSpec {
+        url: String::new(),
+        client_id: format!("modbridge-{gateway_id}"),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        topic_prefix: "modbridge".to_string(),
+        keep_alive: std::time::Duration::from_secs(30),
+    };
+    let mut tls = None;
+    match section.string(report, "url") {
+        Some(url) => {
+            let rest = url
+                .value
+                .strip_prefix("mqtts://")
+                .map(|r| (true, r))
+                .or_else(|| url.value.strip_prefix("mqtt://").map(|r| (false, r)));
+            match rest {
+                Some((secure, address)) if valid_broker_address(address) => {
+                    tls = Some(secure);
+                    mqtt.url = url.value;
+                }
+                Some(_) => report.error(
+                    &url.pos,
+                    format!(
+                        "url \"{}\" needs a broker address, e.g. mqtt://10.0.0.5:1883",
+                        url.value
+                    ),
+                ),
+                None => report.error(
+                    &url.pos,
+                    format!(
+                        "url \"{}\" must start with mqtt:// or mqtts:// (TLS)",
+                        url.value
+                    ),
+                ),
+            }
+        }
+        None if section.raw("url").is_none() => section.missing(
+            report,
+            "url",
+            "[mqtt]",
+            " (e.g. url = \"mqtt://10.0.0.5:1883\"; remove [mqtt] to keep everything local)",
+        ),
+        None => {}
+    }
+    if let Some(id) = section.nonempty_string(report, "client_id") {
+        mqtt.client_id = id.value;
+    }
+    if let Some(prefix) = section.nonempty_string(report, "topic_prefix") {
+        if prefix.value.contains(['+', '#', '\0'])
+            || prefix.value.starts_with('/')
+            || prefix.value.ends_with('/')
+        {
+            report.error(
+                &prefix.pos,
+                format!(
+                    "topic_prefix \"{}\" must not contain + or # nor start or end with /",
+                    prefix.value
+                ),
+            );
+        } else {
+            mqtt.topic_prefix = prefix.value;
+        }
+    }
+    if let Some(k) = section.duration(report, "keep_alive", false) {
+        if k.value.as_secs() > 65535 {
+            report.error(&k.pos, "keep_alive must be at most 65535s (MQTT's limit)");
+        } else {
+            mqtt.keep_alive = k.value;
+        }
+    }
+    mqtt.username = section.nonempty_string(report, "username").map(|u| u.value);
+    mqtt.password_file = section.path(report, "password_file");
+    mqtt.ca_file = section.path(report, "ca_file");
+    mqtt.cert_file = section.path(report, "cert_file");
+    mqtt.key_file = section.path(report, "key_file");
+    if tls == Some(false) {
+        for key in ["ca_file", "cert_file", "key_file"] {
+            if let Some(pos) = section.key_pos(key) {
+                report.error(
+                    &pos,
+                    format!("{key} is only used with TLS; the url must start with mqtts://"),
+                );
+            }
+        }
+    }
+    match (section.key_pos("cert_file"), section.key_pos("key_file")) {
+        (Some(pos), None) => report.error(
+            &pos,
+            "cert_file needs key_file too (the client certificate's private key)",
+        ),
+        (None, Some(pos)) => report.error(
+            &pos,
+            "key_file needs cert_file too (the client certificate)",
+        ),
+        _ => {}
+    }
+    Some(mqtt)
+}
+
+/// True for `host`, `host:port` or `[v6]:port` with a valid port.
+fn valid_broker_address(address: &str) -> bool {
+    let address = address.trim_end_matches('/');
+    if address.is_empty() || address.contains('/') {
+        return false;
+    }
+    let host_and_port = if let Some(v6) = address.strip_prefix('[') {
+        v6.split_once(']')
+            .map(|(h, tail)| (h, tail.strip_prefix(':')))
+    } else if let Some((h, p)) = address.rsplit_once(':') {
+        Some((h, Some(p)))
+    } else {
+        Some((address, None))
+    };
+    match host_and_port {
+        Some((host, port)) => {
+            let port_ok = match port {
+                Some(p) => p.parse::<u16>().is_ok_and(|p| p > 0),
+                None => true,
+            };
+            !host.is_empty() && port_ok
+        }
+        None => false,
+    }
+}
+
+/// `[api]`
+fn read_api(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report) -> ApiSpec {
+    const KEYS: [&str; 2] = ["listen", "token_file"];
+    let mut api = ApiSpec::default();
+    let Some(section) = Section::of(src, value, "[api]", String::new(), report) else {
+        return api;
+    };
+    section.check_keys(report, "[api]", &KEYS);
+    if let Some(listen) = section.string(report, "listen") {
+        match listen.value.parse::<SocketAddr>() {
+            Ok(address) => api.listen = address,
+            Err(_) => report.error(
+                &listen.pos,
+                format!(
+                    "listen \"{}\" must be an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"",
+                    listen.value
+                ),
+            ),
+        }
+    }
+    api.token_file = section.path(report, "token_file");
+    api
+}
+
+/// `[[triggers]]`
+fn read_triggers(
+    src: &Source,
+    value: &Spanned<DeValue<'_>>,
+    severity: &BTreeMap<u8, String>,
+    report: &mut Report,
+) -> Vec<TriggerSpec> {
+    const KEYS: [&str; 5] = [
+        "triggerid",
+        "description",
+        "severity",
+        "expression",
+        "recovery_expression",
+    ];
+    let Some(list) = array_of_tables(src, value, "triggers", report) else {
+        return Vec::new();
+    };
+    let severities = severity
+        .keys()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut triggers = Vec::new();
+    let mut seen_ids: HashMap<u64, SourcePos> = HashMap::new();
+    for (index, element) in list.iter().enumerate() {
+        let context = format!("triggers[{}]: ", index + 1);
+        let Some(section) = Section::of(src, element, "[[triggers]]", context, report) else {
+            continue;
+        };
+        section.check_keys(report, "[[triggers]]", &KEYS);
+        let triggerid = match section.integer(report, "triggerid", 1, i64::MAX) {
+            Some(id) => {
+                let id_value = id.value.unsigned_abs();
+                if let Some(first) = seen_ids.get(&id_value) {
+                    section.error_at(
+                        report,
+                        &id.pos,
+                        &format!(
+                            "triggerid {id_value} is already used by the trigger at line {}",
+                            first.line
+                        ),
+                    );
+                } else {
+                    seen_ids.insert(id_value, id.pos.clone());
+                }
+                id_value
+            }
+            None => {
+                if section.raw("triggerid").is_none() {
+                    section.missing(
+                        report,
+                        "triggerid",
+                        "[[triggers]]",
+                        " (a unique positive integer)",
+                    );
+                }
+                0
+            }
+        };
+        let description = section
+            .string(report, "description")
+            .map(|d| d.value)
+            .unwrap_or_default();
+        let severity_number = match section.integer(report, "severity", 0, 255) {
+            Some(s) => {
+                let number = u8::try_from(s.value).unwrap_or(0);
+                if !severity.contains_key(&number) {
+                    section.error_at(
+                        report,
+                        &s.pos,
+                        &format!(
+                            "severity {number} is not in the [severity] table; use one of {severities}"
+                        ),
+                    );
+                }
+                number
+            }
+            None => {
+                if section.raw("severity").is_none() {
+                    section.missing(
+                        report,
+                        "severity",
+                        "[[triggers]]",
+                        &format!(" (one of {severities})"),
+                    );
+                }
+                0
+            }
+        };
+        let expression = read_expression(&section, "expression", report);
+        if expression.is_none() && section.raw("expression").is_none() {
+            section.missing(report, "expression", "[[triggers]]", "");
+        }
+        let recovery = read_expression(&section, "recovery_expression", report);
+        let (expression, expression_pos) = match expression {
+            Some(e) => (e.value, e.pos),
+            None => (String::new(), SourcePos::default()),
+        };
+        let (recovery_expression, recovery_expression_pos) = match recovery {
+            Some(e) => (Some(e.value), e.pos),
+            None => (None, SourcePos::default()),
+        };
+        triggers.push(TriggerSpec {
+            triggerid,
+            description,
+            severity: severity_number,
+            expression,
+            expression_pos,
+            recovery_expression,
+            recovery_expression_pos,
+        });
+    }
+    triggers
+}
+
+/// A non-empty expression string, positioned at its first character inside the quotes.
+fn read_expression(
+    section: &Section<'_, '_>,
+    key: &str,
+    report: &mut Report,
+) -> Option<At<String>> {
+    let raw = section.raw(key)?;
+    let text = section.nonempty_string(report, key)?;
+    Some(At {
+        value: text.value,
+        pos: section.src.string_content_pos(raw.span()),
+    })
+}
+
+/// The elements of `[[name]]`; reports `[name]` written by mistake.
+pub(crate) fn array_of_tables<'s, 'i>(
+    src: &Source,
+    value: &'s Spanned<DeValue<'i>>,
+    name: &str,
+    report: &mut Report,
+) -> Option<&'s toml::de::DeArray<'i>> {
+    match value.get_ref() {
+        DeValue::Array(list) => Some(list),
+        other => {
+            report.error(
+                &src.pos(value.span().start),
+                format!(
+                    "{name} must be a list of tables written as [[{name}]], not {}",
+                    source::type_with_article(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
