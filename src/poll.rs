@@ -505,6 +505,7 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
     let mut next_due: Vec<Instant> = vec![start; groups.len()];
     // Items whose read failed on the transport, retried after the backoff.
     let mut retry: Option<(Instant, Vec<usize>)> = None;
+    let mut first_answer = true;
     tracing::info!(host = %host.host, connection = %host.connection, items = host.items.len(), "polling");
     loop {
         let mut wake = next_due
@@ -556,8 +557,16 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
             retry = Some((Instant::now() + wait, failed));
             tracing::debug!(host = %host.host, retry_in = ?wait, "transport failed; backing off");
         } else {
-            if backoff.failures() > 0 {
-                tracing::info!(host = %host.host, "device answers again");
+            if first_answer || backoff.failures() > 0 {
+                let ok = report.readings.iter().filter(|r| r.value.is_ok()).count();
+                tracing::info!(
+                    host = %host.host,
+                    items_read = ok,
+                    items_failed = report.readings.len() - ok,
+                    requests = report.requests,
+                    "device answers"
+                );
+                first_answer = false;
             }
             backoff.reset();
         }
