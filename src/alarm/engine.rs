@@ -59,12 +59,22 @@ struct ItemState {
     triggers: Vec<u32>,
 }
 
+/// What a trigger waits for before its first evaluation: `samples` samples
+/// of `item` since the engine started, or (for an item only under `nodata`)
+/// `or_after` seconds since the first evaluate() call.
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    item: u32,
+    samples: u8,
+    or_after: Option<i64>,
+}
+
 #[derive(Debug)]
 struct TriggerState {
     expression: Node,
     recovery: Option<Node>,
-    /// (item, samples needed) before the first evaluation.
-    needs: Vec<(u32, u8)>,
+    /// What the first evaluation waits for.
+    needs: Vec<Need>,
     ready: bool,
     time_dependent: bool,
     value: TriggerValue,
@@ -109,7 +119,7 @@ impl Engine {
         };
         for (index, trigger) in triggers.iter().enumerate() {
             let t = u32::try_from(index).unwrap_or(u32::MAX);
-            let mut needs: Vec<(u32, u8)> = Vec::new();
+            let mut needs: Vec<Need> = Vec::new();
             let mut time_dependent = false;
             let expression =
                 engine.resolve(&trigger.expression, t, &mut needs, &mut time_dependent);
@@ -141,7 +151,7 @@ impl Engine {
         &mut self,
         e: &Expr,
         trigger: u32,
-        needs: &mut Vec<(u32, u8)>,
+        needs: &mut Vec<Need>,
         time_dependent: &mut bool,
     ) -> Node {
         match e {
@@ -186,16 +196,32 @@ impl Engine {
                 if *func == Func::Nodata || matches!(window, Some(Window::Time(_))) {
                     *time_dependent = true;
                 }
-                let need = match func {
-                    Func::Nodata => 0,
-                    Func::Change => 2,
-                    _ => 1,
+                let need = match (func, window) {
+                    (Func::Nodata, Some(Window::Time(w))) => Need {
+                        item: index,
+                        samples: 1,
+                        or_after: Some(*w),
+                    },
+                    (Func::Change, _) => Need {
+                        item: index,
+                        samples: 2,
+                        or_after: None,
+                    },
+                    _ => Need {
+                        item: index,
+                        samples: 1,
+                        or_after: None,
+                    },
                 };
-                if need > 0 {
-                    match needs.iter_mut().find(|(i, _)| *i == index) {
-                        Some(n) => n.1 = n.1.max(need),
-                        None => needs.push((index, need)),
+                match needs.iter_mut().find(|n| n.item == index) {
+                    Some(n) => {
+                        n.samples = n.samples.max(need.samples);
+                        n.or_after = match (n.or_after, need.or_after) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            _ => None,
+                        };
                     }
+                    None => needs.push(need),
                 }
                 Node::Func {
                     func: *func,
@@ -275,6 +301,12 @@ impl Engine {
         let Some(state) = self.items.get_mut(i) else {
             return;
         };
+        if state.samples.len() == state.samples.capacity() {
+            // Grow by a quarter rather than doubling: a full window stays
+            // within 25 % of its size (growth happens only while it fills).
+            let len = state.samples.len();
+            state.samples.reserve_exact((len / 4).max(4));
+        }
         match state.samples.back() {
             Some(&(last, _)) if clock < last => {
                 let at = state.samples.partition_point(|&(c, _)| c <= clock);
@@ -342,10 +374,12 @@ impl Engine {
             trigger.dirty = false;
             if !trigger.ready {
                 let items = &self.items;
-                trigger.ready = trigger
-                    .needs
-                    .iter()
-                    .all(|&(i, n)| items.get(i as usize).is_some_and(|s| s.seen >= n));
+                trigger.ready = trigger.needs.iter().all(|n| {
+                    items
+                        .get(n.item as usize)
+                        .is_some_and(|s| s.seen >= n.samples)
+                        || n.or_after.is_some_and(|w| now.saturating_sub(start) >= w)
+                });
                 if !trigger.ready {
                     continue;
                 }

@@ -31,9 +31,11 @@
 //! an item that is merely polled slowly keeps its last value. For `nodata`, an
 //! item that never reported counts from the first [`Engine::evaluate`] call.
 //!
-//! Trigger values: a trigger starts `OK` and is first evaluated once every
-//! item its expressions name (except under `nodata`) has had a sample since
-//! the engine started (two for `change`). From `OK` it becomes `problem` when
+//! Trigger values: a trigger starts `OK` (or as [`Engine::restore`]d) and is
+//! first evaluated once every item its expressions name has had a sample
+//! since the engine started (two for `change`); an item named only under
+//! `nodata(W)` counts as ready after a sample or after `W` seconds, so a
+//! restart neither clears nor re-raises a `nodata` problem. From `OK` it becomes `problem` when
 //! the expression is true, `unknown` when it is unknown. From `problem` it
 //! returns to `OK` when the expression is false **and** the recovery
 //! expression (if any) is true (as in Zabbix: a problem whose condition still

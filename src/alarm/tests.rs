@@ -520,6 +520,19 @@ fn restore_resumes_without_a_change() {
 }
 
 #[test]
+fn restore_nodata_problem_without_a_change() {
+    let mut e = engine(vec![trigger(5, "nodata(/h/t,60s)=1", None)]);
+    let t = item(&e, "h", "t");
+    assert!(e.restore(5, Problem, 1000));
+    // Restarted at 2000; the item is still silent: no OK-then-problem pair.
+    for now in [2000, 2030, 2060, 2200] {
+        assert!(e.evaluate(now).is_empty(), "at {now}");
+    }
+    e.on_sample(t, 2201, 1.0);
+    assert_eq!(e.evaluate(2201)[0].new, OK);
+}
+
+#[test]
 fn trigger_hosts_and_first_item() {
     let t = trigger(
         1,
