@@ -322,7 +322,14 @@ pub fn parse(text: &str) -> Result<Expr, ExprError> {
     let mut p = Parser {
         chars: text.chars().collect(),
         pos: 0,
+        depth: 0,
     };
+    if p.chars.len() > MAX_LEN {
+        return Err(ExprError::new(
+            MAX_LEN,
+            format!("the expression is longer than {MAX_LEN} characters"),
+        ));
+    }
     p.skip_ws();
     if p.pos >= p.chars.len() {
         return Err(ExprError::new(0, "the expression is empty"));
@@ -342,9 +349,16 @@ pub fn parse(text: &str) -> Result<Expr, ExprError> {
     }
 }
 
+/// The longest expression accepted, in characters.
+pub const MAX_LEN: usize = 4096;
+
+/// The deepest nesting of parentheses and unary operators accepted.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    depth: usize,
 }
 
 fn is_ident_start(c: char) -> bool {
@@ -559,7 +573,20 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ExprError> {
-        let (_, tok, end) = self.peek()?;
+        self.depth += 1;
+        let result = self.unary_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, ExprError> {
+        let (start, tok, end) = self.peek()?;
+        if self.depth > MAX_DEPTH {
+            return Err(ExprError::new(
+                start,
+                format!("the expression is nested more than {MAX_DEPTH} levels deep"),
+            ));
+        }
         match tok {
             Tok::Op(BinOp::Sub) => {
                 self.pos = end;

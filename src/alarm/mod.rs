@@ -155,7 +155,10 @@ impl CompiledTrigger {
 /// The most samples one window may hold (window / the item's poll interval).
 pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
 
-/// Parses and checks every trigger's expressions; one diagnostic per problem.
+/// Parses and checks every trigger's expressions (syntax, hosts, keys,
+/// windows); one diagnostic per problem, at the expression's position in the
+/// file plus the problem's character offset (expressions are single-line; a
+/// TOML escape such as `\"` before the problem shifts the column by its length).
 pub fn check_triggers(config: &Config) -> Vec<Diagnostic> {
     match compile(config) {
         Ok(_) => Vec::new(),

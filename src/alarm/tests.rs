@@ -117,6 +117,9 @@ fn parse_bad_expressions() {
         ("and 1", 0, "expected a value before \"and\""),
         ("last(/h/k) > $", 13, "unexpected character \"$\""),
         ("last(\"/h/k\") > 1", 5, "quotes are not allowed"),
+        (&"(".repeat(100), 64, "nested more than 64 levels deep"),
+        (&"-".repeat(100), 64, "nested more than 64 levels deep"),
+        (&"1+".repeat(3000), 4096, "longer than 4096 characters"),
         // character offsets, not bytes
         ("last(/h/k) > 1 + \u{e9}", 17, "unexpected character \"\u{e9}\""),
     ];
