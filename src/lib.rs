@@ -14,6 +14,7 @@
 //! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
 //! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
 
+pub mod alarm;
 pub mod cli;
 pub mod config;
 pub mod daemon;

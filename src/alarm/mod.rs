@@ -1,0 +1,320 @@
+//! The alarm engine: trigger expressions, their check against the config, and
+//! their evaluation.
+//!
+//! - [`expr`]: Zabbix-style expressions (`max(/pump/temp,5m) < -20 and last(/pump/run) = 1`)
+//!   -> an [`Expr`] AST; every error has a character offset.
+//! - [`check_triggers`] / [`compile`]: every trigger of a [`Config`] parsed and
+//!   checked (hosts, keys, windows), errors as `FILE:LINE:COL: message`.
+//! - [`Engine`]: pure evaluation; samples and errors in, [`TriggerChange`]s out.
+//!
+//! # Semantics
+//!
+//! Values are 3-valued internally: a number, or *unknown*. Comparisons and
+//! logic give 1 or 0; any non-zero number is true. Arithmetic or a comparison
+//! with an unknown operand is unknown, as is division by zero and NaN.
+//! `false and unknown` is false, `true or unknown` is true, `not unknown` is
+//! unknown. `=` and `<>` compare with a relative tolerance of 1e-9.
+//!
+//! Functions (window `W` is a time span: samples with `clock > now - W`;
+//! `#N` is the newest N samples, or fewer if fewer are held):
+//!
+//! | function | value | unknown when |
+//! |---|---|---|
+//! | `last` | newest value | item in error; no staleness limit otherwise |
+//! | `change` | newest minus the one before | item in error |
+//! | `min` `max` `avg` `sum` | over the window | item in error, or no sample in the window (its newest sample is older than the window allows) |
+//! | `count` | samples in the window (may be 0) | item in error |
+//! | `nodata(W)` | 1 if no sample for `W` seconds, else 0 | never; an item in error sends no samples, so it fires after `W` |
+//!
+//! `last`/`change` have no staleness limit on purpose: the poller reports a
+//! failed read with [`Engine::on_error`], which is what makes them unknown;
+//! an item that is merely polled slowly keeps its last value. For `nodata`, an
+//! item that never reported counts from the first [`Engine::evaluate`] call.
+//!
+//! Trigger values: a trigger starts `OK` (or as [`Engine::restore`]d) and is
+//! first evaluated once every item its expressions name has had a sample
+//! since the engine started (two for `change`); an item named only under
+//! `nodata(W)` counts as ready after a sample or after `W` seconds, so a
+//! restart neither clears nor re-raises a `nodata` problem. From `OK` it becomes `problem` when
+//! the expression is true, `unknown` when it is unknown. From `problem` it
+//! returns to `OK` when the expression is false **and** the recovery
+//! expression (if any) is true (as in Zabbix: a problem whose condition still
+//! holds is never recovered); it stays `problem` while the expression is true
+//! or the recovery expression is false; otherwise it becomes `unknown`. From
+//! `unknown` it is evaluated as from the last known value (`OK` or `problem`),
+//! so hysteresis survives an outage.
+
+mod engine;
+pub mod expr;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+pub use engine::{Engine, ItemIndex, TriggerChange};
+pub use expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
+
+use crate::config::Diagnostic;
+use crate::model::{Config, SourcePos};
+
+/// The value of a trigger, spelled as in the JSON (`OK`, `problem`, `unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TriggerValue {
+    #[serde(rename = "OK")]
+    Ok,
+    #[serde(rename = "problem")]
+    Problem,
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl TriggerValue {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerValue::Ok => "OK",
+            TriggerValue::Problem => "problem",
+            TriggerValue::Unknown => "unknown",
+        }
+    }
+
+    /// Parses the JSON spelling.
+    pub fn parse(s: &str) -> Option<TriggerValue> {
+        match s {
+            "OK" => Some(TriggerValue::Ok),
+            "problem" => Some(TriggerValue::Problem),
+            "unknown" => Some(TriggerValue::Unknown),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A trigger whose expressions parsed and name existing items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledTrigger {
+    pub triggerid: u64,
+    pub description: String,
+    pub severity: u8,
+    pub expression: Expr,
+    pub recovery: Option<Expr>,
+    /// (host, key) of the first item the expression names: the event's `host`/`key`.
+    pub first_item: (String, String),
+    hosts: Vec<String>,
+}
+
+impl CompiledTrigger {
+    /// Builds a trigger from parsed expressions, without checking its items
+    /// against a config. Fails when the expression names no item.
+    pub fn new(
+        triggerid: u64,
+        description: impl Into<String>,
+        severity: u8,
+        expression: Expr,
+        recovery: Option<Expr>,
+    ) -> Result<CompiledTrigger, ExprError> {
+        let first_item = expression
+            .first_item()
+            .map(|i| (i.host.clone(), i.key.clone()))
+            .ok_or_else(|| ExprError {
+                offset: 0,
+                message: "the expression names no item; use at least one function such as last(/host/key)"
+                    .to_string(),
+            })?;
+        let mut hosts: Vec<String> = Vec::new();
+        for e in std::iter::once(&expression).chain(recovery.as_ref()) {
+            for (_, item, _) in e.functions() {
+                if !hosts.contains(&item.host) {
+                    hosts.push(item.host.clone());
+                }
+            }
+        }
+        Ok(CompiledTrigger {
+            triggerid,
+            description: description.into(),
+            severity,
+            expression,
+            recovery,
+            first_item,
+            hosts,
+        })
+    }
+
+    /// The distinct host ids the expressions name, in first-mention order
+    /// (expression first, then recovery expression).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+}
+
+/// The most samples one window may hold (window / the item's poll interval).
+pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
+
+/// Parses and checks every trigger's expressions (syntax, hosts, keys,
+/// windows); one diagnostic per problem, at the expression's position in the
+/// file plus the problem's character offset (expressions are single-line; a
+/// TOML escape such as `\"` before the problem shifts the column by its length).
+pub fn check_triggers(config: &Config) -> Vec<Diagnostic> {
+    match compile(config) {
+        Ok(_) => Vec::new(),
+        Err(diagnostics) => diagnostics,
+    }
+}
+
+/// Parses and checks every trigger, or returns every problem found.
+pub fn compile(config: &Config) -> Result<Vec<CompiledTrigger>, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut compiled = Vec::new();
+    for spec in &config.triggers {
+        let at = |pos: &SourcePos, e: ExprError| Diagnostic {
+            file: if pos.file.as_os_str().is_empty() {
+                config.path.clone()
+            } else {
+                pos.file.clone()
+            },
+            line: pos.line.max(1),
+            col: pos.col.max(1) + e.offset,
+            message: format!("trigger {}: {}", spec.triggerid, e.message),
+        };
+        let before = diagnostics.len();
+        let expression = check_one(config, &spec.expression, true)
+            .map_err(|es| diagnostics.extend(es.into_iter().map(|e| at(&spec.expression_pos, e))))
+            .ok();
+        let recovery = match &spec.recovery_expression {
+            Some(text) => check_one(config, text, false)
+                .map(Some)
+                .map_err(|es| {
+                    diagnostics.extend(es.into_iter().map(|e| at(&spec.recovery_expression_pos, e)))
+                })
+                .ok(),
+            None => Some(None),
+        };
+        if diagnostics.len() != before {
+            continue;
+        }
+        if let (Some(expression), Some(recovery)) = (expression, recovery) {
+            match CompiledTrigger::new(
+                spec.triggerid,
+                spec.description.clone(),
+                spec.severity,
+                expression,
+                recovery,
+            ) {
+                Ok(t) => compiled.push(t),
+                Err(e) => diagnostics.push(at(&spec.expression_pos, e)),
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(diagnostics)
+    }
+}
+
+/// Parses one expression and checks its items and windows against the config.
+fn check_one(config: &Config, text: &str, needs_item: bool) -> Result<Expr, Vec<ExprError>> {
+    let expr = parse(text).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let hosts: HashMap<&str, _> = config.hosts.iter().map(|h| (h.host.as_str(), h)).collect();
+    let functions = expr.functions();
+    if needs_item && functions.is_empty() {
+        errors.push(ExprError {
+            offset: 0,
+            message:
+                "the expression names no item; use at least one function such as last(/host/key)"
+                    .to_string(),
+        });
+    }
+    for (func, item, window) in functions {
+        let Some(host) = hosts.get(item.host.as_str()) else {
+            let names: Vec<&str> = config.hosts.iter().map(|h| h.host.as_str()).collect();
+            let hint = match suggest(&item.host, &names) {
+                Some(s) => format!("; did you mean \"{s}\"?"),
+                None if names.is_empty() => "; the config has no hosts".to_string(),
+                None => format!("; hosts: {}", short_list(&names)),
+            };
+            errors.push(ExprError {
+                offset: item.host_pos(),
+                message: format!("unknown host \"{}\"{hint}", item.host),
+            });
+            continue;
+        };
+        let Some(spec) = host.item(&item.key) else {
+            let keys: Vec<&str> = host.items.iter().map(|i| i.key.as_str()).collect();
+            let hint = match suggest(&item.key, &keys) {
+                Some(s) => format!("; did you mean \"{s}\"?"),
+                None if keys.is_empty() => " (it has no items)".to_string(),
+                None => String::new(),
+            };
+            errors.push(ExprError {
+                offset: item.key_pos(),
+                message: format!("host \"{}\" has no item \"{}\"{hint}", item.host, item.key),
+            });
+            continue;
+        };
+        let interval = spec.poll_interval.as_secs().max(1);
+        let held = match window {
+            Some(Window::Time(s)) if func != Func::Nodata => {
+                u64::try_from(s).unwrap_or(0) / interval
+            }
+            Some(Window::Count(n)) => u64::from(n),
+            _ => 0,
+        };
+        if held > MAX_WINDOW_SAMPLES {
+            let w = window.map(|w| w.to_string()).unwrap_or_default();
+            errors.push(ExprError {
+                offset: item.pos,
+                message: format!(
+                    "window {w} would hold about {held} samples of \"{}\" (polled every {interval}s); \
+                     the limit is {MAX_WINDOW_SAMPLES}",
+                    item.key
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(expr)
+    } else {
+        Err(errors)
+    }
+}
+
+fn short_list(names: &[&str]) -> String {
+    if names.len() <= 8 {
+        names.join(", ")
+    } else {
+        format!("{}, ...", names[..8].join(", "))
+    }
+}
+
+/// The known word closest to `word`, if it is close enough to be a likely typo.
+pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, k)| *d <= (k.chars().count() / 4).clamp(1, 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
