@@ -122,7 +122,7 @@ impl<'a> Reader<'a> {
 #[inline]
 fn fits_div(v: f64, k: usize) -> Option<i64> {
     let x = v * P10[k];
-    if !(x.abs() < EXACT) {
+    if x.is_nan() || x.abs() >= EXACT {
         return None;
     }
     let m = x.round();
@@ -136,7 +136,7 @@ fn fits_div(v: f64, k: usize) -> Option<i64> {
 #[inline]
 fn fits_mul(v: f64, k: usize) -> Option<i64> {
     let x = v / M10[k];
-    if !(x.abs() < EXACT) {
+    if x.is_nan() || x.abs() >= EXACT {
         return None;
     }
     let m = x.round();

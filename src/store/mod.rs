@@ -222,12 +222,15 @@ pub(crate) struct Counters {
     outbox: AtomicU64,
 }
 
+/// (id, host id, key length, deadband, heartbeat seconds) of a configured item.
+pub(crate) type ItemSetting = (ItemId, u32, usize, Option<f64>, Option<i64>);
+
 /// What the writer should adopt at its next cycle (from open/reconfigure).
 pub(crate) struct Settings {
     pub storage: StorageSpec,
     pub has_mqtt: bool,
     /// (id, host id, key length, deadband, heartbeat seconds) of every configured item.
-    pub items: Vec<(ItemId, u32, usize, Option<f64>, Option<i64>)>,
+    pub items: Vec<ItemSetting>,
 }
 
 /// State shared between handles and the writer, under one mutex.

@@ -50,6 +50,19 @@ pub(crate) struct Writer {
     spare: Vec<Sample>,
     unknown_items: u64,
     failing_since: Option<Instant>,
+    consecutive_failures: u64,
+}
+
+/// Marks the writer dead however `run` ends (so flush/close never wait forever).
+struct AliveGuard(Arc<Inner>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.shared);
+        s.writer_alive = false;
+        s.closed = true;
+        self.0.done.notify_all();
+    }
 }
 
 fn now_unix() -> i64 {
@@ -78,6 +91,7 @@ impl Writer {
             spare: Vec::new(),
             unknown_items: 0,
             failing_since: None,
+            consecutive_failures: 0,
         };
         w.apply_settings(settings);
         w.restore()?;
@@ -200,6 +214,7 @@ impl Writer {
 
     pub fn run(mut self) {
         let inner = self.inner.clone();
+        let _alive = AliveGuard(inner.clone());
         loop {
             let deadline = Instant::now() + self.until_tick();
             let (mut batch, gen, maintain, marks, closing) = {
@@ -246,10 +261,8 @@ impl Writer {
                     result = self.commit(&marks, true);
                 }
             }
-            if result.is_ok() {
-                if maintain || !closing {
-                    self.maintenance(maintain);
-                }
+            if result.is_ok() && (maintain || !closing) {
+                self.maintenance(maintain);
             }
             {
                 let mut s = lock(&inner.shared);
@@ -407,8 +420,13 @@ impl Writer {
                     Some(v.saturating_sub(marked as u64))
                 });
                 if let Some(since) = self.failing_since.take() {
-                    tracing::info!(failing_for = ?since.elapsed(), "store commits work again");
+                    tracing::info!(
+                        failing_for = ?since.elapsed(),
+                        failed_commits = self.consecutive_failures,
+                        "store commits work again"
+                    );
                 }
+                self.consecutive_failures = 0;
                 if rows > 0 {
                     self.inner.commits_tx.send_modify(|v| *v += 1);
                 }
@@ -417,11 +435,17 @@ impl Writer {
             Err(e) => {
                 self.inner.counters.commit_errors.fetch_add(1, Ordering::Relaxed);
                 self.failing_since.get_or_insert_with(Instant::now);
-                tracing::error!(
-                    error = %e,
-                    pending_points = self.pending_total,
-                    "store commit failed; keeping the data in memory and retrying"
-                );
+                self.consecutive_failures += 1;
+                let n = self.consecutive_failures;
+                // Not once a second for hours: 1, 2, 4, 8, ... then every 64th.
+                if n.is_power_of_two() || n % 64 == 0 {
+                    tracing::error!(
+                        error = %e,
+                        pending_points = self.pending_total,
+                        consecutive_failures = n,
+                        "store commit failed; keeping the data in memory and retrying"
+                    );
+                }
                 Err(e)
             }
         }
@@ -602,7 +626,7 @@ impl Writer {
         let retention_due = force
             || self
                 .last_retention
-                .is_none_or(|t| t.elapsed() >= opts.retention_interval);
+                .map_or(true, |t| t.elapsed() >= opts.retention_interval);
         if retention_due {
             if let Err(e) = self.retention() {
                 tracing::error!(error = %e, "store retention failed");
