@@ -683,3 +683,87 @@ fn store_writer_wakes_once_per_interval() {
     assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64, i);
     store.close().unwrap();
 }
+
+#[test]
+fn store_messages_split_by_json_size_with_long_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1500, true);
+    for (i, it) in cfg.hosts[0].items.iter_mut().enumerate() {
+        it.key = format!("{i:0>128}");
+    }
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let t0 = now() - 100;
+    let batch: Vec<_> = cfg.hosts[0]
+        .items
+        .iter()
+        .map(|it| s(store.item_id("h0", &it.key).unwrap(), t0, 1.0 / 3.0))
+        .collect();
+    store.push(&batch);
+    store.flush().unwrap();
+    let msgs = store.outbox_after(0, 100).unwrap();
+    assert!(msgs.len() >= 2, "split by size although below the point limit");
+    let mut n = 0;
+    for m in &msgs {
+        let j = m.to_json();
+        assert!(j.len() <= MAX_MESSAGE_JSON_BYTES, "{}", j.len());
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["seq"].as_u64(), Some(m.seq));
+        n += v["items"].as_object().unwrap().len();
+    }
+    assert_eq!(n, 1500);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_history_consistent_during_ingest_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2, 50, false);
+    let o = StoreOptions {
+        compact_points: 5_000,
+        compact_budget: 20_000,
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
+    let id = ids(&store, &cfg);
+    let a = id[0][7];
+    let t0 = now() - 100_000;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut last_len = 0;
+            let mut queries = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = store.history(a, t0, t0 + 100_000, None).unwrap();
+                assert!(h.windows(2).all(|w| w[1].0 == w[0].0 + 1), "gap or duplicate");
+                assert!(h.is_empty() || h[0].0 == t0);
+                assert!(h.len() >= last_len, "points vanished");
+                last_len = h.len();
+                queries += 1;
+            }
+            queries
+        })
+    };
+    for round in 0..20 {
+        let mut batch = Vec::new();
+        for c in 0..500 {
+            for host in &id {
+                for &it in host {
+                    batch.push(s(it, t0 + round * 500 + c, (c % 17) as f64));
+                }
+            }
+        }
+        store.push(&batch);
+        if round % 3 == 0 {
+            store.maintain().unwrap();
+        } else {
+            store.flush().unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let queries = reader.join().unwrap();
+    assert!(queries > 0);
+    assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len(), 10_000);
+    store.close().unwrap();
+}
