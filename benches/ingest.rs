@@ -68,7 +68,7 @@ struct Figures {
     chunks: i64,
 }
 
-fn run(name: &str, items: usize, clocks: i64, random: bool) -> Figures {
+fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Option<i64>) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), 10, items);
     let store = Store::open_with(&cfg, StoreOptions::default()).expect("open");
@@ -102,6 +102,9 @@ fn run(name: &str, items: usize, clocks: i64, random: bool) -> Figures {
             batch.push(Sample { item: id, clock: t0 + c, value });
         }
         store.push(&batch);
+        if compact_every.is_some_and(|n| (c + 1) % n == 0) {
+            store.maintain().expect("maintain");
+        }
         // Back-pressure (a real source cannot outrun the writer for long).
         loop {
             let st = store.stats();
@@ -135,13 +138,62 @@ fn run(name: &str, items: usize, clocks: i64, random: bool) -> Figures {
     Figures { ingest_s, compact_s, points, file_bytes, used_bytes: ((pages - free) * psize) as u64, chunks }
 }
 
+/// utime + stime of this process, seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// W1-like load: 1000 values pushed once a second (10 hosts x 100), for `secs` seconds.
+fn steady(secs: i64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), 10, 1000);
+    let store = Store::open_with(&cfg, StoreOptions::default()).expect("open");
+    let ids: Vec<u32> = cfg
+        .hosts
+        .iter()
+        .flat_map(|h| h.items.iter().map(|i| store.item_id(&h.host, &i.key).expect("id")).collect::<Vec<_>>())
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let mut batch = Vec::new();
+    for s in 0..secs {
+        let next = start + Duration::from_secs(s as u64);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+        batch.clear();
+        batch.extend(ids.iter().map(|&id| Sample { item: id, clock, value: f64::from(rng.i32(0..1000)) }));
+        store.push(&batch);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let st = store.stats();
+    println!("--- steady W1-like load: 1000 values/s for {secs} s");
+    println!("  CPU (whole process)   {:>12.2} % of one core", cpu / wall * 100.0);
+    println!("  commits               {:>12}", st.commits);
+    store.close().expect("close");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if args.first().map(String::as_str) == Some("steady") {
+        steady(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30));
+        return;
+    }
     let items: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let clocks: i64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     println!("store ingest benchmark: {items} items x {clocks} clocks, 10 hosts, no deadband, commit_interval 1s");
-    for (name, random) in [("temperatures (0.1 steps)", false), ("random f64", true)] {
-        let f = run(name, items, clocks, random);
+    for (name, random, every) in [
+        ("temperatures (0.1 steps)", false, None),
+        ("random f64", true, None),
+        ("temperatures, compacted every 300 clocks (like 5 min at 1 s)", false, Some(300)),
+        ("random f64, compacted every 300 clocks", true, Some(300)),
+    ] {
+        let f = run(name, items, clocks, random, every);
         let n = f.points as f64;
         println!("--- {name}");
         println!("  samples               {:>12}", f.points);
