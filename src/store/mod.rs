@@ -1,11 +1,45 @@
 //! SQLite storage on its own thread: history, hourly trends, the outbox.
+//!
+//! Design (see also `writer.rs`):
+//! - [`Store::push`] appends to a shared buffer under a mutex: no I/O, no wake-up.
+//! - One writer thread owns the write connection. It wakes once per commit
+//!   interval (or at once for [`Store::flush`] / [`Store::close`]), applies
+//!   deadband/heartbeat, updates the hourly trends, and commits the new history
+//!   points as `journal` rows (one or more per host): each row is also the
+//!   MQTT data message with `seq` = the row's `seq`.
+//! - Compaction (in the writer, every few minutes per host) moves journal points
+//!   into per-item `history` chunks; journal rows are deleted once sent and compacted.
+//! - Queries run on a separate read-only connection.
 
-use std::sync::Arc;
+mod codec;
+mod schema;
+mod writer;
+#[cfg(test)]
+mod tests;
 
-use crate::model::Config;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use crate::model::{Config, StorageSpec};
+
+pub use schema::SCHEMA_VERSION;
 
 /// A stable number for an item (host, key), kept in the database.
 pub type ItemId = u32;
+
+/// Most points in one journal row, i.e. one MQTT data message.
+pub const MAX_POINTS_PER_MESSAGE: usize = 2000;
+/// Upper bound on the estimated JSON size of one data message (keys included).
+pub const MAX_MESSAGE_JSON_BYTES: usize = 192 * 1024;
+/// Target size of a history chunk blob: small enough to stay inside a 4 KiB
+/// b-tree page (no overflow pages).
+pub(crate) const CHUNK_TARGET_BYTES: usize = 900;
 
 /// One good reading of an item, in engineering units.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,12 +62,83 @@ pub struct TrendBucket {
 /// Figures for `/health` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreStats {
+    /// Database file plus WAL, bytes.
     pub db_bytes: u64,
+    /// Samples handed to `push` since open.
     pub samples_received: u64,
+    /// History points committed since open (after deadband).
     pub history_points: u64,
+    /// Successful commits since open.
     pub commits: u64,
+    /// Failed commits since open.
     pub commit_errors: u64,
+    /// History points that were never sent and are gone (memory cap, `max_size`).
     pub dropped_unsent: u64,
+    /// Outbox messages (journal rows) not yet marked sent.
+    pub outbox_messages: u64,
+}
+
+/// One MQTT data message of `R/data/<host>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub seq: u64,
+    pub host: String,
+    /// Per item key, its points in clock order.
+    pub items: Vec<(String, Vec<(i64, f64)>)>,
+}
+
+impl OutboxMessage {
+    /// `{"seq":N,"host":"h","items":{"key":[[clock,value],...]}}`.
+    pub fn to_json(&self) -> String {
+        let n: usize = self.items.iter().map(|(k, p)| k.len() + 8 + p.len() * 24).sum();
+        let mut s = String::with_capacity(64 + n);
+        s.push_str("{\"seq\":");
+        s.push_str(&self.seq.to_string());
+        s.push_str(",\"host\":");
+        push_json_str(&mut s, &self.host);
+        s.push_str(",\"items\":{");
+        for (i, (key, points)) in self.items.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            push_json_str(&mut s, key);
+            s.push_str(":[");
+            for (j, &(c, v)) in points.iter().enumerate() {
+                if j > 0 {
+                    s.push(',');
+                }
+                s.push('[');
+                s.push_str(&c.to_string());
+                s.push(',');
+                push_json_num(&mut s, v);
+                s.push(']');
+            }
+            s.push(']');
+        }
+        s.push_str("}}");
+        s
+    }
+}
+
+fn push_json_str(s: &mut String, v: &str) {
+    match serde_json::to_string(v) {
+        Ok(q) => s.push_str(&q),
+        Err(_) => s.push_str("\"\""),
+    }
+}
+
+/// A JSON number; integral values without ".0"; non-finite as null.
+pub(crate) fn push_json_num(s: &mut String, v: f64) {
+    if !v.is_finite() {
+        s.push_str("null");
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.push_str(&(v as i64).to_string());
+    } else {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => s.push_str(&n.to_string()),
+            None => s.push_str("null"),
+        }
+    }
 }
 
 /// What can go wrong in the store.
@@ -45,42 +150,403 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("the store is closed")]
     Closed,
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database schema version {found} is newer than this program's ({supported}); refusing to touch it")]
+    TooNew { found: i32, supported: i32 },
+    #[error("commit failed (data kept in memory, retrying): {0}")]
+    Commit(String),
+    #[error("corrupt data in the database: {0}")]
+    Corrupt(#[from] codec::CodecError),
+}
+
+/// Tuning knobs; the defaults suit the daemon, tests shrink them.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Compact a host's journal rows once the oldest is this old...
+    pub compact_age: Duration,
+    /// ...or once the host has this many uncompacted points.
+    pub compact_points: u64,
+    /// At most this many points are compacted per writer cycle (spreads the work).
+    pub compact_budget: u64,
+    /// How often the current hour's trend buckets are written out.
+    pub trend_flush_interval: Duration,
+    /// How often retention runs (also once at open).
+    pub retention_interval: Duration,
+    /// How often the database size is checked against `max_size`.
+    pub size_check_interval: Duration,
+    /// Memory cap for samples not yet committed (push buffer, and again for
+    /// history points kept after failed commits); beyond it the oldest are dropped.
+    pub max_buffered: usize,
+    /// A buffer this full wakes the writer before its tick (bulk loads only).
+    pub high_water: usize,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// Commit ticks are aligned to wall-clock multiples of `commit_interval`
+    /// plus this offset (so samples of polls aligned on whole seconds are
+    /// committed shortly after they arrive). None: a quarter of the interval, at most 250 ms.
+    pub tick_phase: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            compact_age: Duration::from_secs(300),
+            compact_points: 500_000,
+            compact_budget: 1_000_000,
+            trend_flush_interval: Duration::from_secs(60),
+            retention_interval: Duration::from_secs(3600),
+            size_check_interval: Duration::from_secs(10),
+            max_buffered: 2_000_000,
+            high_water: 500_000,
+            busy_timeout: Duration::from_secs(5),
+            tick_phase: None,
+        }
+    }
+}
+
+pub(crate) struct Counters {
+    samples_received: AtomicU64,
+    history_points: AtomicU64,
+    commits: AtomicU64,
+    commit_errors: AtomicU64,
+    dropped_unsent: AtomicU64,
+    outbox: AtomicU64,
+}
+
+/// (id, host id, key length, deadband, heartbeat seconds) of a configured item.
+pub(crate) type ItemSetting = (ItemId, u32, usize, Option<f64>, Option<i64>);
+
+/// What the writer should adopt at its next cycle (from open/reconfigure).
+pub(crate) struct Settings {
+    pub storage: StorageSpec,
+    pub has_mqtt: bool,
+    /// (id, host id, key length, deadband, heartbeat seconds) of every configured item.
+    pub items: Vec<ItemSetting>,
+}
+
+/// State shared between handles and the writer, under one mutex.
+pub(crate) struct Shared {
+    buf: Vec<Sample>,
+    /// `close` was called: pushes are refused.
+    closed: bool,
+    /// The writer should do its final commit and stop.
+    closing: bool,
+    /// The writer should stop at once without committing (tests: a crash).
+    kill: bool,
+    writer_alive: bool,
+    /// Flush requests: the writer serves every request up to `req_gen` per cycle.
+    req_gen: u64,
+    done_gen: u64,
+    done_result: Result<(), String>,
+    /// Compaction/retention/size check requested (with the next flush).
+    maintain_req: bool,
+    /// mark_sent seqs not yet committed by the writer.
+    marks: HashSet<u64>,
+    settings: Option<Settings>,
+    hw_notified: bool,
+    refused_pushes: u64,
+    dropped_pushes: u64,
+}
+
+/// The current hour's trend accumulator of one item.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrendAcc {
+    pub hour: i64,
+    pub num: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub dirty: bool,
+}
+
+impl TrendAcc {
+    pub fn new(hour: i64, v: f64) -> Self {
+        TrendAcc {
+            hour,
+            num: 1,
+            min: v,
+            max: v,
+            sum: v,
+            dirty: true,
+        }
+    }
+
+    #[inline]
+    pub fn add(&mut self, v: f64) {
+        self.num += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        self.dirty = true;
+    }
+
+    pub fn bucket(&self) -> TrendBucket {
+        TrendBucket {
+            num: self.num,
+            min: self.min,
+            avg: if self.num > 0 { self.sum / self.num as f64 } else { 0.0 },
+            max: self.max,
+        }
+    }
+}
+
+/// Per-item state readers also see: the newest history point, the current trend bucket.
+#[derive(Default)]
+pub(crate) struct Live {
+    pub last: Vec<Option<(i64, f64)>>,
+    pub cur: Vec<Option<TrendAcc>>,
+}
+
+impl Live {
+    pub fn ensure(&mut self, id: ItemId) {
+        let n = id as usize + 1;
+        if self.last.len() < n {
+            self.last.resize(n, None);
+            self.cur.resize(n, None);
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    path: PathBuf,
+    opts: StoreOptions,
+    shared: Mutex<Shared>,
+    /// The writer waits on this.
+    wake: Condvar,
+    /// Flush/close waiters wait on this.
+    done: Condvar,
+    items: RwLock<schema::Items>,
+    live: Mutex<Live>,
+    reader: Mutex<Connection>,
+    counters: Counters,
+    commits_tx: tokio::sync::watch::Sender<u64>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closes the store when the last handle goes away.
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = close_inner(&self.0) {
+            tracing::error!(error = %e, "store: closing on drop failed");
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<()>,
+    inner: Arc<Inner>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+fn settings_of(config: &Config, items: &schema::Items) -> Settings {
+    let mut list = Vec::new();
+    for h in &config.hosts {
+        let Some(keys) = items.current.get(&h.host) else { continue };
+        for it in &h.items {
+            if let Some(&id) = keys.get(&it.key) {
+                let hid = items.all.get(&id).map(|(hid, _)| *hid).unwrap_or(0);
+                list.push((
+                    id,
+                    hid,
+                    it.key.len(),
+                    it.deadband.filter(|d| d.is_finite()),
+                    it.heartbeat.map(|d| d.as_secs().min(i64::MAX as u64) as i64),
+                ));
+            }
+        }
+    }
+    Settings {
+        storage: config.storage.clone(),
+        has_mqtt: config.mqtt.is_some(),
+        items: list,
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) `data_dir/modbridge.db`, registers the config's
     /// items and starts the writer thread.
     pub fn open(config: &Config) -> Result<Store, StoreError> {
-        let _ = config;
-        todo!()
+        Store::open_with(config, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with tuning options.
+    pub fn open_with(config: &Config, opts: StoreOptions) -> Result<Store, StoreError> {
+        let dir = &config.gateway.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join("modbridge.db");
+        let conn = schema::open_write(&path, opts.busy_timeout)?;
+        let items = schema::register(&conn, config)?;
+        let settings = settings_of(config, &items);
+        let mut live = Live::default();
+        let max_id = items.all.keys().copied().max().unwrap_or(0);
+        live.ensure(max_id);
+        let outbox: i64 = conn.query_row("SELECT count(*) FROM journal WHERE sent = 0", [], |r| r.get(0))?;
+        let reader = schema::open_read(&path, opts.busy_timeout)?;
+        let (commits_tx, _) = tokio::sync::watch::channel(0u64);
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            opts,
+            shared: Mutex::new(Shared {
+                buf: Vec::new(),
+                closed: false,
+                closing: false,
+                kill: false,
+                writer_alive: true,
+                req_gen: 0,
+                done_gen: 0,
+                done_result: Ok(()),
+                maintain_req: false,
+                marks: HashSet::new(),
+                settings: None,
+                hw_notified: false,
+                refused_pushes: 0,
+                dropped_pushes: 0,
+            }),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            items: RwLock::new(items),
+            live: Mutex::new(live),
+            reader: Mutex::new(reader),
+            counters: Counters {
+                samples_received: AtomicU64::new(0),
+                history_points: AtomicU64::new(0),
+                commits: AtomicU64::new(0),
+                commit_errors: AtomicU64::new(0),
+                dropped_unsent: AtomicU64::new(0),
+                outbox: AtomicU64::new(outbox.max(0) as u64),
+            },
+            commits_tx,
+            thread: Mutex::new(None),
+        });
+        let w = writer::Writer::new(inner.clone(), conn, settings)?;
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run())?;
+        *lock(&inner.thread) = Some(handle);
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(Store {
+            _guard: Arc::new(CloseOnDrop(inner.clone())),
+            inner,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
     }
 
     /// The id of an item of the current config.
     pub fn item_id(&self, host: &str, key: &str) -> Option<ItemId> {
-        let _ = (&self.inner, host, key);
-        todo!()
+        let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
+        items.current.get(host)?.get(key).copied()
     }
 
     /// Hands good samples to the writer; no I/O, never blocks on the disk.
     pub fn push(&self, samples: &[Sample]) {
-        let _ = samples;
-        todo!()
+        if samples.is_empty() {
+            return;
+        }
+        let inner = &*self.inner;
+        let mut s = lock(&inner.shared);
+        if s.closed {
+            s.refused_pushes += samples.len() as u64;
+            if s.refused_pushes == samples.len() as u64 {
+                tracing::warn!(samples = samples.len(), "store is closed: samples refused");
+            }
+            return;
+        }
+        s.buf.extend_from_slice(samples);
+        inner
+            .counters
+            .samples_received
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        let cap = inner.opts.max_buffered.max(1);
+        if s.buf.len() > cap {
+            let excess = s.buf.len() - cap;
+            s.buf.drain(..excess);
+            s.dropped_pushes += excess as u64;
+            inner.counters.dropped_unsent.fetch_add(excess as u64, Ordering::Relaxed);
+            if s.dropped_pushes == excess as u64 || s.dropped_pushes % 1_000_000 < excess as u64 {
+                tracing::error!(
+                    dropped = excess,
+                    dropped_total = s.dropped_pushes,
+                    cap,
+                    "store: writer is behind, oldest uncommitted samples dropped"
+                );
+            }
+        }
+        if s.buf.len() >= inner.opts.high_water && !s.hw_notified {
+            s.hw_notified = true;
+            inner.wake.notify_one();
+        }
     }
 
     /// Commits everything pushed so far and waits until it is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        todo!()
+        self.request(false)
     }
 
-    /// Commits everything and stops the writer thread.
+    /// Flushes, then runs compaction of every journal row, retention and the
+    /// size check now (normally they run on their own schedule).
+    pub fn maintain(&self) -> Result<(), StoreError> {
+        self.request(true)
+    }
+
+    fn request(&self, maintain: bool) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut s = lock(&inner.shared);
+        if s.closed || !s.writer_alive {
+            return Err(StoreError::Closed);
+        }
+        s.req_gen += 1;
+        let gen = s.req_gen;
+        s.maintain_req |= maintain;
+        inner.wake.notify_one();
+        while s.done_gen < gen {
+            if !s.writer_alive {
+                return Err(StoreError::Closed);
+            }
+            s = inner.done.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.done_result.clone().map_err(StoreError::Commit)
+    }
+
+    /// Commits everything and stops the writer thread. Later pushes are refused.
     pub fn close(&self) -> Result<(), StoreError> {
-        todo!()
+        close_inner(&self.inner)
+    }
+
+    /// Simulates a crash: the writer stops without committing what is buffered.
+    #[cfg(test)]
+    pub(crate) fn kill(&self) {
+        {
+            let mut s = lock(&self.inner.shared);
+            s.kill = true;
+            s.closed = true;
+            self.inner.wake.notify_one();
+        }
+        if let Some(h) = lock(&self.inner.thread).take() {
+            let _ = h.join();
+        }
     }
 
     /// History points of an item in `[from, to]`, ascending; with `limit`, the newest `limit`.
@@ -91,36 +557,251 @@ impl Store {
         to: i64,
         limit: Option<usize>,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
-        let _ = (item, from, to, limit);
-        todo!()
+        if from > to || limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let host_id = {
+            let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
+            match items.all.get(&item) {
+                Some((hid, _)) => *hid,
+                None => return Ok(Vec::new()),
+            }
+        };
+        let conn = lock(&self.inner.reader);
+        // One read transaction: chunks and journal rows from the same snapshot,
+        // so a compaction in between can neither hide nor duplicate points.
+        let tx = conn.unchecked_transaction()?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT data FROM history WHERE item_id = ?1
+                   AND start >= coalesce((SELECT max(start) FROM history WHERE item_id = ?1 AND start <= ?2), ?2)
+                   AND start <= ?3
+                 ORDER BY start",
+            )?;
+            let mut rows = st.query(params![item, from, to])?;
+            while let Some(row) = rows.next()? {
+                let blob = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                codec::decode_chunk(blob, |c, v| {
+                    if c >= from && c <= to {
+                        out.push((c, v));
+                    }
+                })?;
+            }
+        }
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT data FROM journal WHERE host_id = ?1 AND compacted = 0
+                   AND clock_max >= ?2 AND clock_min <= ?3 ORDER BY seq",
+            )?;
+            let mut rows = st.query(params![host_id, from, to])?;
+            while let Some(row) = rows.next()? {
+                let blob = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                codec::decode_row(blob, |i, c, v| {
+                    if i == item && c >= from && c <= to {
+                        out.push((c, v));
+                    }
+                })?;
+            }
+        }
+        drop(tx);
+        if let Some(limit) = limit {
+            if out.len() > limit {
+                out.drain(..out.len() - limit);
+            }
+        }
+        Ok(out)
     }
 
     /// Hourly trend buckets of an item whose hour starts in `[from, to]`
     /// (the bucket containing `from` included), with the current hour.
-    pub fn trend(
-        &self,
-        item: ItemId,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
-        let _ = (item, from, to);
-        todo!()
+    pub fn trend(&self, item: ItemId, from: i64, to: i64) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
+        let lo = from - from.rem_euclid(3600);
+        if lo > to {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<(i64, TrendBucket)> = Vec::new();
+        {
+            let conn = lock(&self.inner.reader);
+            let mut st = conn.prepare_cached(
+                "SELECT hour, num, min, avg, max FROM trend WHERE item_id = ?1 AND hour >= ?2 AND hour <= ?3 ORDER BY hour",
+            )?;
+            let rows = st.query_map(params![item, lo, to], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    TrendBucket {
+                        num: r.get::<_, i64>(1)?.max(0) as u64,
+                        min: r.get(2)?,
+                        avg: r.get(3)?,
+                        max: r.get(4)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        let cur = {
+            let live = lock(&self.inner.live);
+            live.cur.get(item as usize).copied().flatten()
+        };
+        if let Some(acc) = cur {
+            if acc.hour >= lo && acc.hour <= to {
+                // The in-memory bucket is the whole hour (reloaded at open).
+                match out.binary_search_by_key(&acc.hour, |(h, _)| *h) {
+                    Ok(i) => out[i].1 = acc.bucket(),
+                    Err(i) => out.insert(i, (acc.hour, acc.bucket())),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The newest history point of an item, to restore `lastvalue` after a restart.
+    /// Includes points not yet committed.
     pub fn latest(&self, item: ItemId) -> Result<Option<(i64, f64)>, StoreError> {
-        let _ = item;
-        todo!()
+        let live = lock(&self.inner.live);
+        Ok(live.last.get(item as usize).copied().flatten())
+    }
+
+    /// Unsent outbox messages with `seq > after_seq`, ascending, at most `max_messages`.
+    pub fn outbox_after(&self, after_seq: u64, max_messages: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
+        let mut raw = Vec::new();
+        {
+            let conn = lock(&self.inner.reader);
+            let mut st = conn.prepare_cached(
+                "SELECT seq, host_id, data FROM journal WHERE seq > ?1 AND sent = 0 ORDER BY seq LIMIT ?2",
+            )?;
+            let limit = (max_messages + marks.len()).min(i64::MAX as usize) as i64;
+            let mut rows = st.query(params![after_seq.min(i64::MAX as u64) as i64, limit])?;
+            while let Some(row) = rows.next()? {
+                let seq = row.get::<_, i64>(0)? as u64;
+                if marks.contains(&seq) {
+                    continue;
+                }
+                raw.push((seq, row.get::<_, i64>(1)? as u32, row.get::<_, Vec<u8>>(2)?));
+                if raw.len() >= max_messages {
+                    break;
+                }
+            }
+        }
+        let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(raw.len());
+        for (seq, hid, blob) in raw {
+            let mut msg_items: Vec<(String, Vec<(i64, f64)>)> = Vec::new();
+            let mut last_item = None;
+            codec::decode_row(&blob, |i, c, v| {
+                if last_item != Some(i) {
+                    last_item = Some(i);
+                    let key = match items.all.get(&i) {
+                        Some((_, k)) => k.to_string(),
+                        None => format!("#{i}"),
+                    };
+                    msg_items.push((key, Vec::new()));
+                }
+                if let Some((_, p)) = msg_items.last_mut() {
+                    p.push((c, v));
+                }
+            })?;
+            let host = match items.hosts.get(&hid) {
+                Some(h) => h.to_string(),
+                None => format!("#{hid}"),
+            };
+            out.push(OutboxMessage {
+                seq,
+                host,
+                items: msg_items,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks outbox messages as delivered (after the broker's PUBACK). The marks
+    /// are committed by the writer with its next commit (and on close); until
+    /// then `outbox_after` already leaves them out. After a crash they may be
+    /// sent again, with the same seq and content.
+    pub fn mark_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut s = lock(&self.inner.shared);
+        if s.closed {
+            return Err(StoreError::Closed);
+        }
+        s.marks.extend(seqs.iter().copied());
+        Ok(())
+    }
+
+    /// Outbox messages not yet marked sent.
+    pub fn outbox_len(&self) -> u64 {
+        let pending = lock(&self.inner.shared).marks.len() as u64;
+        self.inner.counters.outbox.load(Ordering::Relaxed).saturating_sub(pending)
+    }
+
+    /// Bumped after every commit that added outbox messages.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits_tx.subscribe()
+    }
+
+    /// The MQTT payload of a message.
+    pub fn json_message(&self, msg: &OutboxMessage) -> String {
+        msg.to_json()
     }
 
     /// Current figures.
     pub fn stats(&self) -> StoreStats {
-        todo!()
+        let c = &self.inner.counters;
+        StoreStats {
+            db_bytes: db_file_bytes(&self.inner.path),
+            samples_received: c.samples_received.load(Ordering::Relaxed),
+            history_points: c.history_points.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            commit_errors: c.commit_errors.load(Ordering::Relaxed),
+            dropped_unsent: c.dropped_unsent.load(Ordering::Relaxed),
+            outbox_messages: self.outbox_len(),
+        }
     }
 
-    /// Registers the items of a reloaded config (new ids for new items, new deadbands).
+    /// Registers the items of a reloaded config (new ids for new items, new
+    /// deadbands, storage settings, with or without MQTT). Takes effect at the
+    /// writer's next cycle; ids are usable when this returns.
     pub fn reconfigure(&self, config: &Config) -> Result<(), StoreError> {
-        let _ = config;
-        todo!()
+        if lock(&self.inner.shared).closed {
+            return Err(StoreError::Closed);
+        }
+        let conn = Connection::open(&self.inner.path)?;
+        conn.busy_timeout(self.inner.opts.busy_timeout.max(Duration::from_secs(10)))?;
+        let items = schema::register(&conn, config)?;
+        drop(conn);
+        let settings = settings_of(config, &items);
+        {
+            let max_id = items.all.keys().copied().max().unwrap_or(0);
+            lock(&self.inner.live).ensure(max_id);
+        }
+        *self.inner.items.write().unwrap_or_else(|e| e.into_inner()) = items;
+        lock(&self.inner.shared).settings = Some(settings);
+        Ok(())
     }
+}
+
+/// Database file plus WAL, bytes.
+pub(crate) fn db_file_bytes(path: &Path) -> u64 {
+    let main = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    main + std::fs::metadata(PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0)
+}
+
+fn close_inner(inner: &Arc<Inner>) -> Result<(), StoreError> {
+    {
+        let mut s = lock(&inner.shared);
+        s.closed = true;
+        s.closing = true;
+        inner.wake.notify_one();
+    }
+    let handle = lock(&inner.thread).take();
+    let Some(h) = handle else { return Ok(()) };
+    if h.join().is_err() {
+        tracing::error!("store writer thread panicked");
+    }
+    let s = lock(&inner.shared);
+    s.done_result.clone().map_err(StoreError::Commit)
 }

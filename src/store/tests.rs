@@ -1,0 +1,769 @@
+//! Store tests on real SQLite files in temporary directories.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::model::*;
+
+pub(crate) fn item(key: &str) -> ItemSpec {
+    ItemSpec {
+        key: key.to_string(),
+        name: key.to_string(),
+        table: Table::Holding,
+        address: 0,
+        value_type: ValueType::I16,
+        bit: None,
+        byte_order: ByteOrder::Abcd,
+        scale: 1.0,
+        offset: 0.0,
+        unit: String::new(),
+        poll_interval: Duration::from_secs(1),
+        deadband: None,
+        heartbeat: None,
+        lower_bound: None,
+        upper_bound: None,
+        configurable: false,
+        tags: Vec::new(),
+    }
+}
+
+/// A config with `hosts` hosts `h0..` of `items` items `k0..` each.
+pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Config {
+    Config {
+        path: dir.join("modbridge.toml"),
+        gateway: GatewaySpec {
+            id: "gw".into(),
+            name: "gw".into(),
+            data_dir: dir.join("data"),
+        },
+        storage: StorageSpec::default(),
+        severity: default_severity(),
+        mqtt: mqtt.then(|| MqttSpec {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "modbridge-gw".into(),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            topic_prefix: "modbridge".into(),
+            keep_alive: Duration::from_secs(30),
+        }),
+        api: ApiSpec::default(),
+        hosts: (0..hosts)
+            .map(|h| HostSpec {
+                host: format!("h{h}"),
+                name: format!("h{h}"),
+                connection: crate::model::Connection::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 502,
+                },
+                serial: None,
+                unit: 1,
+                model: "generic".into(),
+                poll_interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                retries: 1,
+                max_read_registers: 125,
+                max_gap: 8,
+                byte_order: ByteOrder::Abcd,
+                kind: None,
+                tags: Vec::new(),
+                write_expiry: Duration::from_secs(600),
+                items: (0..items).map(|i| item(&format!("k{i}"))).collect(),
+            })
+            .collect(),
+        triggers: Vec::new(),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        busy_timeout: Duration::from_millis(200),
+        ..StoreOptions::default()
+    }
+}
+
+fn ids(store: &Store, cfg: &Config) -> Vec<Vec<ItemId>> {
+    cfg.hosts
+        .iter()
+        .map(|h| h.items.iter().map(|i| store.item_id(&h.host, &i.key).unwrap()).collect())
+        .collect()
+}
+
+fn s(item: ItemId, clock: i64, value: f64) -> Sample {
+    Sample { item, clock, value }
+}
+
+#[test]
+fn store_history_without_deadband_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let (a, b) = (id[0][0], id[0][1]);
+    assert_ne!(a, b);
+    let t0 = 1_700_000_000;
+    for i in 0..100 {
+        store.push(&[s(a, t0 + i, 5.0), s(b, t0 + i, i as f64 * 0.5)]);
+    }
+    store.flush().unwrap();
+    let h = store.history(a, t0, t0 + 1000, None).unwrap();
+    assert_eq!(h.len(), 100);
+    assert!(h.iter().enumerate().all(|(i, p)| *p == (t0 + i as i64, 5.0)));
+    let h = store.history(b, t0 + 10, t0 + 19, None).unwrap();
+    assert_eq!(h, (10..20).map(|i| (t0 + i, i as f64 * 0.5)).collect::<Vec<_>>());
+    let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
+    assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
+    assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
+    // Out-of-order and duplicate clocks are not history points.
+    store.push(&[s(a, t0 + 50, 1.0), s(a, t0 + 99, 2.0)]);
+    store.flush().unwrap();
+    assert_eq!(store.history(a, t0, t0 + 1000, None).unwrap().len(), 100);
+    let st = store.stats();
+    assert_eq!(st.samples_received, 202);
+    assert_eq!(st.history_points, 200);
+    assert!(st.commits >= 1);
+    assert!(st.db_bytes > 0);
+    assert_eq!(st.outbox_messages, 0, "no mqtt: nothing to send");
+    store.close().unwrap();
+}
+
+#[test]
+fn store_deadband_and_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 3, false);
+    cfg.hosts[0].items[0].deadband = Some(0.5);
+    cfg.hosts[0].items[1].deadband = Some(0.5);
+    cfg.hosts[0].items[1].heartbeat = Some(Duration::from_secs(10));
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let (db, dbhb, none) = (id[0][0], id[0][1], id[0][2]);
+    let t0 = 1_700_000_000;
+    let vals = [20.0, 20.1, 20.4, 20.5, 20.6, 19.9, 19.95, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0];
+    for (i, v) in vals.iter().enumerate() {
+        let c = t0 + i as i64;
+        store.push(&[s(db, c, *v), s(dbhb, c, *v), s(none, c, *v)]);
+    }
+    store.flush().unwrap();
+    let h = store.history(db, t0, t0 + 100, None).unwrap();
+    // first; 20.5 (>= 0.5 from 20.0); 19.9 (0.6 from 20.5); 20.0 is only 0.1 from 19.9.
+    assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9)]);
+    let h = store.history(dbhb, t0, t0 + 100, None).unwrap();
+    // ... plus heartbeats 10 s after the last point: t0+15.
+    assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9), (t0 + 15, 20.0)]);
+    assert_eq!(store.history(none, t0, t0 + 100, None).unwrap().len(), vals.len());
+    // Trends see every sample, also the suppressed ones.
+    let tr = store.trend(db, t0, t0 + 100).unwrap();
+    assert_eq!(tr.len(), 1);
+    assert_eq!(tr[0].1.num, vals.len() as u64);
+    assert_eq!(tr[0].1.min, 19.9);
+    assert_eq!(tr[0].1.max, 20.6);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_trends_over_hours_including_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, false);
+    let o = StoreOptions {
+        trend_flush_interval: Duration::from_secs(3600),
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let h0 = now() - now() % 3600 - 10 * 3600;
+    // Three hours of one sample a minute, value = minute of the hour; then 10 minutes of a 4th hour.
+    for hour in 0..3 {
+        for m in 0..60 {
+            store.push(&[s(a, h0 + hour * 3600 + m * 60, m as f64)]);
+        }
+    }
+    for m in 0..10 {
+        store.push(&[s(a, h0 + 3 * 3600 + m * 60, 100.0 + m as f64)]);
+    }
+    store.flush().unwrap();
+    let tr = store.trend(a, h0 + 100, h0 + 4 * 3600).unwrap();
+    assert_eq!(tr.len(), 4, "{tr:?}");
+    for (i, (hour, b)) in tr.iter().take(3).enumerate() {
+        assert_eq!(*hour, h0 + i as i64 * 3600);
+        assert_eq!((b.num, b.min, b.avg, b.max), (60, 0.0, 29.5, 59.0));
+    }
+    assert_eq!(tr[3].0, h0 + 3 * 3600);
+    assert_eq!((tr[3].1.num, tr[3].1.min, tr[3].1.avg, tr[3].1.max), (10, 100.0, 104.5, 109.0));
+    // A range that excludes hours.
+    let tr = store.trend(a, h0 + 3600, h0 + 3600).unwrap();
+    assert_eq!(tr.len(), 1);
+    assert_eq!(tr[0].0, h0 + 3600);
+    // A late sample for a closed hour is merged into it (visible once written out).
+    store.push(&[s(a, h0 + 30, 1000.0)]);
+    store.close().unwrap();
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let tr = store.trend(a, h0, h0 + 4 * 3600).unwrap();
+    assert_eq!(tr[0].1.num, 61);
+    assert_eq!(tr[0].1.max, 1000.0);
+    assert_eq!(tr[3].1.num, 10);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_restart_continuity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, 3, true);
+    cfg.hosts[0].items[0].deadband = Some(1.0);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id1 = ids(&store, &cfg);
+    let a = id1[0][0];
+    let t0 = now() - 600;
+    store.push(&[s(a, t0, 10.0), s(a, t0 + 1, 10.5), s(id1[1][2], t0, 7.0)]);
+    store.flush().unwrap();
+    let seqs1: Vec<u64> = store.outbox_after(0, 100).unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(seqs1.len(), 2);
+    store.close().unwrap();
+    // Pushes after close are refused.
+    store.push(&[s(a, t0 + 2, 50.0)]);
+    assert!(store.flush().is_err());
+    drop(store);
+
+    // Reopen with an extra host first in the list: ids stay.
+    let mut cfg2 = cfg.clone();
+    let mut extra = cfg.hosts[0].clone();
+    extra.host = "new".into();
+    cfg2.hosts.insert(0, extra);
+    let store = Store::open_with(&cfg2, opts()).unwrap();
+    let id2 = ids(&store, &cfg2);
+    assert_eq!(id2[1], id1[0]);
+    assert_eq!(id2[2], id1[1]);
+    assert!(!id1.concat().contains(&id2[0][0]));
+    assert_eq!(store.latest(a).unwrap(), Some((t0, 10.0)));
+    assert_eq!(store.history(a, t0 - 10, t0 + 10, None).unwrap(), vec![(t0, 10.0)]);
+    // Deadband state survived: 10.9 is within 1.0 of 10.0; 11.0 is not.
+    store.push(&[s(a, t0 + 2, 10.9), s(a, t0 + 3, 11.0)]);
+    store.flush().unwrap();
+    assert_eq!(store.history(a, t0 - 10, t0 + 10, None).unwrap(), vec![(t0, 10.0), (t0 + 3, 11.0)]);
+    // Trend of the current hour continues.
+    let tr = store.trend(a, t0 - 3600, t0 + 3600).unwrap();
+    let total: u64 = tr.iter().map(|b| b.1.num).sum();
+    assert_eq!(total, 4);
+    // seq keeps increasing, also after the old rows are sent and deleted.
+    store.mark_sent(&seqs1).unwrap();
+    store.maintain().unwrap();
+    let m = store.outbox_after(0, 100).unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].seq > *seqs1.iter().max().unwrap());
+    store.close().unwrap();
+    let store = Store::open_with(&cfg2, opts()).unwrap();
+    store.push(&[s(a, t0 + 20, 99.0)]);
+    store.flush().unwrap();
+    let m2 = store.outbox_after(0, 100).unwrap();
+    assert_eq!(m2.len(), 2);
+    assert!(m2[1].seq > m[0].seq);
+    assert_eq!(store.history(a, t0 - 10, t0 + 100, None).unwrap().len(), 3);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_outbox_split_order_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2, 3, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let mut rx = store.commits();
+    let before = *rx.borrow_and_update();
+    let t0 = now() - 3 * 3600;
+    // Host 0: 3 items x 1500 points = 4500 points -> 3 messages; host 1: 10 points.
+    let mut batch = Vec::new();
+    for i in 0..1500 {
+        for &it in &id[0] {
+            batch.push(s(it, t0 + i, (i % 100) as f64 / 10.0));
+        }
+    }
+    for i in 0..10 {
+        batch.push(s(id[1][1], t0 + i, -(i as f64)));
+    }
+    store.push(&batch);
+    store.flush().unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert!(*rx.borrow_and_update() > before);
+    let msgs = store.outbox_after(0, 100).unwrap();
+    assert_eq!(msgs.len(), 4, "{:?}", msgs.iter().map(|m| (m.seq, m.items.len())).collect::<Vec<_>>());
+    assert_eq!(store.outbox_len(), 4);
+    for w in msgs.windows(2) {
+        assert!(w[1].seq > w[0].seq);
+    }
+    let mut per_key: std::collections::BTreeMap<(String, String), Vec<(i64, f64)>> = Default::default();
+    for m in &msgs {
+        let n: usize = m.items.iter().map(|(_, p)| p.len()).sum();
+        assert!(n <= MAX_POINTS_PER_MESSAGE);
+        assert!(m.to_json().len() < 256 * 1024);
+        for (k, p) in &m.items {
+            per_key.entry((m.host.clone(), k.clone())).or_default().extend(p);
+        }
+    }
+    for ((h, _), pts) in &per_key {
+        assert_eq!(pts.len(), if h == "h0" { 1500 } else { 10 });
+        assert!(pts.windows(2).all(|w| w[0].0 < w[1].0), "clock order across messages");
+    }
+    assert_eq!(per_key[&("h1".to_string(), "k1".to_string())][3], (t0 + 3, -3.0));
+    // Paging.
+    let first = store.outbox_after(0, 2).unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.outbox_after(first[1].seq, 10).unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].seq, msgs[2].seq);
+    // Mark two sent: they disappear from the outbox at once.
+    store.mark_sent(&[msgs[0].seq, msgs[1].seq]).unwrap();
+    assert_eq!(store.outbox_len(), 2);
+    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    // Compaction: sent rows go, unsent stay (compacted); history unchanged.
+    store.maintain().unwrap();
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let (rows, compacted): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(compacted) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((rows, compacted), (2, 2));
+    let chunks: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
+    assert!(chunks >= 4);
+    for (hi, host) in id.iter().enumerate() {
+        for (ii, &it) in host.iter().enumerate() {
+            let h = store.history(it, t0, t0 + 10_000, None).unwrap();
+            let key = (format!("h{hi}"), format!("k{ii}"));
+            assert_eq!(&h, per_key.get(&key).unwrap_or(&Vec::new()), "{key:?}");
+        }
+    }
+    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    store.mark_sent(&[msgs[2].seq, msgs[3].seq]).unwrap();
+    store.flush().unwrap();
+    let rows: i64 = conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(store.history(id[0][2], t0, t0 + 10_000, None).unwrap().len(), 1500);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_history_spans_chunks_and_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let a = id[0][0];
+    let t0 = now() - 5000;
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut expect = Vec::new();
+    // Three compacted rounds (random values -> several chunks) then a journal tail.
+    for round in 0..4 {
+        let mut batch = Vec::new();
+        for i in 0..1000 {
+            let c = t0 + round * 1000 + i;
+            let v = if round % 2 == 0 { rng.f64() } else { (i % 50) as f64 };
+            batch.push(s(a, c, v));
+            batch.push(s(id[0][1], c, 1.0 + i as f64));
+            expect.push((c, v));
+        }
+        store.push(&batch);
+        if round < 3 {
+            store.maintain().unwrap();
+        } else {
+            store.flush().unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let chunks: i64 = conn
+        .query_row("SELECT count(*) FROM history WHERE item_id = ?1", [a], |r| r.get(0))
+        .unwrap();
+    assert!(chunks > 3, "{chunks} chunks");
+    let uncompacted: i64 = conn
+        .query_row("SELECT count(*) FROM journal WHERE compacted = 0", [], |r| r.get(0))
+        .unwrap();
+    assert!(uncompacted >= 1);
+    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    // Ranges inside and across boundaries.
+    let (lo, hi) = (t0 + 1500, t0 + 3200);
+    let want: Vec<_> = expect.iter().copied().filter(|p| p.0 >= lo && p.0 <= hi).collect();
+    assert_eq!(store.history(a, lo, hi, None).unwrap(), want);
+    let want_last: Vec<_> = want[want.len() - 7..].to_vec();
+    assert_eq!(store.history(a, lo, hi, Some(7)).unwrap(), want_last);
+    assert_eq!(store.history(a, t0 + 2999, t0 + 3000, None).unwrap(), expect[2999..=3000].to_vec());
+    assert!(store.history(a, t0 + 20_000, t0 + 30_000, None).unwrap().is_empty());
+    assert!(store.history(9999, t0, t0 + 30_000, None).unwrap().is_empty());
+    // Restart: last point restored from the journal, history the same.
+    store.close().unwrap();
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    assert_eq!(store.latest(a).unwrap(), expect.last().copied());
+    store.maintain().unwrap();
+    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, false);
+    cfg.storage.history_retention = Duration::from_secs(86400);
+    cfg.storage.trend_retention = Duration::from_secs(3 * 86400);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let n = now();
+    let old = n - 2 * 86400;
+    let ancient = n - 5 * 86400;
+    store.push(&[s(a, ancient, 1.0), s(a, old, 2.0), s(a, n - 100, 3.0), s(a, n - 50, 4.0)]);
+    store.maintain().unwrap();
+    // The trend of the ancient hour is written when its hour closed; retention
+    // runs again on the next maintain.
+    store.maintain().unwrap();
+    assert_eq!(store.history(a, 0, n, None).unwrap(), vec![(n - 100, 3.0), (n - 50, 4.0)]);
+    let tr = store.trend(a, 0, n).unwrap();
+    let hours: Vec<i64> = tr.iter().map(|t| t.0).collect();
+    assert!(!hours.contains(&(ancient - ancient % 3600)), "{hours:?}");
+    assert!(hours.contains(&(old - old % 3600)));
+    store.close().unwrap();
+}
+
+#[test]
+fn store_max_size_drops_sent_history_first_then_unsent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 200, true);
+    cfg.storage.max_size = 1 << 30;
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let t0 = now() - 20_000;
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut batch = Vec::new();
+    for c in 0..1500 {
+        for &it in &id[0] {
+            batch.push(s(it, t0 + c, rng.f64()));
+        }
+    }
+    store.push(&batch);
+    store.maintain().unwrap();
+    let all: Vec<u64> = store.outbox_after(0, 10_000).unwrap().iter().map(|m| m.seq).collect();
+    store.mark_sent(&all).unwrap();
+    store.maintain().unwrap();
+    assert_eq!(store.outbox_len(), 0);
+    // Unsent: 200 items x 100 clocks.
+    batch.clear();
+    for c in 1500..1600 {
+        for &it in &id[0] {
+            batch.push(s(it, t0 + c, rng.f64()));
+        }
+    }
+    store.push(&batch);
+    store.flush().unwrap();
+    let unsent = store.outbox_len();
+    assert!(unsent >= 10);
+    let big = store.stats().db_bytes;
+    assert!(big > 3_000_000, "{big}");
+
+    // Shrink the cap: history goes, the unsent outbox stays.
+    cfg.storage.max_size = big / 3;
+    store.reconfigure(&cfg).unwrap();
+    store.maintain().unwrap();
+    let st = store.stats();
+    assert!(st.db_bytes <= cfg.storage.max_size, "{} > {}", st.db_bytes, cfg.storage.max_size);
+    assert_eq!(st.dropped_unsent, 0);
+    assert_eq!(store.outbox_len(), unsent);
+    let h = store.history(id[0][0], 0, now(), None).unwrap();
+    assert!(h.len() < 1600 && h.len() >= 100, "{}", h.len());
+    assert_eq!(h.last().unwrap().0, t0 + 1599, "the newest history stays");
+
+    // Far too small: all history, then the oldest unsent messages go, counted.
+    cfg.storage.max_size = 150_000;
+    store.reconfigure(&cfg).unwrap();
+    store.maintain().unwrap();
+    let st = store.stats();
+    assert!(st.dropped_unsent > 0);
+    assert!(store.outbox_len() < unsent);
+    let left = store.outbox_after(0, 10_000).unwrap();
+    assert!(!left.is_empty(), "only as much as needed is dropped");
+    assert_eq!(left.last().unwrap().seq, *all.last().unwrap() + unsent, "the newest stay");
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let chunks: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
+    assert_eq!(chunks, 0);
+    assert!(st.db_bytes <= 150_000, "{}", st.db_bytes);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_commit_failure_keeps_data_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let t0 = now() - 1000;
+    // Another connection holds the write lock: commits fail with SQLITE_BUSY.
+    let blocker = rusqlite::Connection::open(store.path()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    store.push(&[s(a, t0, 1.0), s(a, t0 + 1, 2.0)]);
+    assert!(matches!(store.flush(), Err(StoreError::Commit(_))));
+    store.push(&[s(a, t0 + 2, 3.0)]);
+    assert!(store.flush().is_err());
+    assert!(store.stats().commit_errors >= 2);
+    assert_eq!(store.latest(a).unwrap(), Some((t0 + 2, 3.0)));
+    blocker.execute_batch("COMMIT").unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        store.history(a, t0, t0 + 10, None).unwrap(),
+        vec![(t0, 1.0), (t0 + 1, 2.0), (t0 + 2, 3.0)]
+    );
+    let msgs = store.outbox_after(0, 10).unwrap();
+    assert_eq!(msgs.len(), 1, "one message, no seq burnt by the failed commits");
+    assert_eq!(msgs[0].seq, 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_memory_cap_drops_oldest_when_commits_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, true);
+    let o = StoreOptions {
+        max_buffered: 1000,
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let t0 = now() - 10_000;
+    let blocker = rusqlite::Connection::open(store.path()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for round in 0..3 {
+        let batch: Vec<_> = (0..800).map(|i| s(a, t0 + round * 800 + i, i as f64)).collect();
+        store.push(&batch);
+        assert!(store.flush().is_err());
+    }
+    blocker.execute_batch("COMMIT").unwrap();
+    store.flush().unwrap();
+    let st = store.stats();
+    assert_eq!(st.dropped_unsent, 1400);
+    let h = store.history(a, 0, now(), None).unwrap();
+    assert_eq!(h.len(), 1000);
+    assert_eq!(h[0].0, t0 + 1400);
+    assert_eq!(h.last().unwrap().0, t0 + 2399);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_crash_after_flush_keeps_flushed_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let t0 = now() - 100;
+    store.push(&[s(a, t0, 1.0), s(a, t0 + 1, 2.0)]);
+    store.flush().unwrap();
+    store.push(&[s(a, t0 + 2, 3.0)]);
+    store.kill();
+    drop(store);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap(), vec![(t0, 1.0), (t0 + 1, 2.0)]);
+    assert_eq!(store.latest(a).unwrap(), Some((t0 + 1, 2.0)));
+    assert_eq!(store.outbox_len(), 1);
+    // Dropping the last handle without close commits (a clean drop).
+    store.push(&[s(a, t0 + 5, 5.0)]);
+    drop(store);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    assert_eq!(store.latest(a).unwrap(), Some((t0 + 5, 5.0)));
+    store.close().unwrap();
+}
+
+#[test]
+fn store_reconfigure_adds_items_and_deadbands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    assert!(store.item_id("h0", "k1").is_none());
+    let t0 = now() - 100;
+    store.push(&[s(a, t0, 1.0), s(a, t0 + 1, 1.1)]);
+    store.flush().unwrap();
+    cfg.hosts[0].items.push(item("k1"));
+    cfg.hosts[0].items[0].deadband = Some(5.0);
+    store.reconfigure(&cfg).unwrap();
+    let b = store.item_id("h0", "k1").unwrap();
+    assert_ne!(a, b);
+    store.push(&[s(a, t0 + 2, 1.2), s(b, t0 + 2, 7.0), s(a, t0 + 3, 9.0)]);
+    store.flush().unwrap();
+    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap(), vec![(t0, 1.0), (t0 + 1, 1.1), (t0 + 3, 9.0)]);
+    assert_eq!(store.history(b, t0, t0 + 10, None).unwrap(), vec![(t0 + 2, 7.0)]);
+    // Removing an item: its samples are ignored, its history stays.
+    cfg.hosts[0].items.remove(0);
+    store.reconfigure(&cfg).unwrap();
+    assert!(store.item_id("h0", "k0").is_none());
+    store.push(&[s(a, t0 + 4, 100.0)]);
+    store.flush().unwrap();
+    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap().len(), 3);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_open_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, false);
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    cfg.gateway.data_dir = dir.path().join("file").join("sub");
+    let e = Store::open_with(&cfg, opts()).err().unwrap();
+    assert!(matches!(e, StoreError::DataDir { .. }), "{e}");
+    assert!(e.to_string().contains("cannot create data directory"), "{e}");
+    // Not a database.
+    cfg.gateway.data_dir = dir.path().join("bad");
+    std::fs::create_dir_all(&cfg.gateway.data_dir).unwrap();
+    std::fs::write(cfg.gateway.data_dir.join("modbridge.db"), vec![7u8; 8192]).unwrap();
+    let e = Store::open_with(&cfg, opts()).err().unwrap();
+    assert!(e.to_string().contains("modbridge.db"), "{e}");
+    // A newer schema is refused.
+    cfg.gateway.data_dir = dir.path().join("newer");
+    std::fs::create_dir_all(&cfg.gateway.data_dir).unwrap();
+    let c = rusqlite::Connection::open(cfg.gateway.data_dir.join("modbridge.db")).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let e = Store::open_with(&cfg, opts()).err().unwrap();
+    assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+}
+
+#[test]
+fn store_schema_and_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let v: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    let av: i32 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+    assert_eq!(av, 2, "incremental");
+    let jm: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!(jm, "wal");
+    store.close().unwrap();
+}
+
+#[test]
+fn store_json_message_format() {
+    let m = OutboxMessage {
+        seq: 42,
+        host: "pump".into(),
+        items: vec![
+            ("modbus.pump.F1345.3.30004".into(), vec![(1_700_000_000, 21.3), (1_700_000_010, 21.0)]),
+            ("b".into(), vec![(1_700_000_000, -0.5), (1_700_000_001, 1e300)]),
+        ],
+    };
+    let j = m.to_json();
+    assert_eq!(
+        j,
+        r#"{"seq":42,"host":"pump","items":{"modbus.pump.F1345.3.30004":[[1700000000,21.3],[1700000010,21]],"b":[[1700000000,-0.5],[1700000001,1e+300]]}}"#
+    );
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["items"]["b"][1][1].as_f64(), Some(1e300));
+}
+
+#[test]
+fn store_writer_wakes_once_per_interval() {
+    // Pushes do not wake the writer: with a 1 s interval, 2 s of pushes give at most 3 commits.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let a = ids(&store, &cfg)[0][0];
+    let t0 = now() - 10_000;
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        store.push(&[s(a, t0 + i, i as f64)]);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let commits = store.stats().commits;
+    assert!((1..=3).contains(&commits), "{commits} commits");
+    store.close().unwrap();
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64, i);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_messages_split_by_json_size_with_long_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1500, true);
+    for (i, it) in cfg.hosts[0].items.iter_mut().enumerate() {
+        it.key = format!("{i:0>128}");
+    }
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let t0 = now() - 100;
+    let batch: Vec<_> = cfg.hosts[0]
+        .items
+        .iter()
+        .map(|it| s(store.item_id("h0", &it.key).unwrap(), t0, 1.0 / 3.0))
+        .collect();
+    store.push(&batch);
+    store.flush().unwrap();
+    let msgs = store.outbox_after(0, 100).unwrap();
+    assert!(msgs.len() >= 2, "split by size although below the point limit");
+    let mut n = 0;
+    for m in &msgs {
+        let j = m.to_json();
+        assert!(j.len() <= MAX_MESSAGE_JSON_BYTES, "{}", j.len());
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["seq"].as_u64(), Some(m.seq));
+        n += v["items"].as_object().unwrap().len();
+    }
+    assert_eq!(n, 1500);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_history_consistent_during_ingest_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2, 50, false);
+    let o = StoreOptions {
+        compact_points: 5_000,
+        compact_budget: 20_000,
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
+    let id = ids(&store, &cfg);
+    let a = id[0][7];
+    let t0 = now() - 100_000;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut last_len = 0;
+            let mut queries = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = store.history(a, t0, t0 + 100_000, None).unwrap();
+                assert!(h.windows(2).all(|w| w[1].0 == w[0].0 + 1), "gap or duplicate");
+                assert!(h.is_empty() || h[0].0 == t0);
+                assert!(h.len() >= last_len, "points vanished");
+                last_len = h.len();
+                queries += 1;
+            }
+            queries
+        })
+    };
+    for round in 0..20 {
+        let mut batch = Vec::new();
+        for c in 0..500 {
+            for host in &id {
+                for &it in host {
+                    batch.push(s(it, t0 + round * 500 + c, (c % 17) as f64));
+                }
+            }
+        }
+        store.push(&batch);
+        if round % 3 == 0 {
+            store.maintain().unwrap();
+        } else {
+            store.flush().unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let queries = reader.join().unwrap();
+    assert!(queries > 0);
+    assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len(), 10_000);
+    store.close().unwrap();
+}

@@ -1,0 +1,863 @@
+//! The writer thread: deadband, trends, commits, compaction, retention, size cap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::codec::{self, RowBuilder};
+use super::{
+    lock, ItemId, Inner, Sample, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
+    MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE,
+};
+use crate::model::StorageSpec;
+
+#[derive(Default)]
+struct WItem {
+    active: bool,
+    host_id: u32,
+    key_len: usize,
+    deadband: Option<f64>,
+    heartbeat: Option<i64>,
+    /// History points not yet committed.
+    pending: Vec<(i64, f64)>,
+}
+
+struct Backlog {
+    points: u64,
+    since: Instant,
+}
+
+pub(crate) struct Writer {
+    inner: Arc<Inner>,
+    conn: Connection,
+    storage: StorageSpec,
+    sent_on_insert: bool,
+    items: Vec<WItem>,
+    /// Items with pending points.
+    touched: Vec<ItemId>,
+    pending_total: usize,
+    /// Trend contributions to hours already closed (late samples), merged on write.
+    late: HashMap<(ItemId, i64), TrendAcc>,
+    /// Buckets of hours that closed, to write (replace).
+    closed: Vec<(ItemId, TrendAcc)>,
+    backlog: HashMap<u32, Backlog>,
+    last_trend_flush: Instant,
+    last_retention: Option<Instant>,
+    last_size_check: Instant,
+    spare: Vec<Sample>,
+    unknown_items: u64,
+    failing_since: Option<Instant>,
+    consecutive_failures: u64,
+}
+
+/// Marks the writer dead however `run` ends (so flush/close never wait forever).
+struct AliveGuard(Arc<Inner>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.shared);
+        s.writer_alive = false;
+        s.closed = true;
+        self.0.done.notify_all();
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub fn new(inner: Arc<Inner>, conn: Connection, settings: Settings) -> Result<Writer, StoreError> {
+        let mut w = Writer {
+            inner,
+            conn,
+            storage: settings.storage.clone(),
+            sent_on_insert: !settings.has_mqtt,
+            items: Vec::new(),
+            touched: Vec::new(),
+            pending_total: 0,
+            late: HashMap::new(),
+            closed: Vec::new(),
+            backlog: HashMap::new(),
+            last_trend_flush: Instant::now(),
+            last_retention: None,
+            last_size_check: Instant::now(),
+            spare: Vec::new(),
+            unknown_items: 0,
+            failing_since: None,
+            consecutive_failures: 0,
+        };
+        w.apply_settings(settings);
+        w.restore()?;
+        Ok(w)
+    }
+
+    fn apply_settings(&mut self, s: Settings) {
+        if self.storage.commit_interval != s.storage.commit_interval
+            || self.storage.max_size != s.storage.max_size
+        {
+            tracing::info!(
+                commit_interval = ?s.storage.commit_interval,
+                max_size = s.storage.max_size,
+                "store settings changed"
+            );
+        }
+        self.storage = s.storage;
+        self.sent_on_insert = !s.has_mqtt;
+        for it in &mut self.items {
+            it.active = false;
+        }
+        for (id, hid, key_len, deadband, heartbeat) in s.items {
+            let i = id as usize;
+            if self.items.len() <= i {
+                self.items.resize_with(i + 1, WItem::default);
+            }
+            let it = &mut self.items[i];
+            it.active = true;
+            it.host_id = hid;
+            it.key_len = key_len;
+            it.deadband = deadband;
+            it.heartbeat = heartbeat;
+        }
+    }
+
+    /// Restores deadband state (last point per item), the current trend
+    /// buckets and the compaction backlog from the database.
+    fn restore(&mut self) -> Result<(), StoreError> {
+        let mut last: HashMap<ItemId, (i64, f64)> = HashMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT item_id, max(start), data FROM history GROUP BY item_id")?;
+            let mut rows = st.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let blob: Vec<u8> = row.get(2)?;
+                let mut lp = None;
+                if let Err(e) = codec::decode_chunk(&blob, |c, v| lp = Some((c, v))) {
+                    tracing::error!(item = id, error = %e, "corrupt history chunk ignored");
+                }
+                if let Some(p) = lp {
+                    last.insert(id as ItemId, p);
+                }
+            }
+            let mut st = self
+                .conn
+                .prepare("SELECT host_id, n, data FROM journal WHERE compacted = 0 ORDER BY seq")?;
+            let mut rows = st.query([])?;
+            let now = Instant::now();
+            while let Some(row) = rows.next()? {
+                let hid: i64 = row.get(0)?;
+                let n: i64 = row.get(1)?;
+                let blob: Vec<u8> = row.get(2)?;
+                let b = self.backlog.entry(hid as u32).or_insert(Backlog { points: 0, since: now });
+                b.points += n.max(0) as u64;
+                if let Err(e) = codec::decode_row(&blob, |i, c, v| {
+                    let e = last.entry(i).or_insert((c, v));
+                    if c >= e.0 {
+                        *e = (c, v);
+                    }
+                }) {
+                    tracing::error!(host_id = hid, error = %e, "corrupt journal row ignored");
+                }
+            }
+        }
+        let mut live = lock(&self.inner.live);
+        for (id, p) in last {
+            live.ensure(id);
+            live.last[id as usize] = Some(p);
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT item_id, max(hour), num, min, avg, max FROM trend GROUP BY item_id")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let id = row.get::<_, i64>(0)? as ItemId;
+            let num = row.get::<_, i64>(2)?.max(0) as u64;
+            let avg: f64 = row.get(4)?;
+            live.ensure(id);
+            live.cur[id as usize] = Some(TrendAcc {
+                hour: row.get(1)?,
+                num,
+                min: row.get(3)?,
+                max: row.get(5)?,
+                sum: avg * num as f64,
+                dirty: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// How long to sleep until the next commit tick.
+    fn until_tick(&self) -> Duration {
+        let iv = self.storage.commit_interval.max(Duration::from_millis(10));
+        let phase = self
+            .inner
+            .opts
+            .tick_phase
+            .unwrap_or_else(|| (iv / 4).min(Duration::from_millis(250)))
+            .min(iv);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(phase);
+        let ivn = iv.as_nanos().max(1);
+        let rem = now.as_nanos() % ivn;
+        Duration::from_nanos((ivn - rem).min(u128::from(u64::MAX)) as u64)
+    }
+
+    pub fn run(mut self) {
+        let inner = self.inner.clone();
+        let _alive = AliveGuard(inner.clone());
+        loop {
+            let deadline = Instant::now() + self.until_tick();
+            let (mut batch, gen, maintain, marks, closing) = {
+                let mut s = lock(&inner.shared);
+                loop {
+                    if s.kill {
+                        s.writer_alive = false;
+                        inner.done.notify_all();
+                        return;
+                    }
+                    if s.closing || s.req_gen > s.done_gen || s.hw_notified {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    s = inner
+                        .wake
+                        .wait_timeout(s, deadline - now)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if let Some(settings) = s.settings.take() {
+                    self.apply_settings(settings);
+                }
+                let mut batch = std::mem::take(&mut self.spare);
+                std::mem::swap(&mut batch, &mut s.buf);
+                s.hw_notified = false;
+                let marks: Vec<u64> = s.marks.iter().copied().collect();
+                let maintain = std::mem::take(&mut s.maintain_req);
+                (batch, s.req_gen, maintain, marks, s.closing)
+            };
+            self.process(&batch);
+            batch.clear();
+            self.spare = batch;
+
+            let mut result = self.commit(&marks, closing);
+            if closing {
+                let mut tries = 0;
+                while result.is_err() && tries < 3 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    tries += 1;
+                    result = self.commit(&marks, true);
+                }
+            }
+            if result.is_ok() && (maintain || !closing) {
+                self.maintenance(maintain);
+            }
+            {
+                let mut s = lock(&inner.shared);
+                if result.is_ok() {
+                    for m in &marks {
+                        s.marks.remove(m);
+                    }
+                }
+                s.done_gen = s.done_gen.max(gen);
+                s.done_result = result.map_err(|e| e.to_string());
+                if closing {
+                    s.writer_alive = false;
+                    if let Err(e) = &s.done_result {
+                        tracing::error!(
+                            error = %e,
+                            lost_points = self.pending_total,
+                            "store closed with uncommitted history points"
+                        );
+                    }
+                }
+                inner.done.notify_all();
+            }
+            if closing {
+                tracing::info!("store writer stopped");
+                return;
+            }
+        }
+    }
+
+    /// Deadband/heartbeat and trends for a batch of samples.
+    fn process(&mut self, batch: &[Sample]) {
+        if batch.is_empty() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let mut live = lock(&inner.live);
+        let mut accepted = 0u64;
+        for s in batch {
+            let id = s.item as usize;
+            let Some(it) = self.items.get_mut(id).filter(|it| it.active) else {
+                self.unknown_items += 1;
+                if self.unknown_items.is_power_of_two() {
+                    tracing::warn!(item = s.item, count = self.unknown_items, "samples for unknown items dropped");
+                }
+                continue;
+            };
+            if !s.value.is_finite() {
+                continue;
+            }
+            if live.last.len() <= id {
+                live.ensure(s.item);
+            }
+            // Trend: every good sample.
+            let hour = s.clock - s.clock.rem_euclid(3600);
+            match &mut live.cur[id] {
+                Some(acc) if acc.hour == hour => acc.add(s.value),
+                Some(acc) if acc.hour < hour => {
+                    if acc.dirty {
+                        self.closed.push((s.item, *acc));
+                    }
+                    *acc = TrendAcc::new(hour, s.value);
+                }
+                Some(_) => {
+                    self.late
+                        .entry((s.item, hour))
+                        .and_modify(|a| a.add(s.value))
+                        .or_insert_with(|| TrendAcc::new(hour, s.value));
+                }
+                slot @ None => *slot = Some(TrendAcc::new(hour, s.value)),
+            }
+            // History: deadband and heartbeat against the last history point.
+            let is_point = match live.last[id] {
+                None => true,
+                Some((lc, lv)) => {
+                    s.clock > lc
+                        && match it.deadband {
+                            None => true,
+                            Some(db) => {
+                                (s.value - lv).abs() >= db
+                                    || it.heartbeat.is_some_and(|hb| s.clock - lc >= hb)
+                            }
+                        }
+                }
+            };
+            if is_point {
+                live.last[id] = Some((s.clock, s.value));
+                if it.pending.is_empty() {
+                    self.touched.push(s.item);
+                }
+                it.pending.push((s.clock, s.value));
+                accepted += 1;
+            }
+        }
+        drop(live);
+        self.pending_total += accepted as usize;
+        let cap = self.inner.opts.max_buffered.max(1);
+        if self.pending_total > cap {
+            self.drop_oldest_pending(self.pending_total - cap);
+        }
+    }
+
+    /// Memory cap after failed commits: drops the oldest pending points.
+    fn drop_oldest_pending(&mut self, excess: usize) {
+        let mut clocks: Vec<i64> = Vec::with_capacity(self.pending_total);
+        for &id in &self.touched {
+            clocks.extend(self.items[id as usize].pending.iter().map(|p| p.0));
+        }
+        if excess == 0 || clocks.is_empty() {
+            return;
+        }
+        let k = excess.min(clocks.len()) - 1;
+        let (_, cut, _) = clocks.select_nth_unstable(k);
+        let cut = *cut;
+        // Drops every point with clock <= cut: at least `excess` points.
+        let mut total = 0usize;
+        for &id in &self.touched {
+            let p = &mut self.items[id as usize].pending;
+            p.retain(|&(c, _)| c > cut);
+            total += p.len();
+        }
+        let dropped = self.pending_total - total;
+        self.pending_total = total;
+        self.touched.retain(|&id| !self.items[id as usize].pending.is_empty());
+        self.inner
+            .counters
+            .dropped_unsent
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        tracing::error!(
+            dropped,
+            kept = total,
+            "store: commits keep failing, oldest uncommitted history points dropped"
+        );
+    }
+
+    /// One transaction: new journal rows, sent marks, trend buckets.
+    fn commit(&mut self, marks: &[u64], closing: bool) -> Result<(), StoreError> {
+        let trend_due = closing || self.last_trend_flush.elapsed() >= self.inner.opts.trend_flush_interval;
+        let nothing = self.touched.is_empty()
+            && marks.is_empty()
+            && self.closed.is_empty()
+            && !(trend_due && (!self.late.is_empty() || self.any_dirty_trend()));
+        if nothing {
+            if trend_due {
+                self.last_trend_flush = Instant::now();
+            }
+            return Ok(());
+        }
+        match self.try_commit(marks, trend_due) {
+            Ok((rows, points, unsent_rows, marked)) => {
+                let c = &self.inner.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.history_points.fetch_add(points as u64, Ordering::Relaxed);
+                c.outbox.fetch_add(unsent_rows as u64, Ordering::Relaxed);
+                let _ = c.outbox.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(marked as u64))
+                });
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(
+                        failing_for = ?since.elapsed(),
+                        failed_commits = self.consecutive_failures,
+                        "store commits work again"
+                    );
+                }
+                self.consecutive_failures = 0;
+                if rows > 0 {
+                    self.inner.commits_tx.send_modify(|v| *v += 1);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.counters.commit_errors.fetch_add(1, Ordering::Relaxed);
+                self.failing_since.get_or_insert_with(Instant::now);
+                self.consecutive_failures += 1;
+                let n = self.consecutive_failures;
+                // Not once a second for hours: 1, 2, 4, 8, ... then every 64th.
+                if n.is_power_of_two() || n % 64 == 0 {
+                    tracing::error!(
+                        error = %e,
+                        pending_points = self.pending_total,
+                        consecutive_failures = n,
+                        "store commit failed; keeping the data in memory and retrying"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn any_dirty_trend(&self) -> bool {
+        lock(&self.inner.live).cur.iter().any(|c| c.is_some_and(|a| a.dirty))
+    }
+
+    fn try_commit(&mut self, marks: &[u64], trend_due: bool) -> Result<(usize, usize, usize, usize), StoreError> {
+        // Group points per host, items ascending, into rows of bounded size.
+        self.touched.sort_unstable_by_key(|&id| (self.items[id as usize].host_id, id));
+        let mut rows: Vec<(u32, RowBuilder)> = Vec::new();
+        let mut cur: Option<(u32, RowBuilder)> = None;
+        for &id in &self.touched {
+            let it = &self.items[id as usize];
+            let mut p = &it.pending[..];
+            if cur.as_ref().is_some_and(|(h, _)| *h != it.host_id) {
+                rows.extend(cur.take());
+            }
+            while !p.is_empty() {
+                let row = match &mut cur {
+                    Some((_, r)) => r,
+                    None => &mut cur.insert((it.host_id, RowBuilder::new(p[0].0))).1,
+                };
+                let room_pts = MAX_POINTS_PER_MESSAGE - row.n;
+                let room_bytes = MAX_MESSAGE_JSON_BYTES.saturating_sub(row.json_bytes + it.key_len + 8)
+                    / codec::JSON_POINT_BYTES;
+                let mut take = p.len().min(room_pts).min(room_bytes);
+                if take == 0 {
+                    if row.is_empty() {
+                        take = 1;
+                    } else {
+                        rows.extend(cur.take());
+                        continue;
+                    }
+                }
+                row.add(id, &p[..take], it.key_len);
+                p = &p[take..];
+                if row.n >= MAX_POINTS_PER_MESSAGE {
+                    rows.extend(cur.take());
+                }
+            }
+        }
+        rows.extend(cur.take());
+
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let sent = i64::from(self.sent_on_insert);
+        let mut points = 0usize;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO journal(host_id, clock_min, clock_max, n, sent, compacted, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+            )?;
+            for (hid, r) in &rows {
+                ins.execute(params![hid, r.clock_min, r.clock_max, r.n as i64, sent, r.buf])?;
+                points += r.n;
+            }
+        }
+        let mut marked = 0usize;
+        if !marks.is_empty() {
+            let mut upd = tx.prepare_cached("UPDATE journal SET sent = 1 WHERE seq = ?1 AND sent = 0")?;
+            let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 AND compacted = 1")?;
+            for &m in marks {
+                let m = m.min(i64::MAX as u64) as i64;
+                marked += upd.execute([m])?;
+                del.execute([m])?;
+            }
+        }
+        // Trends: closed hours (replace), and when due the current buckets and late ones.
+        let mut flushed_ids: Vec<(ItemId, i64)> = Vec::new();
+        {
+            let mut rep = tx.prepare_cached(
+                "INSERT OR REPLACE INTO trend(item_id, hour, num, min, avg, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (id, acc) in &self.closed {
+                let b = acc.bucket();
+                rep.execute(params![id, acc.hour, b.num as i64, b.min, b.avg, b.max])?;
+            }
+            if trend_due {
+                let live = lock(&self.inner.live);
+                for (i, c) in live.cur.iter().enumerate() {
+                    if let Some(acc) = c.filter(|a| a.dirty) {
+                        let b = acc.bucket();
+                        rep.execute(params![i as i64, acc.hour, b.num as i64, b.min, b.avg, b.max])?;
+                        flushed_ids.push((i as ItemId, acc.hour));
+                    }
+                }
+                drop(live);
+                let mut merge = tx.prepare_cached(
+                    "INSERT INTO trend(item_id, hour, num, min, avg, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(item_id, hour) DO UPDATE SET
+                        avg = (avg * num + excluded.avg * excluded.num) / (num + excluded.num),
+                        num = num + excluded.num,
+                        min = min(min, excluded.min),
+                        max = max(max, excluded.max)",
+                )?;
+                for ((id, hour), acc) in &self.late {
+                    let b = acc.bucket();
+                    merge.execute(params![id, hour, b.num as i64, b.min, b.avg, b.max])?;
+                }
+            }
+        }
+        tx.commit()?;
+
+        // Durable: forget what was written.
+        let unsent_rows = if self.sent_on_insert { 0 } else { rows.len() };
+        let now = Instant::now();
+        for (hid, r) in &rows {
+            let b = self.backlog.entry(*hid).or_insert(Backlog { points: 0, since: now });
+            b.points += r.n as u64;
+        }
+        for &id in &self.touched {
+            self.items[id as usize].pending.clear();
+        }
+        self.touched.clear();
+        self.pending_total = 0;
+        self.closed.clear();
+        if trend_due {
+            self.late.clear();
+            let mut live = lock(&self.inner.live);
+            for (id, hour) in flushed_ids {
+                if let Some(acc) = live.cur[id as usize].as_mut() {
+                    // Still the same hour: nothing was added since (same thread).
+                    if acc.hour == hour {
+                        acc.dirty = false;
+                    }
+                }
+            }
+            self.last_trend_flush = Instant::now();
+        }
+        Ok((rows.len(), points, unsent_rows, marked))
+    }
+
+    /// Compaction, retention and the size cap; failures are logged, not fatal.
+    fn maintenance(&mut self, force: bool) {
+        let opts = self.inner.opts.clone();
+        // Compaction: hosts whose backlog is old or big, within the budget.
+        let mut due: Vec<u32> = self
+            .backlog
+            .iter()
+            .filter(|(_, b)| {
+                b.points > 0 && (force || b.points >= opts.compact_points || b.since.elapsed() >= opts.compact_age)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        due.sort_unstable();
+        let mut budget = if force { u64::MAX } else { opts.compact_budget.max(1) };
+        for hid in due {
+            if budget == 0 {
+                break;
+            }
+            loop {
+                match self.compact_host(hid, budget.min(opts.compact_budget.max(1))) {
+                    Ok((points, more)) => {
+                        budget = budget.saturating_sub(points.max(1));
+                        if let Some(b) = self.backlog.get_mut(&hid) {
+                            b.points = b.points.saturating_sub(points);
+                            if !more {
+                                b.points = 0;
+                            }
+                        }
+                        if !more {
+                            self.backlog.remove(&hid);
+                            break;
+                        }
+                        if budget == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(host_id = hid, error = %e, "store compaction failed");
+                        break;
+                    }
+                }
+            }
+        }
+        let retention_due = force
+            || self
+                .last_retention
+                .map_or(true, |t| t.elapsed() >= opts.retention_interval);
+        if retention_due {
+            if let Err(e) = self.retention() {
+                tracing::error!(error = %e, "store retention failed");
+            }
+            self.last_retention = Some(Instant::now());
+        }
+        if force || self.last_size_check.elapsed() >= opts.size_check_interval {
+            if let Err(e) = self.enforce_size() {
+                tracing::error!(error = %e, "store size enforcement failed");
+            }
+            self.last_size_check = Instant::now();
+        }
+    }
+
+    /// Moves up to about `max_points` of a host's oldest uncompacted journal
+    /// points into per-item history chunks. Returns (points, more left).
+    fn compact_host(&mut self, hid: u32, max_points: u64) -> Result<(u64, bool), StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut seqs: Vec<(i64, bool)> = Vec::new();
+        let mut per_item: BTreeMap<ItemId, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut points = 0u64;
+        let mut more = false;
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT seq, n, sent, data FROM journal WHERE host_id = ?1 AND compacted = 0 ORDER BY seq",
+            )?;
+            let mut rows = st.query([hid])?;
+            while let Some(row) = rows.next()? {
+                if points >= max_points {
+                    more = true;
+                    break;
+                }
+                let seq: i64 = row.get(0)?;
+                let n: i64 = row.get(1)?;
+                let sent: i64 = row.get(2)?;
+                let blob = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+                let r = codec::decode_row(blob, |i, c, v| per_item.entry(i).or_default().push((c, v)));
+                if let Err(e) = r {
+                    tracing::error!(seq, error = %e, "corrupt journal row skipped by compaction");
+                }
+                seqs.push((seq, sent != 0));
+                points += n.max(0) as u64;
+            }
+        }
+        {
+            let mut last = tx.prepare_cached(
+                "SELECT start, end, data FROM history WHERE item_id = ?1 ORDER BY start DESC LIMIT 1",
+            )?;
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO history(item_id, start, end, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut merged: Vec<(i64, f64)> = Vec::new();
+            for (id, mut pts) in per_item {
+                let prev: Option<(i64, i64, Vec<u8>)> = last
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                merged.clear();
+                if let Some((start, end, blob)) = prev {
+                    // Never store a point twice or out of order.
+                    pts.retain(|p| p.0 > end);
+                    if blob.len() < CHUNK_TARGET_BYTES / 2
+                        && pts.first().is_some_and(|p| p.0 - start <= codec::CHUNK_MAX_SPAN)
+                    {
+                        // Extend the item's small last chunk (same start key: replaced).
+                        codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
+                    }
+                }
+                if pts.is_empty() {
+                    continue;
+                }
+                merged.extend_from_slice(&pts);
+                for (start, end, n, data) in codec::encode_chunks(&merged, CHUNK_TARGET_BYTES) {
+                    ins.execute(params![id, start, end, n as i64, data])?;
+                }
+            }
+            let mut mark = tx.prepare_cached("UPDATE journal SET compacted = 1 WHERE seq = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
+            for &(seq, sent) in &seqs {
+                if sent {
+                    del.execute([seq])?;
+                } else {
+                    mark.execute([seq])?;
+                }
+            }
+        }
+        tx.commit()?;
+        tracing::debug!(host_id = hid, rows = seqs.len(), points, "journal compacted");
+        Ok((points, more))
+    }
+
+    fn retention(&mut self) -> Result<(), StoreError> {
+        let now = now_unix();
+        let h_cut = now.saturating_sub(self.storage.history_retention.as_secs().min(i64::MAX as u64) as i64);
+        let t_cut = now.saturating_sub(self.storage.trend_retention.as_secs().min(i64::MAX as u64) as i64);
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let chunks = tx.execute("DELETE FROM history WHERE end < ?1", [h_cut])?;
+        let mut trends = 0;
+        {
+            let ids: Vec<i64> = {
+                let mut st = tx.prepare("SELECT id FROM items")?;
+                let r = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+                r
+            };
+            let mut del = tx.prepare_cached("DELETE FROM trend WHERE item_id = ?1 AND hour < ?2")?;
+            for id in ids {
+                trends += del.execute(params![id, t_cut - t_cut.rem_euclid(3600)])?;
+            }
+        }
+        tx.commit()?;
+        if chunks > 0 || trends > 0 {
+            tracing::info!(chunks, trend_rows = trends, "store retention deleted old data");
+        }
+        Ok(())
+    }
+
+    fn db_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self.conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let size: i64 = self.conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::fs::metadata(std::path::PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0);
+        Ok((pages.max(0) as u64) * (size.max(0) as u64) + wal)
+    }
+
+    /// Returns free pages to the file system and truncates the WAL.
+    fn shrink(&mut self) -> Result<(), StoreError> {
+        {
+            // Each step frees one page: run it to the end.
+            let mut st = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut rows = st.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            tracing::debug!("wal checkpoint could not complete (readers)");
+        }
+        Ok(())
+    }
+
+    /// Over `max_size`: oldest history chunks first, then (last resort) the
+    /// oldest journal rows, unsent ones counted as dropped.
+    fn enforce_size(&mut self) -> Result<(), StoreError> {
+        let max = self.storage.max_size;
+        if self.db_bytes()? <= max {
+            return Ok(());
+        }
+        let target = max / 10 * 9;
+        // Free pages and the WAL count too: give them back first.
+        self.shrink()?;
+        for _round in 0..64 {
+            let size = self.db_bytes()?;
+            if size <= target {
+                break;
+            }
+            let excess = size - target;
+            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+            // 1. The oldest history chunks (already-sent history; unsent points
+            //    are still in the journal).
+            let mut cut: Option<i64> = None;
+            {
+                let mut st = tx.prepare_cached(
+                    "SELECT end, length(data) + 40 FROM history ORDER BY end LIMIT 20000",
+                )?;
+                let mut rows = st.query([])?;
+                let mut acc = 0u64;
+                while let Some(row) = rows.next()? {
+                    cut = Some(row.get(0)?);
+                    // Pages are not full: count half again per chunk.
+                    acc += row.get::<_, i64>(1)?.max(0) as u64 * 3 / 2;
+                    if acc >= excess {
+                        break;
+                    }
+                }
+            }
+            let mut deleted = 0;
+            if let Some(cut) = cut {
+                deleted = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
+                tracing::warn!(chunks = deleted, up_to = cut, max_size = max, "database over max_size: oldest history deleted");
+            } else {
+                // 2. Last resort: the oldest journal rows.
+                let mut cut_seq = None;
+                let mut lost_points = 0u64;
+                let mut lost_rows = 0u64;
+                {
+                    let mut st = tx.prepare_cached(
+                        "SELECT seq, n, sent, length(data) + 40 FROM journal ORDER BY seq LIMIT 20000",
+                    )?;
+                    let mut rows = st.query([])?;
+                    let mut acc = 0u64;
+                    while let Some(row) = rows.next()? {
+                        cut_seq = Some(row.get::<_, i64>(0)?);
+                        if row.get::<_, i64>(2)? == 0 {
+                            lost_points += row.get::<_, i64>(1)?.max(0) as u64;
+                            lost_rows += 1;
+                        }
+                        acc += row.get::<_, i64>(3)?.max(0) as u64;
+                        if acc >= excess {
+                            break;
+                        }
+                    }
+                }
+                if let Some(cs) = cut_seq {
+                    deleted = tx.execute("DELETE FROM journal WHERE seq <= ?1", [cs])?;
+                    let c = &self.inner.counters;
+                    c.dropped_unsent.fetch_add(lost_points, Ordering::Relaxed);
+                    let _ = c.outbox.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(lost_rows))
+                    });
+                    if lost_points > 0 {
+                        tracing::error!(
+                            dropped_points = lost_points,
+                            dropped_messages = lost_rows,
+                            up_to_seq = cs,
+                            max_size = max,
+                            "database over max_size with no history left: oldest UNSENT data dropped"
+                        );
+                    }
+                    // Uncompacted rows may be gone: recount the backlog lazily.
+                    for b in self.backlog.values_mut() {
+                        b.points = b.points.max(1);
+                    }
+                }
+            }
+            tx.commit()?;
+            self.shrink()?;
+            if deleted == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
