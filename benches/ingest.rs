@@ -30,7 +30,11 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
     };
     Config {
         path: dir.join("modbridge.toml"),
-        gateway: GatewaySpec { id: "bench".into(), name: "bench".into(), data_dir: dir.to_path_buf() },
+        gateway: GatewaySpec {
+            id: "bench".into(),
+            name: "bench".into(),
+            data_dir: dir.to_path_buf(),
+        },
         storage: StorageSpec::default(),
         severity: default_severity(),
         mqtt: None,
@@ -39,7 +43,10 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
             .map(|h| HostSpec {
                 host: format!("dev{h}"),
                 name: format!("dev{h}"),
-                connection: Connection::Tcp { host: "127.0.0.1".into(), port: 15020 + h as u16 },
+                connection: Connection::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 15020 + h as u16,
+                },
                 serial: None,
                 unit: 1,
                 model: "generic".into(),
@@ -75,9 +82,17 @@ fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Optio
     let ids: Vec<u32> = cfg
         .hosts
         .iter()
-        .flat_map(|h| h.items.iter().map(|i| store.item_id(&h.host, &i.key).expect("id")).collect::<Vec<_>>())
+        .flat_map(|h| {
+            h.items
+                .iter()
+                .map(|i| store.item_id(&h.host, &i.key).expect("id"))
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     let t0 = now - clocks - 60;
     let mut rng = fastrand::Rng::with_seed(42);
     // Temperatures: raw register values in 0.1 degC doing a slow random walk.
@@ -99,7 +114,11 @@ fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Optio
                 }
                 f64::from(raw[i]) * 0.1
             };
-            batch.push(Sample { item: id, clock: t0 + c, value });
+            batch.push(Sample {
+                item: id,
+                clock: t0 + c,
+                value,
+            });
         }
         store.push(&batch);
         if compact_every.is_some_and(|n| (c + 1) % n == 0) {
@@ -122,20 +141,41 @@ fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Optio
     let points = store.stats().history_points;
     assert_eq!(points, total, "{name}: every sample is a history point");
     // Spot check.
-    let h = store.history(ids[0], t0, t0 + clocks, None).expect("history");
+    let h = store
+        .history(ids[0], t0, t0 + clocks, None)
+        .expect("history");
     assert_eq!(h.len() as i64, clocks);
     store.close().expect("close");
     let path = dir.path().join("modbridge.db");
     let conn = rusqlite::Connection::open(&path).expect("reopen");
-    let _: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).expect("checkpoint");
+    let _: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .expect("checkpoint");
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).expect("pages");
-    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0)).expect("free");
-    let psize: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).expect("psize");
-    let chunks: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).expect("chunks");
-    let journal: i64 = conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0)).expect("journal");
+    let pages: i64 = conn
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .expect("pages");
+    let free: i64 = conn
+        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+        .expect("free");
+    let psize: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .expect("psize");
+    let chunks: i64 = conn
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .expect("chunks");
+    let journal: i64 = conn
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .expect("journal");
     assert_eq!(journal, 0, "everything compacted");
-    Figures { ingest_s, compact_s, points, file_bytes, used_bytes: ((pages - free) * psize) as u64, chunks }
+    Figures {
+        ingest_s,
+        compact_s,
+        points,
+        file_bytes,
+        used_bytes: ((pages - free) * psize) as u64,
+        chunks,
+    }
 }
 
 /// utime + stime of this process, seconds.
@@ -155,7 +195,12 @@ fn steady(secs: i64) {
     let ids: Vec<u32> = cfg
         .hosts
         .iter()
-        .flat_map(|h| h.items.iter().map(|i| store.item_id(&h.host, &i.key).expect("id")).collect::<Vec<_>>())
+        .flat_map(|h| {
+            h.items
+                .iter()
+                .map(|i| store.item_id(&h.host, &i.key).expect("id"))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut rng = fastrand::Rng::with_seed(1);
     let cpu0 = cpu_seconds();
@@ -164,22 +209,35 @@ fn steady(secs: i64) {
     for s in 0..secs {
         let next = start + Duration::from_secs(s as u64);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
         batch.clear();
-        batch.extend(ids.iter().map(|&id| Sample { item: id, clock, value: f64::from(rng.i32(0..1000)) }));
+        batch.extend(ids.iter().map(|&id| Sample {
+            item: id,
+            clock,
+            value: f64::from(rng.i32(0..1000)),
+        }));
         store.push(&batch);
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let st = store.stats();
     println!("--- steady W1-like load: 1000 values/s for {secs} s");
-    println!("  CPU (whole process)   {:>12.2} % of one core", cpu / wall * 100.0);
+    println!(
+        "  CPU (whole process)   {:>12.2} % of one core",
+        cpu / wall * 100.0
+    );
     println!("  commits               {:>12}", st.commits);
     store.close().expect("close");
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if args.first().map(String::as_str) == Some("steady") {
         steady(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30));
         return;
@@ -190,7 +248,11 @@ fn main() {
     for (name, random, every) in [
         ("temperatures (0.1 steps)", false, None),
         ("random f64", true, None),
-        ("temperatures, compacted every 300 clocks (like 5 min at 1 s)", false, Some(300)),
+        (
+            "temperatures, compacted every 300 clocks (like 5 min at 1 s)",
+            false,
+            Some(300),
+        ),
         ("random f64, compacted every 300 clocks", true, Some(300)),
     ] {
         let f = run(name, items, clocks, random, every);
@@ -199,9 +261,24 @@ fn main() {
         println!("  samples               {:>12}", f.points);
         println!("  push -> commit        {:>12.0} samples/s  ({:.2} s incl. final flush, compaction in-line)", n / f.ingest_s, f.ingest_s);
         println!("  + compact remainder   {:>12.2} s", f.compact_s);
-        println!("  end to end            {:>12.0} samples/s", n / (f.ingest_s + f.compact_s));
-        println!("  db file (WAL ckpt)    {:>12} bytes = {:.2} bytes/sample", f.file_bytes, f.file_bytes as f64 / n);
-        println!("  db pages in use       {:>12} bytes = {:.2} bytes/sample", f.used_bytes, f.used_bytes as f64 / n);
-        println!("  history chunks        {:>12} ({:.0} points/chunk)", f.chunks, n / f.chunks.max(1) as f64);
+        println!(
+            "  end to end            {:>12.0} samples/s",
+            n / (f.ingest_s + f.compact_s)
+        );
+        println!(
+            "  db file (WAL ckpt)    {:>12} bytes = {:.2} bytes/sample",
+            f.file_bytes,
+            f.file_bytes as f64 / n
+        );
+        println!(
+            "  db pages in use       {:>12} bytes = {:.2} bytes/sample",
+            f.used_bytes,
+            f.used_bytes as f64 / n
+        );
+        println!(
+            "  history chunks        {:>12} ({:.0} points/chunk)",
+            f.chunks,
+            n / f.chunks.max(1) as f64
+        );
     }
 }

@@ -90,7 +90,10 @@ fn check_prints_the_plan() {
         stdout.contains("pump input 3..3 (1 register, 30004..30004) 1 item every 1s"),
         "{stdout}"
     );
-    assert!(stdout.contains("pump holding 10..11 (2 registers, 40011..40012) 1 item every 1s"), "{stdout}");
+    assert!(
+        stdout.contains("pump holding 10..11 (2 registers, 40011..40012) 1 item every 1s"),
+        "{stdout}"
+    );
     assert!(stdout.contains("modbus.pump.F1345.1.30004"), "{stdout}");
 }
 
@@ -108,15 +111,32 @@ fn check_reports_every_problem_and_exits_2() {
     let stderr = text(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("bad.toml:")).collect();
     assert!(lines.len() >= 2, "{stderr}");
-    assert!(lines.iter().any(|l| l.contains(":7:1:") && l.contains("adress")), "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":7:1:") && l.contains("adress")),
+        "{stderr}"
+    );
     assert!(lines.iter().any(|l| l.contains("\"a\"")), "{stderr}");
 }
 
 #[test]
 fn bad_usage_exits_2() {
-    let out = modbridge(&["probe", "--connection", "tcp://127.0.0.1:1", "--table", "holdings", "--address", "0"]);
+    let out = modbridge(&[
+        "probe",
+        "--connection",
+        "tcp://127.0.0.1:1",
+        "--table",
+        "holdings",
+        "--address",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown table"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown table"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(modbridge(&["frobnicate"]).status.code(), Some(2));
     let missing = modbridge(&["check", "-c", "/nonexistent/modbridge.toml"]);
     assert_eq!(missing.status.code(), Some(2));
@@ -134,7 +154,14 @@ async fn read_and_probe_show_what_the_device_holds() {
     let path = write_config(dir.path(), &addr, "");
     let cfg = path.to_str().expect("path").to_string();
 
-    let out = modbridge_async(vec!["read".into(), "-c".into(), cfg.clone(), "--host".into(), "pump".into()]).await;
+    let out = modbridge_async(vec![
+        "read".into(),
+        "-c".into(),
+        cfg.clone(),
+        "--host".into(),
+        "pump".into(),
+    ])
+    .await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("-5.2 degC"), "{stdout}");
@@ -169,7 +196,14 @@ async fn read_and_probe_show_what_the_device_holds() {
 
     // A device that is not there: a clear error, exit 1.
     drop(server);
-    let out = modbridge_async(vec!["read".into(), "-c".into(), cfg, "--host".into(), "pump".into()]).await;
+    let out = modbridge_async(vec![
+        "read".into(),
+        "-c".into(),
+        cfg,
+        "--host".into(),
+        "pump".into(),
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("ERROR"), "{}", text(&out.stdout));
 }
@@ -204,15 +238,26 @@ async fn sigterm_commits_everything_in_memory() {
     .await
     .expect("join");
     assert!(answered);
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
     assert!(exit.success(), "{exit}");
     let config = modbridge::config::load(&path).expect("config");
     let store = modbridge::store::Store::open(&config).expect("store");
-    let id = store.item_id("pump", "modbus.pump.F1345.1.30004").expect("id");
+    let id = store
+        .item_id("pump", "modbus.pump.F1345.1.30004")
+        .expect("id");
     let history = store.history(id, 0, i64::MAX, None).expect("history");
-    assert!(!history.is_empty(), "the samples polled before SIGTERM are in the database");
+    assert!(
+        !history.is_empty(),
+        "the samples polled before SIGTERM are in the database"
+    );
     assert_eq!(history[0].1, 21.5);
     store.close().expect("close");
 }
@@ -220,7 +265,13 @@ async fn sigterm_commits_everything_in_memory() {
 #[test]
 fn the_demo_runs_and_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = modbridge(&["demo", "--duration", "3s", "--dir", dir.path().to_str().expect("dir")]);
+    let out = modbridge(&[
+        "demo",
+        "--duration",
+        "3s",
+        "--dir",
+        dir.path().to_str().expect("dir"),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("simulated NIBE F1345"), "{stdout}");

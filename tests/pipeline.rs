@@ -70,7 +70,10 @@ async fn polled_values_become_history_and_trends() {
     let path = dir.path().join("modbridge.toml");
     std::fs::write(
         &path,
-        config_text(&server.addr().expect("addr").to_string(), &dir.path().join("data")),
+        config_text(
+            &server.addr().expect("addr").to_string(),
+            &dir.path().join("data"),
+        ),
     )
     .expect("write");
     let config = modbridge::config::load(&path).expect("valid config");
@@ -96,7 +99,9 @@ async fn polled_values_become_history_and_trends() {
                 .expect("cycles");
             let l = live.lock();
             let want = f64::from(temp as i16) * 0.1;
-            if l.items[0].value.is_some_and(|v| (v - want).abs() < 1e-9) && l.items[0].clock != before_clock {
+            if l.items[0].value.is_some_and(|v| (v - want).abs() < 1e-9)
+                && l.items[0].clock != before_clock
+            {
                 seen.push(l.items[0].clock);
                 break;
             }
@@ -108,7 +113,10 @@ async fn polled_values_become_history_and_trends() {
         assert!(l.link_up);
         assert_eq!(l.items[1].state, ItemState::Ok);
         assert_eq!(l.items[2].state, ItemState::Error);
-        assert!(l.items[2].error.as_deref().is_some_and(|e| e.contains("illegal data address")));
+        assert!(l.items[2]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("illegal data address")));
         assert_eq!(l.items[2].value, None);
     }
     let _ = stop_tx.send(());
@@ -123,9 +131,15 @@ async fn polled_values_become_history_and_trends() {
     let (a, b, c) = (pos(21.5), pos(22.0), pos(-1.0));
     assert!(a.is_some() && b.is_some() && c.is_some(), "{values:?}");
     assert!(a < b && b < c, "{values:?}");
-    assert!(history.windows(2).all(|w| w[0].0 <= w[1].0), "ascending clocks");
+    assert!(
+        history.windows(2).all(|w| w[0].0 <= w[1].0),
+        "ascending clocks"
+    );
     let broken = store.item_id("pump", "broken").expect("id");
-    assert!(store.history(broken, 0, i64::MAX, None).expect("history").is_empty());
+    assert!(store
+        .history(broken, 0, i64::MAX, None)
+        .expect("history")
+        .is_empty());
     // The deadband keeps only the first point of "quiet" (100, 102, 103 are within 5).
     let quiet = store.item_id("pump", "quiet").expect("id");
     let q = store.history(quiet, 0, i64::MAX, None).expect("history");

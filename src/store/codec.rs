@@ -111,7 +111,10 @@ impl<'a> Reader<'a> {
     #[inline]
     fn f64(&mut self) -> Result<f64, CodecError> {
         let end = self.pos + 8;
-        let bytes = self.buf.get(self.pos..end).ok_or(CodecError("truncated f64"))?;
+        let bytes = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(CodecError("truncated f64"))?;
         self.pos = end;
         let mut a = [0u8; 8];
         a.copy_from_slice(bytes);
@@ -172,7 +175,10 @@ fn choose_mode(points: &[(i64, f64)]) -> u8 {
             return MUL + k as u8;
         }
     }
-    if points.iter().all(|&(_, v)| (v as f32) as f64 == v || v.is_nan()) {
+    if points
+        .iter()
+        .all(|&(_, v)| (v as f32) as f64 == v || v.is_nan())
+    {
         return F32;
     }
     RAW
@@ -248,9 +254,17 @@ fn put_group_mode(buf: &mut Vec<u8>, base: i64, points: &[(i64, f64)], mode: u8)
     }
     // A value that did not round-trip (cannot happen: modes are chosen by the
     // same test) would silently become 0; guard in debug builds.
-    debug_assert!(mode == RAW || mode == F32 || points.iter().all(|&(_, v)| {
-        if mode >= MUL { fits_mul(v, usize::from(mode - MUL)).is_some() } else { fits_div(v, usize::from(mode - DIV)).is_some() }
-    }));
+    debug_assert!(
+        mode == RAW
+            || mode == F32
+            || points.iter().all(|&(_, v)| {
+                if mode >= MUL {
+                    fits_mul(v, usize::from(mode - MUL)).is_some()
+                } else {
+                    fits_div(v, usize::from(mode - DIV)).is_some()
+                }
+            })
+    );
 }
 
 /// Decodes one group, calling `f(clock, value)` for each point.
@@ -435,20 +449,34 @@ mod tests {
     #[test]
     fn codec_roundtrips_every_mode() {
         let t0 = 1_700_000_000i64;
-        let decimal: Vec<_> = (0..1000).map(|i| (t0 + i, f64::from(200 + (i % 7) as i32) / 10.0)).collect();
+        let decimal: Vec<_> = (0..1000)
+            .map(|i| (t0 + i, f64::from(200 + (i % 7) as i32) / 10.0))
+            .collect();
         let b = roundtrip(&decimal);
         assert!(b < 2200, "decimal: {b} bytes");
-        let mul: Vec<_> = (0..1000).map(|i| (t0 + i * 10, f64::from(200 + (i % 9) as i32) * 0.1)).collect();
+        let mul: Vec<_> = (0..1000)
+            .map(|i| (t0 + i * 10, f64::from(200 + (i % 9) as i32) * 0.1))
+            .collect();
         roundtrip(&mul);
-        let ints: Vec<_> = (0..500).map(|i| (t0 + i, (i * 37 % 65536) as f64)).collect();
+        let ints: Vec<_> = (0..500)
+            .map(|i| (t0 + i, (i * 37 % 65536) as f64))
+            .collect();
         roundtrip(&ints);
-        let f32s: Vec<_> = (0..500).map(|i| (t0 + i, f64::from(21.3f32 + i as f32 * 0.01))).collect();
+        let f32s: Vec<_> = (0..500)
+            .map(|i| (t0 + i, f64::from(21.3f32 + i as f32 * 0.01)))
+            .collect();
         roundtrip(&f32s);
         let mut rng = fastrand::Rng::with_seed(7);
         let raw: Vec<_> = (0..2000).map(|i| (t0 + i, rng.f64() * 1e6 - 5e5)).collect();
         let b = roundtrip(&raw);
         assert!(b < 2000 * 10, "raw: {b} bytes");
-        let odd = [(t0, -0.5), (t0 + 1, 1e300), (t0 + 2, -1e-300), (t0 + 3, 0.0), (t0 + 5, f64::MAX)];
+        let odd = [
+            (t0, -0.5),
+            (t0 + 1, 1e300),
+            (t0 + 2, -1e-300),
+            (t0 + 3, 0.0),
+            (t0 + 5, f64::MAX),
+        ];
         roundtrip(&odd);
         let big = [(t0, 9.0e15), (t0 + 1, -9.0e15), (t0 + 2, 3.0)];
         roundtrip(&big);
@@ -466,7 +494,12 @@ mod tests {
         assert_eq!(n, 4);
         assert_eq!(
             got,
-            vec![(3, t0, 1.5), (3, t0 + 1, 1.6), (9, t0 - 10, 7.0), (400, t0 + 100, f64::from(1.1f32))]
+            vec![
+                (3, t0, 1.5),
+                (3, t0 + 1, 1.6),
+                (9, t0 - 10, 7.0),
+                (400, t0 + 100, f64::from(1.1f32))
+            ]
         );
         assert_eq!((rb.clock_min, rb.clock_max, rb.n), (t0 - 10, t0 + 100, 4));
         assert!(decode_row(&rb.buf[..rb.buf.len() - 1], |_, _, _| {}).is_err());

@@ -13,9 +13,9 @@
 
 mod codec;
 mod schema;
-mod writer;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,11 @@ pub struct OutboxMessage {
 impl OutboxMessage {
     /// `{"seq":N,"host":"h","items":{"key":[[clock,value],...]}}`.
     pub fn to_json(&self) -> String {
-        let n: usize = self.items.iter().map(|(k, p)| k.len() + 8 + p.len() * 24).sum();
+        let n: usize = self
+            .items
+            .iter()
+            .map(|(k, p)| k.len() + 8 + p.len() * 24)
+            .sum();
         let mut s = String::with_capacity(64 + n);
         s.push_str("{\"seq\":");
         s.push_str(&self.seq.to_string());
@@ -293,7 +297,11 @@ impl TrendAcc {
         TrendBucket {
             num: self.num,
             min: self.min,
-            avg: if self.num > 0 { self.sum / self.num as f64 } else { 0.0 },
+            avg: if self.num > 0 {
+                self.sum / self.num as f64
+            } else {
+                0.0
+            },
             max: self.max,
         }
     }
@@ -357,7 +365,9 @@ pub struct Store {
 fn settings_of(config: &Config, items: &schema::Items) -> Settings {
     let mut list = Vec::new();
     for h in &config.hosts {
-        let Some(keys) = items.current.get(&h.host) else { continue };
+        let Some(keys) = items.current.get(&h.host) else {
+            continue;
+        };
         for it in &h.items {
             if let Some(&id) = keys.get(&it.key) {
                 let hid = items.all.get(&id).map(|(hid, _)| *hid).unwrap_or(0);
@@ -366,7 +376,8 @@ fn settings_of(config: &Config, items: &schema::Items) -> Settings {
                     hid,
                     it.key.len(),
                     it.deadband.filter(|d| d.is_finite()),
-                    it.heartbeat.map(|d| d.as_secs().min(i64::MAX as u64) as i64),
+                    it.heartbeat
+                        .map(|d| d.as_secs().min(i64::MAX as u64) as i64),
                 ));
             }
         }
@@ -399,7 +410,10 @@ impl Store {
         let mut live = Live::default();
         let max_id = items.all.keys().copied().max().unwrap_or(0);
         live.ensure(max_id);
-        let outbox: i64 = conn.query_row("SELECT count(*) FROM journal WHERE sent = 0", [], |r| r.get(0))?;
+        let outbox: i64 =
+            conn.query_row("SELECT count(*) FROM journal WHERE sent = 0", [], |r| {
+                r.get(0)
+            })?;
         let reader = schema::open_read(&path, opts.busy_timeout)?;
         let (commits_tx, _) = tokio::sync::watch::channel(0u64);
         let inner = Arc::new(Inner {
@@ -484,7 +498,10 @@ impl Store {
             let excess = s.buf.len() - cap;
             s.buf.drain(..excess);
             s.dropped_pushes += excess as u64;
-            inner.counters.dropped_unsent.fetch_add(excess as u64, Ordering::Relaxed);
+            inner
+                .counters
+                .dropped_unsent
+                .fetch_add(excess as u64, Ordering::Relaxed);
             if s.dropped_pushes == excess as u64 || s.dropped_pushes % 1_000_000 < excess as u64 {
                 tracing::error!(
                     dropped = excess,
@@ -615,7 +632,12 @@ impl Store {
 
     /// Hourly trend buckets of an item whose hour starts in `[from, to]`
     /// (the bucket containing `from` included), with the current hour.
-    pub fn trend(&self, item: ItemId, from: i64, to: i64) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
+    pub fn trend(
+        &self,
+        item: ItemId,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, TrendBucket)>, StoreError> {
         let lo = from - from.rem_euclid(3600);
         if lo > to {
             return Ok(Vec::new());
@@ -665,7 +687,11 @@ impl Store {
     }
 
     /// Unsent outbox messages with `seq > after_seq`, ascending, at most `max_messages`.
-    pub fn outbox_after(&self, after_seq: u64, max_messages: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+    pub fn outbox_after(
+        &self,
+        after_seq: u64,
+        max_messages: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
         let mut raw = Vec::new();
         {
@@ -733,7 +759,11 @@ impl Store {
     /// Outbox messages not yet marked sent.
     pub fn outbox_len(&self) -> u64 {
         let pending = lock(&self.inner.shared).marks.len() as u64;
-        self.inner.counters.outbox.load(Ordering::Relaxed).saturating_sub(pending)
+        self.inner
+            .counters
+            .outbox
+            .load(Ordering::Relaxed)
+            .saturating_sub(pending)
     }
 
     /// Bumped after every commit that added outbox messages.
@@ -787,7 +817,9 @@ pub(crate) fn db_file_bytes(path: &Path) -> u64 {
     let main = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
-    main + std::fs::metadata(PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0)
+    main + std::fs::metadata(PathBuf::from(wal))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 fn close_inner(inner: &Arc<Inner>) -> Result<(), StoreError> {

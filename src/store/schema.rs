@@ -76,7 +76,8 @@ pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError>
             .map_err(err)?;
         if tables == 0 {
             // Only effective before the first table exists.
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(err)?;
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(err)?;
         }
     }
     let mode: String = conn
@@ -85,8 +86,10 @@ pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError>
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
     }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024).map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
+        .map_err(err)?;
     migrate(&conn, version).map_err(|e| match e {
         StoreError::Sqlite(source) => err(source),
         other => other,
@@ -126,7 +129,9 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
     };
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(err)?;
     conn.busy_timeout(busy).map_err(err)?;
@@ -151,7 +156,8 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
     {
         let mut get_host = tx.prepare_cached("SELECT id FROM hosts WHERE host = ?1")?;
         let mut add_host = tx.prepare_cached("INSERT INTO hosts(host) VALUES (?1)")?;
-        let mut get_item = tx.prepare_cached("SELECT id FROM items WHERE host_id = ?1 AND key = ?2")?;
+        let mut get_item =
+            tx.prepare_cached("SELECT id FROM items WHERE host_id = ?1 AND key = ?2")?;
         let mut add_item = tx.prepare_cached("INSERT INTO items(host_id, key) VALUES (?1, ?2)")?;
         for h in &config.hosts {
             let hid: i64 = match get_host.query_row([&h.host], |r| r.get(0)).optional()? {
@@ -175,8 +181,11 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
     tx.commit()?;
     let mut items = load_items(conn)?;
     let host_ids: HashMap<&str, u32> = items.hosts.iter().map(|(id, n)| (&**n, *id)).collect();
-    let by_key: HashMap<(u32, &str), ItemId> =
-        items.all.iter().map(|(id, (hid, k))| ((*hid, &**k), *id)).collect();
+    let by_key: HashMap<(u32, &str), ItemId> = items
+        .all
+        .iter()
+        .map(|(id, (hid, k))| ((*hid, &**k), *id))
+        .collect();
     let mut current = HashMap::new();
     for h in &config.hosts {
         let mut keys = HashMap::new();
@@ -205,7 +214,11 @@ fn load_items(conn: &Connection) -> Result<Items, StoreError> {
     }
     let mut st = conn.prepare("SELECT id, host_id, key FROM items")?;
     let rows = st.query_map([], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
     })?;
     for row in rows {
         let (id, hid, key) = row?;

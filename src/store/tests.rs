@@ -95,7 +95,12 @@ fn opts() -> StoreOptions {
 fn ids(store: &Store, cfg: &Config) -> Vec<Vec<ItemId>> {
     cfg.hosts
         .iter()
-        .map(|h| h.items.iter().map(|i| store.item_id(&h.host, &i.key).unwrap()).collect())
+        .map(|h| {
+            h.items
+                .iter()
+                .map(|i| store.item_id(&h.host, &i.key).unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -118,9 +123,17 @@ fn store_history_without_deadband_every_sample() {
     store.flush().unwrap();
     let h = store.history(a, t0, t0 + 1000, None).unwrap();
     assert_eq!(h.len(), 100);
-    assert!(h.iter().enumerate().all(|(i, p)| *p == (t0 + i as i64, 5.0)));
+    assert!(h
+        .iter()
+        .enumerate()
+        .all(|(i, p)| *p == (t0 + i as i64, 5.0)));
     let h = store.history(b, t0 + 10, t0 + 19, None).unwrap();
-    assert_eq!(h, (10..20).map(|i| (t0 + i, i as f64 * 0.5)).collect::<Vec<_>>());
+    assert_eq!(
+        h,
+        (10..20)
+            .map(|i| (t0 + i, i as f64 * 0.5))
+            .collect::<Vec<_>>()
+    );
     let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
     assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
     assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
@@ -148,7 +161,10 @@ fn store_deadband_and_heartbeat() {
     let id = ids(&store, &cfg);
     let (db, dbhb, none) = (id[0][0], id[0][1], id[0][2]);
     let t0 = 1_700_000_000;
-    let vals = [20.0, 20.1, 20.4, 20.5, 20.6, 19.9, 19.95, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0];
+    let vals = [
+        20.0, 20.1, 20.4, 20.5, 20.6, 19.9, 19.95, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0,
+        20.0, 20.0, 20.0,
+    ];
     for (i, v) in vals.iter().enumerate() {
         let c = t0 + i as i64;
         store.push(&[s(db, c, *v), s(dbhb, c, *v), s(none, c, *v)]);
@@ -159,8 +175,14 @@ fn store_deadband_and_heartbeat() {
     assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9)]);
     let h = store.history(dbhb, t0, t0 + 100, None).unwrap();
     // ... plus heartbeats 10 s after the last point: t0+15.
-    assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9), (t0 + 15, 20.0)]);
-    assert_eq!(store.history(none, t0, t0 + 100, None).unwrap().len(), vals.len());
+    assert_eq!(
+        h,
+        vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9), (t0 + 15, 20.0)]
+    );
+    assert_eq!(
+        store.history(none, t0, t0 + 100, None).unwrap().len(),
+        vals.len()
+    );
     // Trends see every sample, also the suppressed ones.
     let tr = store.trend(db, t0, t0 + 100).unwrap();
     assert_eq!(tr.len(), 1);
@@ -198,7 +220,10 @@ fn store_trends_over_hours_including_current() {
         assert_eq!((b.num, b.min, b.avg, b.max), (60, 0.0, 29.5, 59.0));
     }
     assert_eq!(tr[3].0, h0 + 3 * 3600);
-    assert_eq!((tr[3].1.num, tr[3].1.min, tr[3].1.avg, tr[3].1.max), (10, 100.0, 104.5, 109.0));
+    assert_eq!(
+        (tr[3].1.num, tr[3].1.min, tr[3].1.avg, tr[3].1.max),
+        (10, 100.0, 104.5, 109.0)
+    );
     // A range that excludes hours.
     let tr = store.trend(a, h0 + 3600, h0 + 3600).unwrap();
     assert_eq!(tr.len(), 1);
@@ -225,7 +250,12 @@ fn store_restart_continuity() {
     let t0 = now() - 600;
     store.push(&[s(a, t0, 10.0), s(a, t0 + 1, 10.5), s(id1[1][2], t0, 7.0)]);
     store.flush().unwrap();
-    let seqs1: Vec<u64> = store.outbox_after(0, 100).unwrap().iter().map(|m| m.seq).collect();
+    let seqs1: Vec<u64> = store
+        .outbox_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
     assert_eq!(seqs1.len(), 2);
     store.close().unwrap();
     // Pushes after close are refused.
@@ -244,11 +274,17 @@ fn store_restart_continuity() {
     assert_eq!(id2[2], id1[1]);
     assert!(!id1.concat().contains(&id2[0][0]));
     assert_eq!(store.latest(a).unwrap(), Some((t0, 10.0)));
-    assert_eq!(store.history(a, t0 - 10, t0 + 10, None).unwrap(), vec![(t0, 10.0)]);
+    assert_eq!(
+        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        vec![(t0, 10.0)]
+    );
     // Deadband state survived: 10.9 is within 1.0 of 10.0; 11.0 is not.
     store.push(&[s(a, t0 + 2, 10.9), s(a, t0 + 3, 11.0)]);
     store.flush().unwrap();
-    assert_eq!(store.history(a, t0 - 10, t0 + 10, None).unwrap(), vec![(t0, 10.0), (t0 + 3, 11.0)]);
+    assert_eq!(
+        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        vec![(t0, 10.0), (t0 + 3, 11.0)]
+    );
     // Trend of the current hour continues.
     let tr = store.trend(a, t0 - 3600, t0 + 3600).unwrap();
     let total: u64 = tr.iter().map(|b| b.1.num).sum();
@@ -294,25 +330,42 @@ fn store_outbox_split_order_and_compaction() {
     assert!(rx.has_changed().unwrap());
     assert!(*rx.borrow_and_update() > before);
     let msgs = store.outbox_after(0, 100).unwrap();
-    assert_eq!(msgs.len(), 4, "{:?}", msgs.iter().map(|m| (m.seq, m.items.len())).collect::<Vec<_>>());
+    assert_eq!(
+        msgs.len(),
+        4,
+        "{:?}",
+        msgs.iter()
+            .map(|m| (m.seq, m.items.len()))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(store.outbox_len(), 4);
     for w in msgs.windows(2) {
         assert!(w[1].seq > w[0].seq);
     }
-    let mut per_key: std::collections::BTreeMap<(String, String), Vec<(i64, f64)>> = Default::default();
+    let mut per_key: std::collections::BTreeMap<(String, String), Vec<(i64, f64)>> =
+        Default::default();
     for m in &msgs {
         let n: usize = m.items.iter().map(|(_, p)| p.len()).sum();
         assert!(n <= MAX_POINTS_PER_MESSAGE);
         assert!(m.to_json().len() < 256 * 1024);
         for (k, p) in &m.items {
-            per_key.entry((m.host.clone(), k.clone())).or_default().extend(p);
+            per_key
+                .entry((m.host.clone(), k.clone()))
+                .or_default()
+                .extend(p);
         }
     }
     for ((h, _), pts) in &per_key {
         assert_eq!(pts.len(), if h == "h0" { 1500 } else { 10 });
-        assert!(pts.windows(2).all(|w| w[0].0 < w[1].0), "clock order across messages");
+        assert!(
+            pts.windows(2).all(|w| w[0].0 < w[1].0),
+            "clock order across messages"
+        );
     }
-    assert_eq!(per_key[&("h1".to_string(), "k1".to_string())][3], (t0 + 3, -3.0));
+    assert_eq!(
+        per_key[&("h1".to_string(), "k1".to_string())][3],
+        (t0 + 3, -3.0)
+    );
     // Paging.
     let first = store.outbox_after(0, 2).unwrap();
     assert_eq!(first.len(), 2);
@@ -327,10 +380,14 @@ fn store_outbox_split_order_and_compaction() {
     store.maintain().unwrap();
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     let (rows, compacted): (i64, i64) = conn
-        .query_row("SELECT count(*), sum(compacted) FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT count(*), sum(compacted) FROM journal", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!((rows, compacted), (2, 2));
-    let chunks: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
+    let chunks: i64 = conn
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .unwrap();
     assert!(chunks >= 4);
     for (hi, host) in id.iter().enumerate() {
         for (ii, &it) in host.iter().enumerate() {
@@ -342,10 +399,18 @@ fn store_outbox_split_order_and_compaction() {
     assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
     store.mark_sent(&[msgs[2].seq, msgs[3].seq]).unwrap();
     store.flush().unwrap();
-    let rows: i64 = conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(rows, 0);
     assert_eq!(store.outbox_len(), 0);
-    assert_eq!(store.history(id[0][2], t0, t0 + 10_000, None).unwrap().len(), 1500);
+    assert_eq!(
+        store
+            .history(id[0][2], t0, t0 + 10_000, None)
+            .unwrap()
+            .len(),
+        1500
+    );
     store.close().unwrap();
 }
 
@@ -364,7 +429,11 @@ fn store_history_spans_chunks_and_journal() {
         let mut batch = Vec::new();
         for i in 0..1000 {
             let c = t0 + round * 1000 + i;
-            let v = if round % 2 == 0 { rng.f64() } else { (i % 50) as f64 };
+            let v = if round % 2 == 0 {
+                rng.f64()
+            } else {
+                (i % 50) as f64
+            };
             batch.push(s(a, c, v));
             batch.push(s(id[0][1], c, 1.0 + i as f64));
             expect.push((c, v));
@@ -378,23 +447,44 @@ fn store_history_spans_chunks_and_journal() {
     }
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     let chunks: i64 = conn
-        .query_row("SELECT count(*) FROM history WHERE item_id = ?1", [a], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM history WHERE item_id = ?1",
+            [a],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(chunks > 3, "{chunks} chunks");
     let uncompacted: i64 = conn
-        .query_row("SELECT count(*) FROM journal WHERE compacted = 0", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM journal WHERE compacted = 0",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(uncompacted >= 1);
     assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
     // Ranges inside and across boundaries.
     let (lo, hi) = (t0 + 1500, t0 + 3200);
-    let want: Vec<_> = expect.iter().copied().filter(|p| p.0 >= lo && p.0 <= hi).collect();
+    let want: Vec<_> = expect
+        .iter()
+        .copied()
+        .filter(|p| p.0 >= lo && p.0 <= hi)
+        .collect();
     assert_eq!(store.history(a, lo, hi, None).unwrap(), want);
     let want_last: Vec<_> = want[want.len() - 7..].to_vec();
     assert_eq!(store.history(a, lo, hi, Some(7)).unwrap(), want_last);
-    assert_eq!(store.history(a, t0 + 2999, t0 + 3000, None).unwrap(), expect[2999..=3000].to_vec());
-    assert!(store.history(a, t0 + 20_000, t0 + 30_000, None).unwrap().is_empty());
-    assert!(store.history(9999, t0, t0 + 30_000, None).unwrap().is_empty());
+    assert_eq!(
+        store.history(a, t0 + 2999, t0 + 3000, None).unwrap(),
+        expect[2999..=3000].to_vec()
+    );
+    assert!(store
+        .history(a, t0 + 20_000, t0 + 30_000, None)
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .history(9999, t0, t0 + 30_000, None)
+        .unwrap()
+        .is_empty());
     // Restart: last point restored from the journal, history the same.
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -415,12 +505,20 @@ fn store_retention() {
     let n = now();
     let old = n - 2 * 86400;
     let ancient = n - 5 * 86400;
-    store.push(&[s(a, ancient, 1.0), s(a, old, 2.0), s(a, n - 100, 3.0), s(a, n - 50, 4.0)]);
+    store.push(&[
+        s(a, ancient, 1.0),
+        s(a, old, 2.0),
+        s(a, n - 100, 3.0),
+        s(a, n - 50, 4.0),
+    ]);
     store.maintain().unwrap();
     // The trend of the ancient hour is written when its hour closed; retention
     // runs again on the next maintain.
     store.maintain().unwrap();
-    assert_eq!(store.history(a, 0, n, None).unwrap(), vec![(n - 100, 3.0), (n - 50, 4.0)]);
+    assert_eq!(
+        store.history(a, 0, n, None).unwrap(),
+        vec![(n - 100, 3.0), (n - 50, 4.0)]
+    );
     let tr = store.trend(a, 0, n).unwrap();
     let hours: Vec<i64> = tr.iter().map(|t| t.0).collect();
     assert!(!hours.contains(&(ancient - ancient % 3600)), "{hours:?}");
@@ -445,7 +543,12 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     }
     store.push(&batch);
     store.maintain().unwrap();
-    let all: Vec<u64> = store.outbox_after(0, 10_000).unwrap().iter().map(|m| m.seq).collect();
+    let all: Vec<u64> = store
+        .outbox_after(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
     store.mark_sent(&all).unwrap();
     store.maintain().unwrap();
     assert_eq!(store.outbox_len(), 0);
@@ -468,7 +571,12 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     store.reconfigure(&cfg).unwrap();
     store.maintain().unwrap();
     let st = store.stats();
-    assert!(st.db_bytes <= cfg.storage.max_size, "{} > {}", st.db_bytes, cfg.storage.max_size);
+    assert!(
+        st.db_bytes <= cfg.storage.max_size,
+        "{} > {}",
+        st.db_bytes,
+        cfg.storage.max_size
+    );
     assert_eq!(st.dropped_unsent, 0);
     assert_eq!(store.outbox_len(), unsent);
     let h = store.history(id[0][0], 0, now(), None).unwrap();
@@ -484,9 +592,15 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     assert!(store.outbox_len() < unsent);
     let left = store.outbox_after(0, 10_000).unwrap();
     assert!(!left.is_empty(), "only as much as needed is dropped");
-    assert_eq!(left.last().unwrap().seq, *all.last().unwrap() + unsent, "the newest stay");
+    assert_eq!(
+        left.last().unwrap().seq,
+        *all.last().unwrap() + unsent,
+        "the newest stay"
+    );
     let conn = rusqlite::Connection::open(store.path()).unwrap();
-    let chunks: i64 = conn.query_row("SELECT count(*) FROM history", [], |r| r.get(0)).unwrap();
+    let chunks: i64 = conn
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(chunks, 0);
     assert!(st.db_bytes <= 150_000, "{}", st.db_bytes);
     store.close().unwrap();
@@ -515,7 +629,11 @@ fn store_commit_failure_keeps_data_and_retries() {
         vec![(t0, 1.0), (t0 + 1, 2.0), (t0 + 2, 3.0)]
     );
     let msgs = store.outbox_after(0, 10).unwrap();
-    assert_eq!(msgs.len(), 1, "one message, no seq burnt by the failed commits");
+    assert_eq!(
+        msgs.len(),
+        1,
+        "one message, no seq burnt by the failed commits"
+    );
     assert_eq!(msgs[0].seq, 1);
     store.close().unwrap();
 }
@@ -534,7 +652,9 @@ fn store_memory_cap_drops_oldest_when_commits_fail() {
     let blocker = rusqlite::Connection::open(store.path()).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     for round in 0..3 {
-        let batch: Vec<_> = (0..800).map(|i| s(a, t0 + round * 800 + i, i as f64)).collect();
+        let batch: Vec<_> = (0..800)
+            .map(|i| s(a, t0 + round * 800 + i, i as f64))
+            .collect();
         store.push(&batch);
         assert!(store.flush().is_err());
     }
@@ -562,7 +682,10 @@ fn store_crash_after_flush_keeps_flushed_data() {
     store.kill();
     drop(store);
     let store = Store::open_with(&cfg, opts()).unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap(), vec![(t0, 1.0), (t0 + 1, 2.0)]);
+    assert_eq!(
+        store.history(a, t0, t0 + 10, None).unwrap(),
+        vec![(t0, 1.0), (t0 + 1, 2.0)]
+    );
     assert_eq!(store.latest(a).unwrap(), Some((t0 + 1, 2.0)));
     assert_eq!(store.outbox_len(), 1);
     // Dropping the last handle without close commits (a clean drop).
@@ -590,8 +713,14 @@ fn store_reconfigure_adds_items_and_deadbands() {
     assert_ne!(a, b);
     store.push(&[s(a, t0 + 2, 1.2), s(b, t0 + 2, 7.0), s(a, t0 + 3, 9.0)]);
     store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap(), vec![(t0, 1.0), (t0 + 1, 1.1), (t0 + 3, 9.0)]);
-    assert_eq!(store.history(b, t0, t0 + 10, None).unwrap(), vec![(t0 + 2, 7.0)]);
+    assert_eq!(
+        store.history(a, t0, t0 + 10, None).unwrap(),
+        vec![(t0, 1.0), (t0 + 1, 1.1), (t0 + 3, 9.0)]
+    );
+    assert_eq!(
+        store.history(b, t0, t0 + 10, None).unwrap(),
+        vec![(t0 + 2, 7.0)]
+    );
     // Removing an item: its samples are ignored, its history stays.
     cfg.hosts[0].items.remove(0);
     store.reconfigure(&cfg).unwrap();
@@ -610,7 +739,10 @@ fn store_open_errors_are_clear() {
     cfg.gateway.data_dir = dir.path().join("file").join("sub");
     let e = Store::open_with(&cfg, opts()).err().unwrap();
     assert!(matches!(e, StoreError::DataDir { .. }), "{e}");
-    assert!(e.to_string().contains("cannot create data directory"), "{e}");
+    assert!(
+        e.to_string().contains("cannot create data directory"),
+        "{e}"
+    );
     // Not a database.
     cfg.gateway.data_dir = dir.path().join("bad");
     std::fs::create_dir_all(&cfg.gateway.data_dir).unwrap();
@@ -633,11 +765,17 @@ fn store_schema_and_pragmas() {
     let cfg = config(dir.path(), 1, 1, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
     let conn = rusqlite::Connection::open(store.path()).unwrap();
-    let v: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    let v: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
     assert_eq!(v, SCHEMA_VERSION);
-    let av: i32 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+    let av: i32 = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap();
     assert_eq!(av, 2, "incremental");
-    let jm: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    let jm: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
     assert_eq!(jm, "wal");
     store.close().unwrap();
 }
@@ -648,8 +786,14 @@ fn store_json_message_format() {
         seq: 42,
         host: "pump".into(),
         items: vec![
-            ("modbus.pump.F1345.3.30004".into(), vec![(1_700_000_000, 21.3), (1_700_000_010, 21.0)]),
-            ("b".into(), vec![(1_700_000_000, -0.5), (1_700_000_001, 1e300)]),
+            (
+                "modbus.pump.F1345.3.30004".into(),
+                vec![(1_700_000_000, 21.3), (1_700_000_010, 21.0)],
+            ),
+            (
+                "b".into(),
+                vec![(1_700_000_000, -0.5), (1_700_000_001, 1e300)],
+            ),
         ],
     };
     let j = m.to_json();
@@ -680,7 +824,10 @@ fn store_writer_wakes_once_per_interval() {
     assert!((1..=3).contains(&commits), "{commits} commits");
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
-    assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64, i);
+    assert_eq!(
+        store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64,
+        i
+    );
     store.close().unwrap();
 }
 
@@ -701,7 +848,10 @@ fn store_messages_split_by_json_size_with_long_keys() {
     store.push(&batch);
     store.flush().unwrap();
     let msgs = store.outbox_after(0, 100).unwrap();
-    assert!(msgs.len() >= 2, "split by size although below the point limit");
+    assert!(
+        msgs.len() >= 2,
+        "split by size although below the point limit"
+    );
     let mut n = 0;
     for m in &msgs {
         let j = m.to_json();
@@ -736,7 +886,10 @@ fn store_history_consistent_during_ingest_and_compaction() {
             let mut queries = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let h = store.history(a, t0, t0 + 100_000, None).unwrap();
-                assert!(h.windows(2).all(|w| w[1].0 == w[0].0 + 1), "gap or duplicate");
+                assert!(
+                    h.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+                    "gap or duplicate"
+                );
                 assert!(h.is_empty() || h[0].0 == t0);
                 assert!(h.len() >= last_len, "points vanished");
                 last_len = h.len();
@@ -764,6 +917,9 @@ fn store_history_consistent_during_ingest_and_compaction() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let queries = reader.join().unwrap();
     assert!(queries > 0);
-    assert_eq!(store.history(a, t0, t0 + 100_000, None).unwrap().len(), 10_000);
+    assert_eq!(
+        store.history(a, t0, t0 + 100_000, None).unwrap().len(),
+        10_000
+    );
     store.close().unwrap();
 }

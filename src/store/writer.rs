@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::codec::{self, RowBuilder};
 use super::{
-    lock, ItemId, Inner, Sample, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
+    lock, Inner, ItemId, Sample, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
     MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE,
 };
 use crate::model::StorageSpec;
@@ -73,7 +73,11 @@ fn now_unix() -> i64 {
 }
 
 impl Writer {
-    pub fn new(inner: Arc<Inner>, conn: Connection, settings: Settings) -> Result<Writer, StoreError> {
+    pub fn new(
+        inner: Arc<Inner>,
+        conn: Connection,
+        settings: Settings,
+    ) -> Result<Writer, StoreError> {
         let mut w = Writer {
             inner,
             conn,
@@ -156,7 +160,10 @@ impl Writer {
                 let hid: i64 = row.get(0)?;
                 let n: i64 = row.get(1)?;
                 let blob: Vec<u8> = row.get(2)?;
-                let b = self.backlog.entry(hid as u32).or_insert(Backlog { points: 0, since: now });
+                let b = self.backlog.entry(hid as u32).or_insert(Backlog {
+                    points: 0,
+                    since: now,
+                });
                 b.points += n.max(0) as u64;
                 if let Err(e) = codec::decode_row(&blob, |i, c, v| {
                     let e = last.entry(i).or_insert((c, v));
@@ -305,7 +312,11 @@ impl Writer {
             let Some(it) = self.items.get_mut(id).filter(|it| it.active) else {
                 self.unknown_items += 1;
                 if self.unknown_items.is_power_of_two() {
-                    tracing::warn!(item = s.item, count = self.unknown_items, "samples for unknown items dropped");
+                    tracing::warn!(
+                        item = s.item,
+                        count = self.unknown_items,
+                        "samples for unknown items dropped"
+                    );
                 }
                 continue;
             };
@@ -385,7 +396,8 @@ impl Writer {
         }
         let dropped = self.pending_total - total;
         self.pending_total = total;
-        self.touched.retain(|&id| !self.items[id as usize].pending.is_empty());
+        self.touched
+            .retain(|&id| !self.items[id as usize].pending.is_empty());
         self.inner
             .counters
             .dropped_unsent
@@ -399,7 +411,8 @@ impl Writer {
 
     /// One transaction: new journal rows, sent marks, trend buckets.
     fn commit(&mut self, marks: &[u64], closing: bool) -> Result<(), StoreError> {
-        let trend_due = closing || self.last_trend_flush.elapsed() >= self.inner.opts.trend_flush_interval;
+        let trend_due =
+            closing || self.last_trend_flush.elapsed() >= self.inner.opts.trend_flush_interval;
         let nothing = self.touched.is_empty()
             && marks.is_empty()
             && self.closed.is_empty()
@@ -416,9 +429,11 @@ impl Writer {
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.history_points.fetch_add(points as u64, Ordering::Relaxed);
                 c.outbox.fetch_add(unsent_rows as u64, Ordering::Relaxed);
-                let _ = c.outbox.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_sub(marked as u64))
-                });
+                let _ = c
+                    .outbox
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(marked as u64))
+                    });
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(
                         failing_for = ?since.elapsed(),
@@ -433,7 +448,10 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                self.inner.counters.commit_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counters
+                    .commit_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 self.failing_since.get_or_insert_with(Instant::now);
                 self.consecutive_failures += 1;
                 let n = self.consecutive_failures;
@@ -452,12 +470,20 @@ impl Writer {
     }
 
     fn any_dirty_trend(&self) -> bool {
-        lock(&self.inner.live).cur.iter().any(|c| c.is_some_and(|a| a.dirty))
+        lock(&self.inner.live)
+            .cur
+            .iter()
+            .any(|c| c.is_some_and(|a| a.dirty))
     }
 
-    fn try_commit(&mut self, marks: &[u64], trend_due: bool) -> Result<(usize, usize, usize, usize), StoreError> {
+    fn try_commit(
+        &mut self,
+        marks: &[u64],
+        trend_due: bool,
+    ) -> Result<(usize, usize, usize, usize), StoreError> {
         // Group points per host, items ascending, into rows of bounded size.
-        self.touched.sort_unstable_by_key(|&id| (self.items[id as usize].host_id, id));
+        self.touched
+            .sort_unstable_by_key(|&id| (self.items[id as usize].host_id, id));
         let mut rows: Vec<(u32, RowBuilder)> = Vec::new();
         let mut cur: Option<(u32, RowBuilder)> = None;
         for &id in &self.touched {
@@ -472,7 +498,8 @@ impl Writer {
                     None => &mut cur.insert((it.host_id, RowBuilder::new(p[0].0))).1,
                 };
                 let room_pts = MAX_POINTS_PER_MESSAGE - row.n;
-                let room_bytes = MAX_MESSAGE_JSON_BYTES.saturating_sub(row.json_bytes + it.key_len + 8)
+                let room_bytes = MAX_MESSAGE_JSON_BYTES
+                    .saturating_sub(row.json_bytes + it.key_len + 8)
                     / codec::JSON_POINT_BYTES;
                 let mut take = p.len().min(room_pts).min(room_bytes);
                 if take == 0 {
@@ -501,14 +528,23 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
             )?;
             for (hid, r) in &rows {
-                ins.execute(params![hid, r.clock_min, r.clock_max, r.n as i64, sent, r.buf])?;
+                ins.execute(params![
+                    hid,
+                    r.clock_min,
+                    r.clock_max,
+                    r.n as i64,
+                    sent,
+                    r.buf
+                ])?;
                 points += r.n;
             }
         }
         let mut marked = 0usize;
         if !marks.is_empty() {
-            let mut upd = tx.prepare_cached("UPDATE journal SET sent = 1 WHERE seq = ?1 AND sent = 0")?;
-            let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 AND compacted = 1")?;
+            let mut upd =
+                tx.prepare_cached("UPDATE journal SET sent = 1 WHERE seq = ?1 AND sent = 0")?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 AND compacted = 1")?;
             for &m in marks {
                 let m = m.min(i64::MAX as u64) as i64;
                 marked += upd.execute([m])?;
@@ -530,7 +566,14 @@ impl Writer {
                 for (i, c) in live.cur.iter().enumerate() {
                     if let Some(acc) = c.filter(|a| a.dirty) {
                         let b = acc.bucket();
-                        rep.execute(params![i as i64, acc.hour, b.num as i64, b.min, b.avg, b.max])?;
+                        rep.execute(params![
+                            i as i64,
+                            acc.hour,
+                            b.num as i64,
+                            b.min,
+                            b.avg,
+                            b.max
+                        ])?;
                         flushed_ids.push((i as ItemId, acc.hour));
                     }
                 }
@@ -555,7 +598,10 @@ impl Writer {
         let unsent_rows = if self.sent_on_insert { 0 } else { rows.len() };
         let now = Instant::now();
         for (hid, r) in &rows {
-            let b = self.backlog.entry(*hid).or_insert(Backlog { points: 0, since: now });
+            let b = self.backlog.entry(*hid).or_insert(Backlog {
+                points: 0,
+                since: now,
+            });
             b.points += r.n as u64;
         }
         for &id in &self.touched {
@@ -588,12 +634,19 @@ impl Writer {
             .backlog
             .iter()
             .filter(|(_, b)| {
-                b.points > 0 && (force || b.points >= opts.compact_points || b.since.elapsed() >= opts.compact_age)
+                b.points > 0
+                    && (force
+                        || b.points >= opts.compact_points
+                        || b.since.elapsed() >= opts.compact_age)
             })
             .map(|(h, _)| *h)
             .collect();
         due.sort_unstable();
-        let mut budget = if force { u64::MAX } else { opts.compact_budget.max(1) };
+        let mut budget = if force {
+            u64::MAX
+        } else {
+            opts.compact_budget.max(1)
+        };
         for hid in due {
             if budget == 0 {
                 break;
@@ -663,7 +716,8 @@ impl Writer {
                 let n: i64 = row.get(1)?;
                 let sent: i64 = row.get(2)?;
                 let blob = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
-                let r = codec::decode_row(blob, |i, c, v| per_item.entry(i).or_default().push((c, v)));
+                let r =
+                    codec::decode_row(blob, |i, c, v| per_item.entry(i).or_default().push((c, v)));
                 if let Err(e) = r {
                     tracing::error!(seq, error = %e, "corrupt journal row skipped by compaction");
                 }
@@ -688,7 +742,9 @@ impl Writer {
                     // Never store a point twice or out of order.
                     pts.retain(|p| p.0 > end);
                     if blob.len() < CHUNK_TARGET_BYTES / 2
-                        && pts.first().is_some_and(|p| p.0 - start <= codec::CHUNK_MAX_SPAN)
+                        && pts
+                            .first()
+                            .is_some_and(|p| p.0 - start <= codec::CHUNK_MAX_SPAN)
                     {
                         // Extend the item's small last chunk (same start key: replaced).
                         codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
@@ -713,41 +769,65 @@ impl Writer {
             }
         }
         tx.commit()?;
-        tracing::debug!(host_id = hid, rows = seqs.len(), points, "journal compacted");
+        tracing::debug!(
+            host_id = hid,
+            rows = seqs.len(),
+            points,
+            "journal compacted"
+        );
         Ok((points, more))
     }
 
     fn retention(&mut self) -> Result<(), StoreError> {
         let now = now_unix();
-        let h_cut = now.saturating_sub(self.storage.history_retention.as_secs().min(i64::MAX as u64) as i64);
-        let t_cut = now.saturating_sub(self.storage.trend_retention.as_secs().min(i64::MAX as u64) as i64);
+        let h_cut = now.saturating_sub(
+            self.storage
+                .history_retention
+                .as_secs()
+                .min(i64::MAX as u64) as i64,
+        );
+        let t_cut =
+            now.saturating_sub(self.storage.trend_retention.as_secs().min(i64::MAX as u64) as i64);
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let chunks = tx.execute("DELETE FROM history WHERE end < ?1", [h_cut])?;
         let mut trends = 0;
         {
             let ids: Vec<i64> = {
                 let mut st = tx.prepare("SELECT id FROM items")?;
-                let r = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+                let r = st
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<i64>, _>>()?;
                 r
             };
-            let mut del = tx.prepare_cached("DELETE FROM trend WHERE item_id = ?1 AND hour < ?2")?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM trend WHERE item_id = ?1 AND hour < ?2")?;
             for id in ids {
                 trends += del.execute(params![id, t_cut - t_cut.rem_euclid(3600)])?;
             }
         }
         tx.commit()?;
         if chunks > 0 || trends > 0 {
-            tracing::info!(chunks, trend_rows = trends, "store retention deleted old data");
+            tracing::info!(
+                chunks,
+                trend_rows = trends,
+                "store retention deleted old data"
+            );
         }
         Ok(())
     }
 
     fn db_bytes(&self) -> Result<u64, StoreError> {
-        let pages: i64 = self.conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
-        let size: i64 = self.conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let pages: i64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
         let mut wal = self.inner.path.as_os_str().to_owned();
         wal.push("-wal");
-        let wal = std::fs::metadata(std::path::PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0);
+        let wal = std::fs::metadata(std::path::PathBuf::from(wal))
+            .map(|m| m.len())
+            .unwrap_or(0);
         Ok((pages.max(0) as u64) * (size.max(0) as u64) + wal)
     }
 
@@ -784,7 +864,8 @@ impl Writer {
                 break;
             }
             let excess = size - target;
-            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+            let tx =
+                rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
             // 1. The oldest history chunks (already-sent history; unsent points
             //    are still in the journal).
             let mut cut: Option<i64> = None;
@@ -806,7 +887,12 @@ impl Writer {
             let mut deleted = 0;
             if let Some(cut) = cut {
                 deleted = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
-                tracing::warn!(chunks = deleted, up_to = cut, max_size = max, "database over max_size: oldest history deleted");
+                tracing::warn!(
+                    chunks = deleted,
+                    up_to = cut,
+                    max_size = max,
+                    "database over max_size: oldest history deleted"
+                );
             } else {
                 // 2. Last resort: the oldest journal rows.
                 let mut cut_seq = None;
@@ -834,9 +920,11 @@ impl Writer {
                     deleted = tx.execute("DELETE FROM journal WHERE seq <= ?1", [cs])?;
                     let c = &self.inner.counters;
                     c.dropped_unsent.fetch_add(lost_points, Ordering::Relaxed);
-                    let _ = c.outbox.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                        Some(v.saturating_sub(lost_rows))
-                    });
+                    let _ = c
+                        .outbox
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            Some(v.saturating_sub(lost_rows))
+                        });
                     if lost_points > 0 {
                         tracing::error!(
                             dropped_points = lost_points,
