@@ -101,6 +101,7 @@ cases!(
     hosts_not_array,
     missing_profile,
     broken_profile,
+    bad_expressions,
 );
 
 /// Every config shipped under `config/` loads without errors (including any

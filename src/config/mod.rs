@@ -81,7 +81,16 @@ pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigEr
         None => None,
     };
     match config {
-        Some(config) if report.is_empty() => Ok(config),
+        Some(config) if report.is_empty() => {
+            // Trigger expressions name hosts and items, so they are checked
+            // against the otherwise valid config.
+            let problems = crate::alarm::check_triggers(&config);
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(ConfigErrors(problems))
+            }
+        }
         _ => Err(ConfigErrors(report.into_sorted())),
     }
 }
