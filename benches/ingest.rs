@@ -61,6 +61,7 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
                 write_expiry: Duration::from_secs(600),
                 items: (0..items / hosts).map(item).collect(),
             })
+            .map(std::sync::Arc::new)
             .collect(),
         triggers: Vec::new(),
     }

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -307,7 +306,7 @@ async fn cmd_read(path: &Path, host_id: &str, key: Option<&str>) -> ExitCode {
         },
     };
     let buses = Buses::default();
-    let mut reader = HostReader::new(Arc::new(host.clone()), &buses);
+    let mut reader = HostReader::new(host.clone(), &buses);
     let started = std::time::Instant::now();
     let report = reader.read(&items).await;
     let elapsed = started.elapsed();

@@ -80,7 +80,7 @@ pub async fn run_gateway(
     let tracker = TaskTracker::new();
     let buses = Buses::default();
     for host in &gateway.config.hosts {
-        let host = Arc::new(host.clone());
+        let host = host.clone();
         let Some(live) = gateway.host(&host.host).cloned() else {
             continue;
         };

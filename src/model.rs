@@ -565,13 +565,13 @@ pub struct Config {
     pub severity: BTreeMap<u8, String>,
     pub mqtt: Option<MqttSpec>,
     pub api: ApiSpec,
-    pub hosts: Vec<HostSpec>,
+    pub hosts: Vec<std::sync::Arc<HostSpec>>,
     pub triggers: Vec<TriggerSpec>,
 }
 
 impl Config {
     /// Finds a host by id.
-    pub fn host(&self, host: &str) -> Option<&HostSpec> {
+    pub fn host(&self, host: &str) -> Option<&std::sync::Arc<HostSpec>> {
         self.hosts.iter().find(|h| h.host == host)
     }
 }

@@ -73,6 +73,7 @@ pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Conf
                 write_expiry: Duration::from_secs(600),
                 items: (0..items).map(|i| item(&format!("k{i}"))).collect(),
             })
+            .map(std::sync::Arc::new)
             .collect(),
         triggers: Vec::new(),
     }
@@ -154,9 +155,9 @@ fn store_history_without_deadband_every_sample() {
 fn store_deadband_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 3, false);
-    cfg.hosts[0].items[0].deadband = Some(0.5);
-    cfg.hosts[0].items[1].deadband = Some(0.5);
-    cfg.hosts[0].items[1].heartbeat = Some(Duration::from_secs(10));
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(0.5);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1].deadband = Some(0.5);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1].heartbeat = Some(Duration::from_secs(10));
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     let (db, dbhb, none) = (id[0][0], id[0][1], id[0][2]);
@@ -243,7 +244,7 @@ fn store_trends_over_hours_including_current() {
 fn store_restart_continuity() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2, 3, true);
-    cfg.hosts[0].items[0].deadband = Some(1.0);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(1.0);
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id1 = ids(&store, &cfg);
     let a = id1[0][0];
@@ -265,9 +266,9 @@ fn store_restart_continuity() {
 
     // Reopen with an extra host first in the list: ids stay.
     let mut cfg2 = cfg.clone();
-    let mut extra = cfg.hosts[0].clone();
+    let mut extra = (*cfg.hosts[0]).clone();
     extra.host = "new".into();
-    cfg2.hosts.insert(0, extra);
+    cfg2.hosts.insert(0, std::sync::Arc::new(extra));
     let store = Store::open_with(&cfg2, opts()).unwrap();
     let id2 = ids(&store, &cfg2);
     assert_eq!(id2[1], id1[0]);
@@ -706,8 +707,10 @@ fn store_reconfigure_adds_items_and_deadbands() {
     let t0 = now() - 100;
     store.push(&[s(a, t0, 1.0), s(a, t0 + 1, 1.1)]);
     store.flush().unwrap();
-    cfg.hosts[0].items.push(item("k1"));
-    cfg.hosts[0].items[0].deadband = Some(5.0);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0])
+        .items
+        .push(item("k1"));
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(5.0);
     store.reconfigure(&cfg).unwrap();
     let b = store.item_id("h0", "k1").unwrap();
     assert_ne!(a, b);
@@ -722,7 +725,7 @@ fn store_reconfigure_adds_items_and_deadbands() {
         vec![(t0 + 2, 7.0)]
     );
     // Removing an item: its samples are ignored, its history stays.
-    cfg.hosts[0].items.remove(0);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items.remove(0);
     store.reconfigure(&cfg).unwrap();
     assert!(store.item_id("h0", "k0").is_none());
     store.push(&[s(a, t0 + 4, 100.0)]);
@@ -835,7 +838,11 @@ fn store_writer_wakes_once_per_interval() {
 fn store_messages_split_by_json_size_with_long_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1500, true);
-    for (i, it) in cfg.hosts[0].items.iter_mut().enumerate() {
+    for (i, it) in std::sync::Arc::make_mut(&mut cfg.hosts[0])
+        .items
+        .iter_mut()
+        .enumerate()
+    {
         it.key = format!("{i:0>128}");
     }
     let store = Store::open_with(&cfg, opts()).unwrap();
