@@ -287,47 +287,51 @@ impl SimDevice {
                 })
             }
             Request::WriteSingleCoil(a, v) => {
-                if touches(Table::Coil, *a, 1) {
-                    return Err(ExceptionCode::IllegalDataAddress);
-                }
-                if !faults.ignore_writes {
-                    lock(&self.inner.tables).coils[usize::from(*a)] = *v;
-                }
+                self.write(&faults, Table::Coil, *a, &[u16::from(*v)])?;
                 Ok(Response::WriteSingleCoil(*a, *v))
             }
             Request::WriteMultipleCoils(a, vs) => {
-                if touches(Table::Coil, *a, vs.len()) {
-                    return Err(ExceptionCode::IllegalDataAddress);
-                }
-                let n = u16::try_from(vs.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
-                let r = range(*a, n)?;
-                if !faults.ignore_writes {
-                    lock(&self.inner.tables).coils[r].copy_from_slice(vs);
-                }
+                let words: Vec<u16> = vs.iter().map(|b| u16::from(*b)).collect();
+                let n = self.write(&faults, Table::Coil, *a, &words)?;
                 Ok(Response::WriteMultipleCoils(*a, n))
             }
             Request::WriteSingleRegister(a, v) => {
-                if touches(Table::Holding, *a, 1) {
-                    return Err(ExceptionCode::IllegalDataAddress);
-                }
-                if !faults.ignore_writes {
-                    lock(&self.inner.tables).holdings[usize::from(*a)] = *v;
-                }
+                self.write(&faults, Table::Holding, *a, &[*v])?;
                 Ok(Response::WriteSingleRegister(*a, *v))
             }
             Request::WriteMultipleRegisters(a, vs) => {
-                if touches(Table::Holding, *a, vs.len()) {
-                    return Err(ExceptionCode::IllegalDataAddress);
-                }
-                let n = u16::try_from(vs.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
-                let r = range(*a, n)?;
-                if !faults.ignore_writes {
-                    lock(&self.inner.tables).holdings[r].copy_from_slice(vs);
-                }
+                let n = self.write(&faults, Table::Holding, *a, vs)?;
                 Ok(Response::WriteMultipleRegisters(*a, n))
             }
             _ => Err(ExceptionCode::IllegalFunction),
         }
+    }
+
+    /// A master's write of `values` from `start` (coils as 0/1): refused with
+    /// "illegal data address" where a fault says so or past the table's end;
+    /// acknowledged but ignored when the device ignores writes.
+    fn write(
+        &self,
+        faults: &Faults,
+        table: Table,
+        start: u16,
+        values: &[u16],
+    ) -> Result<u16, ExceptionCode> {
+        let n = u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
+        if n == 0 || usize::from(start) + values.len() > 65536 {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        if values.iter().enumerate().any(|(i, _)| {
+            u16::try_from(usize::from(start) + i)
+                .map(|a| faults.exception_at.contains(&(table, a)))
+                .unwrap_or(true)
+        }) {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        if !faults.ignore_writes {
+            self.set_registers(table, start, values);
+        }
+        Ok(n)
     }
 
     /// Serves this device on a TCP listener until the returned server is dropped.

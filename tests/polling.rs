@@ -319,3 +319,65 @@ async fn a_host_task_recovers_when_its_device_comes_back() {
     cancel.cancel();
     task.await.expect("task");
 }
+
+#[tokio::test]
+async fn writes_go_through_the_link_and_faults_apply() {
+    use modbridge::modbus::{Link, Operation, Priority, ReadData, RequestError};
+    let (dev, _server, addr) = device().await;
+    let host = tcp_host("dev", addr, vec![]);
+    let mut link = Link::new(&host, &Buses::default());
+    let write = |start: u16, words: Vec<u16>| Operation::WriteRegisters { start, words };
+    link.request(&write(3, vec![7]), Priority::Write)
+        .await
+        .expect("single register");
+    link.request(&write(10, vec![1, 2]), Priority::Write)
+        .await
+        .expect("two registers");
+    link.request(
+        &Operation::WriteCoil {
+            address: 4,
+            on: true,
+        },
+        Priority::Write,
+    )
+    .await
+    .expect("coil");
+    assert_eq!(dev.register(Table::Holding, 3), 7);
+    assert_eq!(
+        (
+            dev.register(Table::Holding, 10),
+            dev.register(Table::Holding, 11)
+        ),
+        (1, 2)
+    );
+    assert_eq!(dev.register(Table::Coil, 4), 1);
+    let read = Operation::Read {
+        table: Table::Holding,
+        start: 10,
+        count: 2,
+    };
+    assert_eq!(
+        link.request(&read, Priority::Poll).await,
+        Ok(ReadData::Words(vec![1, 2]))
+    );
+    // A device that acknowledges writes but keeps its value.
+    dev.faults(|f| f.ignore_writes = true);
+    link.request(&write(3, vec![8]), Priority::Write)
+        .await
+        .expect("acknowledged");
+    assert_eq!(dev.register(Table::Holding, 3), 7);
+    // An exception on write is reported as such, and the link stays usable.
+    dev.faults(|f| {
+        f.ignore_writes = false;
+        f.exception_at.insert((Table::Holding, 20));
+    });
+    let refused = link.request(&write(20, vec![1]), Priority::Write).await;
+    assert!(
+        matches!(refused, Err(RequestError::Exception(_))),
+        "{refused:?}"
+    );
+    link.request(&write(3, vec![9]), Priority::Write)
+        .await
+        .expect("after exception");
+    assert_eq!(dev.register(Table::Holding, 3), 9);
+}
