@@ -10,23 +10,16 @@ use modbridge::store::{Sample, Store, StoreOptions};
 
 fn config(dir: &Path, hosts: usize, items: usize) -> Config {
     let item = |k: usize| ItemSpec {
-        key: format!("modbus.h.generic.1.{}", 40001 + k),
         name: format!("item {k}"),
-        table: Table::Holding,
-        address: k as u16,
-        value_type: ValueType::I16,
-        bit: None,
-        byte_order: ByteOrder::Abcd,
         scale: 0.1,
-        offset: 0.0,
         unit: "degC".into(),
         poll_interval: Duration::from_secs(1),
-        deadband: None,
-        heartbeat: None,
-        lower_bound: None,
-        upper_bound: None,
-        configurable: false,
-        tags: Vec::new(),
+        ..ItemSpec::new(
+            &format!("modbus.h.generic.1.{}", 40001 + k),
+            Table::Holding,
+            k as u16,
+            ValueType::I16,
+        )
     };
     Config {
         path: dir.join("modbridge.toml"),

@@ -380,6 +380,31 @@ pub struct ItemSpec {
 }
 
 impl ItemSpec {
+    /// An item with the config file's defaults: named after its key, scale 1,
+    /// offset 0, no unit, byte order ABCD, polled every 10 s, no deadband,
+    /// bounds or tags, not configurable.
+    pub fn new(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
+        ItemSpec {
+            key: key.to_string(),
+            name: key.to_string(),
+            table,
+            address,
+            value_type,
+            bit: None,
+            byte_order: ByteOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: String::new(),
+            poll_interval: Duration::from_secs(10),
+            deadband: None,
+            heartbeat: None,
+            lower_bound: None,
+            upper_bound: None,
+            configurable: false,
+            tags: Vec::new(),
+        }
+    }
+
     /// How many registers (register tables) or bits (bit tables) the item occupies.
     pub fn width(&self) -> u16 {
         if self.table.is_bits() {

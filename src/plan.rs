@@ -202,23 +202,9 @@ mod tests {
 
     fn item(table: Table, address: u16, vt: ValueType, every: u64) -> ItemSpec {
         ItemSpec {
-            key: format!("{}.{address}", table.name()),
             name: String::new(),
-            table,
-            address,
-            value_type: vt,
-            bit: None,
-            byte_order: ByteOrder::Abcd,
-            scale: 1.0,
-            offset: 0.0,
-            unit: String::new(),
             poll_interval: Duration::from_secs(every),
-            deadband: None,
-            heartbeat: None,
-            lower_bound: None,
-            upper_bound: None,
-            configurable: false,
-            tags: Vec::new(),
+            ..ItemSpec::new(&format!("{}.{address}", table.name()), table, address, vt)
         }
     }
 

@@ -252,11 +252,15 @@ impl SimDevice {
             }
         };
         match req {
-            Request::ReadCoils(a, n) | Request::ReadDiscreteInputs(a, n) => {
-                let table = if matches!(req, Request::ReadCoils(..)) {
-                    Table::Coil
-                } else {
-                    Table::Discrete
+            Request::ReadCoils(a, n)
+            | Request::ReadDiscreteInputs(a, n)
+            | Request::ReadHoldingRegisters(a, n)
+            | Request::ReadInputRegisters(a, n) => {
+                let table = match req {
+                    Request::ReadCoils(..) => Table::Coil,
+                    Request::ReadDiscreteInputs(..) => Table::Discrete,
+                    Request::ReadHoldingRegisters(..) => Table::Holding,
+                    _ => Table::Input,
                 };
                 if touches(table, *a, usize::from(*n)) {
                     return Err(ExceptionCode::IllegalDataAddress);
@@ -266,24 +270,9 @@ impl SimDevice {
                 let t = lock(&self.inner.tables);
                 Ok(match table {
                     Table::Coil => Response::ReadCoils(t.coils[r].to_vec()),
-                    _ => Response::ReadDiscreteInputs(t.discretes[r].to_vec()),
-                })
-            }
-            Request::ReadHoldingRegisters(a, n) | Request::ReadInputRegisters(a, n) => {
-                let table = if matches!(req, Request::ReadHoldingRegisters(..)) {
-                    Table::Holding
-                } else {
-                    Table::Input
-                };
-                if touches(table, *a, usize::from(*n)) {
-                    return Err(ExceptionCode::IllegalDataAddress);
-                }
-                let r = range(*a, *n)?;
-                self.tick();
-                let t = lock(&self.inner.tables);
-                Ok(match table {
+                    Table::Discrete => Response::ReadDiscreteInputs(t.discretes[r].to_vec()),
                     Table::Holding => Response::ReadHoldingRegisters(t.holdings[r].to_vec()),
-                    _ => Response::ReadInputRegisters(t.inputs[r].to_vec()),
+                    Table::Input => Response::ReadInputRegisters(t.inputs[r].to_vec()),
                 })
             }
             Request::WriteSingleCoil(a, v) => {

@@ -8,23 +8,8 @@ use crate::model::*;
 
 pub(crate) fn item(key: &str) -> ItemSpec {
     ItemSpec {
-        key: key.to_string(),
-        name: key.to_string(),
-        table: Table::Holding,
-        address: 0,
-        value_type: ValueType::I16,
-        bit: None,
-        byte_order: ByteOrder::Abcd,
-        scale: 1.0,
-        offset: 0.0,
-        unit: String::new(),
         poll_interval: Duration::from_secs(1),
-        deadband: None,
-        heartbeat: None,
-        lower_bound: None,
-        upper_bound: None,
-        configurable: false,
-        tags: Vec::new(),
+        ..ItemSpec::new(key, Table::Holding, 0, ValueType::I16)
     }
 }
 

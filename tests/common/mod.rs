@@ -12,23 +12,8 @@ use modbridge::model::{
 /// An item with defaults: scale 1, no deadband, 1 s poll.
 pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
     ItemSpec {
-        key: key.to_string(),
-        name: key.to_string(),
-        table,
-        address,
-        value_type,
-        bit: None,
-        byte_order: ByteOrder::Abcd,
-        scale: 1.0,
-        offset: 0.0,
-        unit: String::new(),
         poll_interval: Duration::from_secs(1),
-        deadband: None,
-        heartbeat: None,
-        lower_bound: None,
-        upper_bound: None,
-        configurable: false,
-        tags: vec![],
+        ..ItemSpec::new(key, table, address, value_type)
     }
 }
 
