@@ -581,7 +581,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         host = host.host,
         api = config.api.listen,
     );
-    let live = gateway.host(&host.host).cloned();
+    let live = gateway.host(&host.host);
     let host_spec = host.clone();
     let printer = async move {
         // Print what the gateway reads, so the demo shows something by itself.

@@ -477,6 +477,33 @@ pub struct HostSpec {
 }
 
 impl HostSpec {
+    /// A TCP host with the config file's defaults (unit 1, model `generic`,
+    /// polled every 10 s, timeout 1 s, one retry, 125 registers, gap 8, ABCD,
+    /// writes expire after 10 minutes).
+    pub fn tcp(host: &str, address: &str, port: u16, items: Vec<ItemSpec>) -> HostSpec {
+        HostSpec {
+            host: host.to_string(),
+            name: host.to_string(),
+            connection: Connection::Tcp {
+                host: address.to_string(),
+                port,
+            },
+            serial: None,
+            unit: 1,
+            model: "generic".into(),
+            poll_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            retries: 1,
+            max_read_registers: 125,
+            max_gap: 8,
+            byte_order: ByteOrder::Abcd,
+            kind: None,
+            tags: Vec::new(),
+            write_expiry: Duration::from_secs(600),
+            items,
+        }
+    }
+
     /// The device's IP or host name for the seed's `ip` field; None for serial hosts.
     pub fn ip(&self) -> Option<&str> {
         match &self.connection {

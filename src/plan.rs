@@ -198,7 +198,7 @@ pub fn describe(host: &HostSpec, req: &ReadRequest, interval: Duration) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ByteOrder, Connection, ItemSpec, ValueType};
+    use crate::model::{ItemSpec, ValueType};
 
     fn item(table: Table, address: u16, vt: ValueType, every: u64) -> ItemSpec {
         ItemSpec {
@@ -210,25 +210,9 @@ mod tests {
 
     fn host(max: u16, gap: u16, items: Vec<ItemSpec>) -> HostSpec {
         HostSpec {
-            host: "pump".into(),
-            name: "pump".into(),
-            connection: Connection::Tcp {
-                host: "127.0.0.1".into(),
-                port: 502,
-            },
-            serial: None,
-            unit: 1,
-            model: "generic".into(),
-            poll_interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(1),
-            retries: 1,
             max_read_registers: max,
             max_gap: gap,
-            byte_order: ByteOrder::Abcd,
-            kind: None,
-            tags: Vec::new(),
-            write_expiry: Duration::from_secs(600),
-            items,
+            ..HostSpec::tcp("pump", "127.0.0.1", 502, items)
         }
     }
 

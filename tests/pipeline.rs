@@ -78,7 +78,7 @@ async fn polled_values_become_history_and_trends() {
     .expect("write");
     let config = modbridge::config::load(&path).expect("valid config");
     let gateway = modbridge::daemon::open(config.clone()).expect("open");
-    let live = gateway.host("pump").expect("host").clone();
+    let live = gateway.host("pump").expect("host");
     let mut cycles = live.subscribe();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {

@@ -46,6 +46,7 @@
 
 mod engine;
 pub mod expr;
+pub mod service;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +54,7 @@ use std::collections::HashMap;
 
 pub use engine::{Engine, ItemIndex, TriggerChange};
 pub use expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
+pub use service::{AckError, Acknowledgement, Alarms, EventFilter, EventObject, TriggerObject};
 
 use crate::config::Diagnostic;
 use crate::model::{Config, SourcePos};

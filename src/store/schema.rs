@@ -11,7 +11,7 @@ use super::{ItemId, StoreError};
 use crate::model::Config;
 
 /// The schema this program writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE hosts (
@@ -56,6 +56,60 @@ CREATE TABLE trend (
     max     REAL NOT NULL,
     PRIMARY KEY (item_id, hour)
 ) WITHOUT ROWID;
+";
+
+/// Version 2: the control side, written through [`crate::ledger::Ledger`]:
+/// config requests, trigger states, events, acknowledgements, and the queue of
+/// durable non-data MQTT messages.
+const SCHEMA_V2: &str = "
+-- Every config request received; the newest per (host, key) is the item's `config`.
+CREATE TABLE config_requests (
+    rid       INTEGER PRIMARY KEY AUTOINCREMENT,
+    host      TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    target    REAL NOT NULL,
+    expected  REAL,
+    audit     TEXT NOT NULL,   -- JSON array of strings
+    id        TEXT,            -- the requester's id, as JSON
+    status    TEXT NOT NULL,   -- PENDING | SUCCESS | FAILED
+    lastclock INTEGER NOT NULL,
+    reason    TEXT,
+    expires   INTEGER NOT NULL
+);
+CREATE INDEX config_requests_item ON config_requests(host, key, rid);
+CREATE INDEX config_requests_pending ON config_requests(status) WHERE status = 'PENDING';
+-- The last value of every trigger, so a restart neither repeats nor loses an event.
+CREATE TABLE trigger_states (
+    triggerid  INTEGER PRIMARY KEY,
+    value      TEXT NOT NULL,
+    lastchange INTEGER NOT NULL
+);
+CREATE TABLE events (
+    eventid       INTEGER PRIMARY KEY AUTOINCREMENT,
+    triggerid     INTEGER NOT NULL,
+    host          TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    value         TEXT NOT NULL,
+    clock         INTEGER NOT NULL,
+    description   TEXT NOT NULL,
+    severity      INTEGER NOT NULL,
+    severity_text TEXT NOT NULL
+);
+CREATE INDEX events_clock ON events(clock);
+CREATE TABLE acknowledgements (
+    eventid INTEGER NOT NULL,
+    clock   INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX acknowledgements_event ON acknowledgements(eventid);
+-- Durable MQTT messages other than data (events, trigger states, config
+-- statuses); a row is deleted at the broker's PUBACK.
+CREATE TABLE uplink (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic    TEXT NOT NULL,    -- below the gateway's root, e.g. events, triggers/17
+    payload  TEXT NOT NULL,
+    retained INTEGER NOT NULL
+);
 ";
 
 /// Opens the write connection with the project's pragmas and brings the schema
@@ -110,6 +164,7 @@ fn migrate(conn: &Connection, version: i32) -> Result<(), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         match v {
             0 => tx.execute_batch(SCHEMA_V1)?,
+            1 => tx.execute_batch(SCHEMA_V2)?,
             // 1 => tx.execute_batch("ALTER TABLE ..."),  // future steps go here
             _ => unreachable!("versions below SCHEMA_VERSION all have a step"),
         }

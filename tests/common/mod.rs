@@ -5,9 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use modbridge::model::{
-    ByteOrder, Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType,
-};
+use modbridge::model::{Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType};
 
 /// An item with defaults: scale 1, no deadband, 1 s poll.
 pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
@@ -20,25 +18,10 @@ pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> Ite
 /// A TCP host with defaults: timeout 300 ms, no retries, 125 registers, gap 8.
 pub fn tcp_host(id: &str, addr: std::net::SocketAddr, items: Vec<ItemSpec>) -> HostSpec {
     HostSpec {
-        host: id.to_string(),
-        name: id.to_string(),
-        connection: Connection::Tcp {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        },
-        serial: None,
-        unit: 1,
-        model: "generic".into(),
         poll_interval: Duration::from_secs(1),
         timeout: Duration::from_millis(300),
         retries: 0,
-        max_read_registers: 125,
-        max_gap: 8,
-        byte_order: ByteOrder::Abcd,
-        kind: None,
-        tags: vec![],
-        write_expiry: Duration::from_secs(600),
-        items,
+        ..HostSpec::tcp(id, &addr.ip().to_string(), addr.port(), items)
     }
 }
 

@@ -1,0 +1,251 @@
+//! The control side of the database: config requests, trigger states, events,
+//! acknowledgements, and the queue of durable non-data MQTT messages.
+//!
+//! Unlike samples (batched by the store's writer thread), every change here is
+//! committed before the call returns: a config request is durable before it
+//! is answered, an event before anyone hears of it. The volume is small (a few
+//! transactions per minute), so one connection behind a mutex serves all.
+//!
+//! Invariant: a state change and the uplink message announcing it are
+//! written in one transaction, so after a crash either both exist or neither.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+
+use crate::store::{lock, StoreError};
+
+/// One queued durable MQTT message (not data: those are journal rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkMessage {
+    pub id: u64,
+    /// Below the gateway's root `R/`, e.g. `events`, `triggers/17`, `config/pump/k`.
+    pub topic: String,
+    pub payload: String,
+    pub retained: bool,
+}
+
+/// Messages queued inside a [`Ledger::transaction`]; written with it.
+pub struct Uplink {
+    enabled: bool,
+    queued: Vec<(String, String, bool)>,
+}
+
+impl Uplink {
+    /// Queues a durable message for `R/<topic>`. Without an `[mqtt]` section
+    /// nothing is queued (there is nobody to send it to).
+    pub fn push(&mut self, topic: impl Into<String>, payload: impl Into<String>, retained: bool) {
+        if self.enabled {
+            self.queued.push((topic.into(), payload.into(), retained));
+        }
+    }
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    uplink_enabled: AtomicBool,
+    uplink_len: AtomicU64,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// A handle to the control tables; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl Ledger {
+    /// Opens its own connection to the store's database (the store has already
+    /// created and migrated the schema). `uplink` says whether an `[mqtt]`
+    /// section exists, i.e. whether messages are queued at all.
+    pub fn open(path: &Path, uplink: bool) -> Result<Ledger, StoreError> {
+        let err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let len: i64 = conn
+            .query_row("SELECT count(*) FROM uplink", [], |r| r.get(0))
+            .map_err(err)?;
+        let (changes, _) = tokio::sync::watch::channel(0);
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                uplink_enabled: AtomicBool::new(uplink),
+                uplink_len: AtomicU64::new(len.max(0) as u64),
+                changes,
+            }),
+        })
+    }
+
+    /// Turns queueing of uplink messages on or off (config reload).
+    pub fn set_uplink(&self, enabled: bool) {
+        self.inner.uplink_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Runs `f` in one immediate transaction and commits it, together with the
+    /// uplink messages it queued. Nothing is written if `f` fails.
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, &mut Uplink) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = lock(&self.inner.conn);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut uplink = Uplink {
+            enabled: self.inner.uplink_enabled.load(Ordering::Relaxed),
+            queued: Vec::new(),
+        };
+        let out = f(&tx, &mut uplink)?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO uplink(topic, payload, retained) VALUES (?1, ?2, ?3)",
+            )?;
+            for (topic, payload, retained) in &uplink.queued {
+                st.execute(params![topic, payload, *retained as i64])?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        if !uplink.queued.is_empty() {
+            self.inner
+                .uplink_len
+                .fetch_add(uplink.queued.len() as u64, Ordering::Relaxed);
+            self.inner.changes.send_modify(|n| *n += 1);
+        }
+        Ok(out)
+    }
+
+    /// Runs a read-only query.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = lock(&self.inner.conn);
+        f(&conn)
+    }
+
+    /// Queued uplink messages with `id > after`, oldest first, at most `max`.
+    pub fn uplink_after(&self, after: u64, max: usize) -> Result<Vec<UplinkMessage>, StoreError> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT id, topic, payload, retained FROM uplink WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(
+                params![after.min(i64::MAX as u64) as i64, max.min(i64::MAX as usize) as i64],
+                |r| {
+                    Ok(UplinkMessage {
+                        id: r.get::<_, i64>(0)? as u64,
+                        topic: r.get(1)?,
+                        payload: r.get(2)?,
+                        retained: r.get::<_, i64>(3)? != 0,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Removes delivered messages (after the broker's PUBACK).
+    pub fn uplink_done(&self, ids: &[u64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let removed = self.transaction(|tx, _| {
+            let mut st = tx.prepare_cached("DELETE FROM uplink WHERE id = ?1")?;
+            let mut n = 0u64;
+            for id in ids {
+                n += st.execute([(*id).min(i64::MAX as u64) as i64])? as u64;
+            }
+            Ok(n)
+        })?;
+        let _ = self
+            .inner
+            .uplink_len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(removed))
+            });
+        Ok(())
+    }
+
+    /// Queued uplink messages not yet acknowledged by the broker.
+    pub fn uplink_len(&self) -> u64 {
+        self.inner.uplink_len.load(Ordering::Relaxed)
+    }
+
+    /// Bumped whenever messages are queued.
+    pub fn uplink_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, uplink: bool) -> Ledger {
+        let cfg = crate::config::load_str(
+            &dir.join("c.toml"),
+            &format!(
+                "[gateway]\nid = \"t\"\ndata_dir = {:?}\n",
+                dir.to_string_lossy()
+            ),
+        )
+        .expect("config");
+        let store = crate::store::Store::open(&cfg).expect("store");
+        let l = Ledger::open(store.path(), uplink).expect("ledger");
+        store.close().expect("close");
+        l
+    }
+
+    #[test]
+    fn queued_messages_survive_reopen_and_leave_at_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), true);
+        let mut rx = l.uplink_changes();
+        l.transaction(|_, up| {
+            up.push("events", "{\"eventid\":1}", false);
+            up.push("triggers/1", "{}", true);
+            Ok(())
+        })
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        assert_eq!(l.uplink_len(), 2);
+        drop(l);
+        let l = open(dir.path(), true);
+        assert_eq!(l.uplink_len(), 2);
+        let msgs = l.uplink_after(0, 10).unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[1].topic, "triggers/1");
+        assert!(msgs[1].retained);
+        l.uplink_done(&[msgs[0].id]).unwrap();
+        assert_eq!(l.uplink_len(), 1);
+        assert_eq!(l.uplink_after(0, 10).unwrap().len(), 1);
+        assert_eq!(l.uplink_after(msgs[1].id, 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_failed_transaction_queues_nothing_and_without_mqtt_nothing_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(dir.path(), true);
+        let r: Result<(), StoreError> = l.transaction(|_, up| {
+            up.push("events", "{}", false);
+            Err(StoreError::Closed)
+        });
+        assert!(r.is_err());
+        assert_eq!(l.uplink_after(0, 10).unwrap().len(), 0);
+        l.set_uplink(false);
+        l.transaction(|_, up| {
+            up.push("events", "{}", false);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(l.uplink_len(), 0);
+    }
+}
