@@ -143,7 +143,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             return std::future::pending().await;
         };
         while hup.recv().await.is_some() {
-            reload_from_file(&reloader, &path);
+            crate::notify::reloading();
+            crate::notify::reloaded(reload_from_file(&reloader, &path));
         }
     };
     let run = run_gateway(gateway, shutdown);
@@ -242,6 +243,11 @@ fn start_host(
     }
 }
 
+/// How long shutdown waits for host tasks to finish the poll cycle they are
+/// in. With the store's final commit this bounds the drain time, which the
+/// systemd unit's `TimeoutStopSec=` must exceed.
+pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs an opened gateway until `shutdown` completes.
 pub async fn run_gateway(
     gateway: Gateway,
@@ -287,6 +293,7 @@ pub async fn run_gateway(
         hosts = tasks.len(),
         "gateway running"
     );
+    let systemd = crate::notify::Service::start(&gateway);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -301,9 +308,18 @@ pub async fn run_gateway(
         }
     }
     tracing::info!("shutting down");
+    systemd.stopping();
     cancel.cancel();
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(HOST_DRAIN, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "a host was still in the middle of a poll cycle after {}s; stopping without its result",
+            HOST_DRAIN.as_secs()
+        );
+    }
     let store = gateway.store.clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

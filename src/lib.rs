@@ -11,6 +11,7 @@
 //! - [`poll`]: one task per host: schedule, read, decode, narrow exceptions, live item state.
 //! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
 //! - [`daemon`]: wires the above together for `modbridge run`, with clean shutdown.
+//! - [`notify`]: systemd's readiness, watchdog and status notifications.
 //! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
 //! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
 
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
+pub mod notify;
 pub mod plan;
 pub mod poll;
 pub mod sim;
