@@ -136,10 +136,12 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
 /// SIGHUP, then stops every task and commits everything before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let path = config.path.clone();
+    // Before anything else: from here on a SIGHUP is a reload, never fatal.
+    let hup = hangup_signals();
     let gateway = open(config)?;
     let reloader = gateway.clone();
     let hangups = async move {
-        let Some(mut hup) = hangup_signals() else {
+        let Some(mut hup) = hup else {
             return std::future::pending().await;
         };
         while hup.recv().await.is_some() {
