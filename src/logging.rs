@@ -23,7 +23,7 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    let result = if stderr_is_journal() {
+    let result = if *UNDER_JOURNALD.get_or_init(stderr_is_journal) {
         let format = tracing_subscriber::fmt::format()
             .without_time()
             .with_target(false)
@@ -36,6 +36,19 @@ pub fn init() {
         builder.try_init()
     };
     let _ = result;
+}
+
+static UNDER_JOURNALD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// What a line written to stderr without `tracing` (such as a config
+/// diagnostic) starts with so that journald files it as an error: `<3>`
+/// under journald, nothing on a terminal.
+pub fn error_prefix() -> &'static str {
+    if *UNDER_JOURNALD.get_or_init(stderr_is_journal) {
+        "<3>"
+    } else {
+        ""
+    }
 }
 
 /// The syslog priority journald reads from a `<N>` line prefix.

@@ -489,15 +489,17 @@ fn log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     // data_dir below a regular file: opening the store fails, an error is logged.
     std::fs::write(dir.path().join("file"), "").expect("file");
-    let config = dir.path().join("modbridge.toml");
+    let unusable = dir.path().join("unusable.toml");
     write(
-        &config,
+        &unusable,
         &format!(
             "[gateway]\nid = \"test-box\"\ndata_dir = \"{}\"\n",
             dir.path().join("file/data").display()
         ),
     );
-    let run = |journal_stream: &dyn Fn(&Path) -> String| -> String {
+    let invalid = dir.path().join("invalid.toml");
+    write(&invalid, "[gateway]\nid = \"test box\"\n");
+    let run = |config: &Path, journal_stream: &dyn Fn(&Path) -> String| -> (Option<i32>, String) {
         let log = dir.path().join(format!("stderr-{}", fastrand::u32(..)));
         let file = std::fs::File::create(&log).expect("log file");
         let status = Command::new(BIN)
@@ -507,10 +509,10 @@ fn log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal() {
             .stderr(Stdio::from(file))
             .status()
             .expect("run");
-        assert_eq!(status.code(), Some(1));
-        std::fs::read_to_string(&log).expect("log")
+        (status.code(), std::fs::read_to_string(&log).expect("log"))
     };
-    let journal = run(&|log| identity(log));
+    let (code, journal) = run(&unusable, &|log| identity(log));
+    assert_eq!(code, Some(1), "{journal}");
     let error = journal
         .lines()
         .find(|l| l.contains("gateway stopped with an error"))
@@ -520,8 +522,20 @@ fn log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal() {
         !error.contains('\u{1b}'),
         "no colours for the journal: {error:?}"
     );
+    assert!(
+        journal.lines().all(|l| l.starts_with('<')),
+        "every line has a priority:\n{journal}"
+    );
+    // A config refused at start: its diagnostics are errors in the journal too.
+    let (code, journal) = run(&invalid, &|log| identity(log));
+    assert_eq!(code, Some(2), "{journal}");
+    let expected = format!("<3>{}:2:6: gateway id", invalid.display());
+    assert!(
+        journal.lines().any(|l| l.starts_with(&expected)),
+        "{journal}"
+    );
     // Not the journal (the variable was inherited, the stream is another): a terminal's lines.
-    let other = run(&|_| "1:1".to_string());
+    let (_, other) = run(&unusable, &|_| "1:1".to_string());
     assert!(!other.contains("<3>"), "{other}");
     assert!(other.contains("gateway stopped with an error"), "{other}");
 }
