@@ -854,6 +854,8 @@ async fn carry_out(
     };
     let on = words.first().copied().unwrap_or(0) != 0;
     let bit = if item.table.is_bits() { None } else { item.bit };
+    // On a shared serial line, no poll read comes between our frames.
+    let _turn = link.write_turn();
     let mut word = None;
     if p.expected.is_some() || bit.is_some() {
         match read_item(link, item).await {

@@ -2,6 +2,8 @@
 //! host task carries them out against a simulated device, the ledger records
 //! every status change with its uplink message.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -285,7 +287,7 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
     assert_eq!(pending.status, Status::Pending);
     assert!(pending.lastclock.is_some_and(|c| c >= before));
     assert_eq!(pending.audit, vec!["alice", "api 127.0.0.1:5000"]);
-    let done = wait_for(&rig.gateway, "setpoint", Duration::from_millis(1500), |c| {
+    let done = wait_for(&rig.gateway, "setpoint", Duration::from_secs(2), |c| {
         c.status != Status::Pending
     })
     .await;
@@ -600,6 +602,13 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
         .writes
         .submit(request("counter", 9.0, None), Channel::Mqtt)
         .expect("accepted");
+    // A write of this one reached the device just before the crash: it holds
+    // the target now, no longer the expected value.
+    gateway
+        .writes
+        .submit(request("big", 7.0, Some(5.0)), Channel::Mqtt)
+        .expect("accepted");
+    device.set_registers(Table::Holding, 4, &[0, 7]);
     assert_eq!(pending.status, Status::Pending);
     drop(gateway);
 
@@ -608,13 +617,17 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
         gateway.writes.config_of("pump", "setpoint"),
         Some(pending.clone())
     );
-    assert_eq!(gateway.writes.stats().pending, 2);
+    assert_eq!(gateway.writes.stats().pending, 3);
     // One of them expired while the gateway was down.
     gateway
         .ledger
         .transaction(|tx, _| {
             tx.execute(
                 "UPDATE config_requests SET expires_ms = 0 WHERE key = 'counter'",
+                [],
+            )?;
+            tx.execute(
+                "UPDATE config_requests SET written = 1 WHERE key = 'big'",
                 [],
             )?;
             Ok(())
@@ -637,6 +650,19 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
         Some("expired before it could be carried out")
     );
     assert_eq!(device.register(Table::Holding, 1), 0);
+    let c = finished(&gateway, "big").await;
+    assert_eq!(c.status, Status::Success, "{c:?}");
+    let written: i64 = gateway
+        .ledger
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT written FROM config_requests WHERE key = 'setpoint'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .expect("row");
+    assert_eq!(written, 1, "marked before the write was sent");
     let _ = tx.send(());
     run.await.expect("join").expect("stop");
 }
@@ -774,5 +800,130 @@ async fn a_reload_fails_requests_of_removed_items_and_keeps_the_others() {
     assert_eq!(c.status, Status::Success, "{c:?}");
     assert_eq!(rig.device.register(Table::Holding, 1), 9);
     assert_eq!(rig.device.register(Table::Holding, 0), 0, "not written");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_on_a_shared_serial_line_goes_ahead_of_the_polls() {
+    let pty = common::PtyPair::new();
+    let device = SimDevice::new();
+    device.answer_units(&[2, 3]);
+    device.set_register(Table::Holding, 0, 200);
+    let _server = device.serve_rtu(&pty.b, 19200).expect("serve rtu");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Unit 2 is polled hourly; unit 3 and the missing unit 4 keep the line busy.
+    let text = format!(
+        r#"
+[gateway]
+id = "box-1"
+data_dir = "{data}"
+
+[[hosts]]
+host = "pump"
+connection = "rtu://{port}"
+baud = 19200
+unit = 2
+poll_interval = "1h"
+timeout = "300ms"
+retries = 0
+
+[[hosts.items]]
+key = "setpoint"
+table = "holding"
+address = 0
+type = "i16"
+scale = 0.1
+configurable = true
+
+[[hosts]]
+host = "busy"
+connection = "rtu://{port}"
+baud = 19200
+unit = 3
+poll_interval = "100ms"
+timeout = "300ms"
+
+[[hosts.items]]
+key = "a"
+table = "holding"
+address = 100
+type = "u16"
+
+[[hosts]]
+host = "gone"
+connection = "rtu://{port}"
+baud = 19200
+unit = 4
+poll_interval = "100ms"
+timeout = "200ms"
+retries = 0
+
+[[hosts.items]]
+key = "b"
+table = "holding"
+address = 100
+type = "u16"
+"#,
+        data = data.display(),
+        port = pty.a,
+    );
+    let config = modbridge::config::load_str(&data.join("modbridge.toml"), &text).expect("config");
+    let gateway = daemon::open(config).expect("open");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon::run_gateway(gateway.clone(), async {
+        let _ = rx.await;
+    }));
+    // Wait until the busy unit has been read: the line is in use.
+    let busy = gateway.host("busy").expect("busy");
+    let mut cycles = busy.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while busy.lock().items[0].state != modbridge::poll::ItemState::Ok {
+            cycles.changed().await.expect("cycles");
+        }
+    })
+    .await
+    .expect("the busy unit is read");
+    let started = Instant::now();
+    gateway
+        .writes
+        .submit(request("setpoint", 22.5, None), Channel::Mqtt)
+        .expect("accepted");
+    let c = wait_for(&gateway, "setpoint", Duration::from_secs(2), |c| {
+        c.status != Status::Pending
+    })
+    .await;
+    assert_eq!(c.status, Status::Success, "{c:?}");
+    assert_eq!(device.register(Table::Holding, 0), 225);
+    eprintln!(
+        "write on a shared serial line: SUCCESS after {:?}",
+        started.elapsed()
+    );
+    let _ = tx.send(());
+    run.await.expect("join").expect("stop");
+}
+
+#[tokio::test]
+async fn garbage_answers_and_dropped_connections_are_retried() {
+    let mut rig = Rig::new(Opts::default()).await;
+    rig.polled().await;
+    rig.device.faults(|f| f.garbage = true);
+    rig.submit("counter", 3.0).expect("accepted");
+    let c = wait_for(&rig.gateway, "counter", Duration::from_secs(10), |c| {
+        c.reason.is_some()
+    })
+    .await;
+    assert_eq!(c.status, Status::Pending, "{c:?}");
+    rig.device.faults(|f| f.garbage = false);
+    let c = finished(&rig.gateway, "counter").await;
+    assert_eq!(c.status, Status::Success, "{c:?}");
+    assert_eq!(rig.device.register(Table::Holding, 1), 3);
+
+    // The open connection is gone when the next request comes.
+    rig.device.drop_connections();
+    rig.submit("counter", 4.0).expect("accepted");
+    let c = finished(&rig.gateway, "counter").await;
+    assert_eq!(c.status, Status::Success, "{c:?}");
+    assert_eq!(rig.device.register(Table::Holding, 1), 4);
     rig.stop().await;
 }
