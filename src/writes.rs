@@ -966,7 +966,12 @@ impl HostWrites {
     pub fn next_wake(&self) -> Option<Instant> {
         let pending = self.writes.pending(&self.host);
         let earliest = pending.iter().map(|p| p.expires_ms).min()?;
-        let until = Duration::from_millis(u64::try_from(earliest - unix_ms()).unwrap_or(0));
+        // Capped so that an absurd expiry never overflows the clock.
+        let until = Duration::from_millis(
+            u64::try_from(earliest.saturating_sub(unix_ms()))
+                .unwrap_or(0)
+                .min(86_400_000),
+        );
         let expiry = Instant::now() + until;
         Some(match self.retry_at {
             Some(at) => at.min(expiry),

@@ -284,6 +284,7 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
             Channel::Api(peer),
         )
         .expect("accepted");
+    let recorded = started.elapsed();
     assert_eq!(pending.status, Status::Pending);
     assert!(pending.lastclock.is_some_and(|c| c >= before));
     assert_eq!(pending.audit, vec!["alice", "api 127.0.0.1:5000"]);
@@ -298,7 +299,9 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
     assert_eq!(done.id, Some(serde_json::json!("req-1")));
     assert_eq!(done.lastclock, pending.lastclock);
     assert_eq!(rig.device.register(Table::Holding, 0), 225);
-    eprintln!("write on a 1h-polled host: SUCCESS after {took:?}");
+    eprintln!(
+        "write on a 1h-polled host: PENDING recorded after {recorded:?}, SUCCESS after {took:?}"
+    );
 
     // The live state has the written value, the item JSON shows the config.
     let live = rig.gateway.host("pump").expect("host").lock().clone();
