@@ -62,19 +62,22 @@ CREATE TABLE trend (
 /// config requests, trigger states, events, acknowledgements, and the queue of
 /// durable non-data MQTT messages.
 const SCHEMA_V2: &str = "
--- Every config request received; the newest per (host, key) is the item's `config`.
+-- Every config request received; the newest per (host, key) is the item's
+-- `config`, and only the newest may be PENDING.
 CREATE TABLE config_requests (
-    rid       INTEGER PRIMARY KEY AUTOINCREMENT,
-    host      TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    target    REAL NOT NULL,
-    expected  REAL,
-    audit     TEXT NOT NULL,   -- JSON array of strings
-    id        TEXT,            -- the requester's id, as JSON
-    status    TEXT NOT NULL,   -- PENDING | SUCCESS | FAILED
-    lastclock INTEGER NOT NULL,
-    reason    TEXT,
-    expires   INTEGER NOT NULL
+    rid        INTEGER PRIMARY KEY AUTOINCREMENT,
+    host       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    target     REAL NOT NULL,
+    expected   REAL,
+    audit      TEXT NOT NULL,    -- JSON array of strings
+    id         TEXT,             -- the requester's id, as JSON
+    status     TEXT NOT NULL,    -- PENDING | SUCCESS | FAILED
+    lastclock  INTEGER NOT NULL, -- received, Unix seconds
+    reason     TEXT,
+    expires_ms INTEGER NOT NULL, -- Unix milliseconds after which a PENDING request fails
+    written    INTEGER NOT NULL DEFAULT 0, -- a write may have reached the device
+    finished   INTEGER           -- when it became SUCCESS or FAILED, Unix seconds
 );
 CREATE INDEX config_requests_item ON config_requests(host, key, rid);
 CREATE INDEX config_requests_pending ON config_requests(status) WHERE status = 'PENDING';
