@@ -736,14 +736,14 @@ fn check_target(item: &ItemSpec, target: f64) -> Result<Vec<u16>, String> {
     if !item.table.is_writable() {
         return Err(format!("{} items cannot be written", item.table));
     }
-    if let Some(lo) = item.lower_bound.filter(|lo| target < *lo) {
+    if let Some(lo) = item.lower_bound().filter(|lo| target < *lo) {
         return Err(format!(
             "target {} is below the lower bound {}",
             format_value(item, target),
             format_value(item, lo)
         ));
     }
-    if let Some(hi) = item.upper_bound.filter(|hi| target > *hi) {
+    if let Some(hi) = item.upper_bound().filter(|hi| target > *hi) {
         return Err(format!(
             "target {} is above the upper bound {}",
             format_value(item, target),
@@ -1359,8 +1359,8 @@ mod tests {
     #[test]
     fn targets_outside_bounds_or_unrepresentable_fail() {
         let mut t = item(ValueType::I16, 0.1);
-        t.lower_bound = Some(-50.0);
-        t.upper_bound = Some(80.0);
+        t.extra_mut().lower_bound = Some(-50.0);
+        t.extra_mut().upper_bound = Some(80.0);
         assert_eq!(
             check_target(&t, 90.0).unwrap_err(),
             "target 90.0 is above the upper bound 80.0"
