@@ -45,7 +45,7 @@ fn plain(line: &str) -> String {
 
 /// `modbridge run` with its stderr lines collected as they come.
 struct Daemon {
-    child: Child,
+    child: Option<Child>,
     lines: UnboundedReceiver<String>,
     seen: Vec<String>,
     next: usize,
@@ -75,7 +75,7 @@ impl Daemon {
             }
         });
         Daemon {
-            child,
+            child: Some(child),
             lines,
             seen: Vec::new(),
             next: 0,
@@ -111,16 +111,16 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
         let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
     }
 
     async fn wait(mut self) -> (ExitStatus, Vec<String>) {
-        let mut child =
-            std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
+        let mut child = self.child.take().expect("running");
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await
             .expect("join")
@@ -134,8 +134,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -244,7 +246,7 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 fn host_block(id: &str, addr: SocketAddr, addresses: &[u16]) -> String {
     let mut text = format!(
-        "[[hosts]]\nhost = \"{id}\"\nconnection = \"tcp://{addr}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = 0\n"
+        "[[hosts]]\nhost = \"{id}\"\nconnection = \"tcp://{addr}\"\npoll_interval = \"200ms\"\ntimeout = \"5s\"\nretries = 0\n"
     );
     for a in addresses {
         text.push_str(&format!(
