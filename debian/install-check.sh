@@ -14,9 +14,13 @@ binary="${1:-$out/debug/modbridge}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-if dpkg-query -W -f='${Status}' modbridge 2>/dev/null | grep -q "install ok installed"; then
-    echo "modbridge is installed on this machine already; not touching it" >&2
-    exit 1
+if dpkg-query -W -f='${Status}' modbridge 2>/dev/null | grep -q "installed"; then
+    if [ -n "${CI:-}" ]; then
+        dpkg --purge modbridge   # left over from an interrupted run
+    else
+        echo "modbridge is installed on this machine already; not touching it" >&2
+        exit 1
+    fi
 fi
 mkdir -p "$work/target/release"
 cp "$binary" "$work/target/release/modbridge"
