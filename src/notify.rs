@@ -3,8 +3,8 @@
 //!
 //! - `READY=1` once the config is loaded, the database open and every host's
 //!   polling task started; again after each reload, which `RELOADING=1` announces.
-//! - `WATCHDOG=1` every half `$WATCHDOG_USEC`, only while the pipeline is
-//!   alive: the store's writer keeps finishing cycles and every host's task
+//! - `WATCHDOG=1` every half `$WATCHDOG_USEC` (at most 10 s apart, with the
+//!   status), only while the pipeline is alive: the store's writer keeps finishing cycles and every host's task
 //!   keeps finishing poll cycles. A stalled part stops the pings, it is logged,
 //!   and systemd restarts the service when `WatchdogSec=` runs out.
 //! - `STATUS=`: one line for `systemctl status` (hosts up, backlog, uplink).

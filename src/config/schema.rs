@@ -252,8 +252,8 @@ pub struct ConfigFile {
     /// Retention and durability of the local SQLite database.
     pub storage: Option<Storage>,
     /// Trigger severities: a number (0..255) = its name. Default: 3 = "C-Larm", 4 = "B-Larm", 5 = "A-Larm".
-    #[schemars(extend("propertyNames" = {"pattern": "^[0-9]{1,3}$"}), inner(regex(pattern = "\\S")))]
-    pub severity: Option<BTreeMap<String, String>>,
+    #[schemars(extend("propertyNames" = {"pattern": "^[0-9]{1,3}$"}))]
+    pub severity: Option<BTreeMap<String, Text>>,
     /// The MQTT uplink; leave it out to keep everything local.
     pub mqtt: Option<Mqtt>,
     /// The local HTTP API (default: listen on 127.0.0.1:8080).
