@@ -760,31 +760,36 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
             true,
             "retained commands are refused",
         ),
-        ("cmd/config", "not json".into(), false, ""),
-        ("cmd/config", r#"{"host":"pump"}"#.into(), false, ""),
+        ("cmd/config", "not json".into(), false, "not valid JSON"),
+        (
+            "cmd/config",
+            r#"{"host":"pump"}"#.into(),
+            false,
+            "missing field \"key\"",
+        ),
         (
             "cmd/config",
             r#"{"host":"nope","key":"setpoint","target":20}"#.into(),
             false,
-            "",
+            "unknown host \"nope\"",
         ),
         (
             "cmd/config",
             r#"{"host":"pump","key":"nope","target":20}"#.into(),
             false,
-            "",
+            "has no item \"nope\"",
         ),
         (
             "cmd/config",
             r#"{"host":"pump","key":"temp","target":20}"#.into(),
             false,
-            "",
+            "is a sensor",
         ),
         (
             "cmd/config",
             r#"{"host":"pump","key":"setpoint","target":"high"}"#.into(),
             false,
-            "",
+            "not the string \"high\"",
         ),
         ("cmd/config", big, false, "larger than the 65536 bytes"),
         ("cmd/ack", "{{".into(), false, "not JSON"),
@@ -917,4 +922,93 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
     })
     .await;
     let _ = run.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_request_over_mqtt_reports_pending_then_success() {
+    let broker = Broker::start();
+    let mut up = Upstream::connect(
+        broker.port,
+        "upstream-6",
+        None,
+        &[&format!("{ROOT}/#")],
+        false,
+    )
+    .await;
+    let (device, _server, addr) = device().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("modbridge.toml");
+    let setup = Setup {
+        data: &dir.path().join("data"),
+        device: addr,
+        mqtt: mqtt_section(&broker.url(false), ""),
+        poll: "1s",
+        hosts: String::new(),
+    };
+    std::fs::write(&path, config_text(&setup)).expect("write");
+    let run = start(&path);
+    up.wait("online", Duration::from_secs(10), |m| {
+        m.iter().any(|m| is_status(m, "online"))
+    })
+    .await;
+    let topic = format!("{ROOT}/config/pump/setpoint");
+    up.publish(
+        &format!("{ROOT}/cmd/config"),
+        r#"{"host":"pump","key":"setpoint","target":30,"expected":45,"audit":["alice"],"id":"r-1"}"#,
+        false,
+    )
+    .await;
+    let msgs = up
+        .wait("PENDING then SUCCESS", Duration::from_secs(15), |m| {
+            m.iter()
+                .any(|m| m.topic == topic && m.json()["config"]["status"] == "SUCCESS")
+        })
+        .await;
+    let statuses: Vec<serde_json::Value> = msgs
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.json())
+        .collect();
+    assert_eq!(statuses[0]["config"]["status"], "PENDING", "{statuses:?}");
+    let done = statuses.last().unwrap();
+    assert_eq!(done["host"], "pump");
+    assert_eq!(done["key"], "setpoint");
+    assert_eq!(done["config"]["target"], 30.0);
+    assert_eq!(done["config"]["id"], "r-1");
+    assert_eq!(
+        done["config"]["audit"],
+        serde_json::json!(["alice", "mqtt"])
+    );
+    assert_eq!(device.register(Table::Holding, 0), 30);
+    assert!(msgs.iter().all(|m| m.topic != format!("{ROOT}/rejected")));
+
+    // Out of bounds: recorded and FAILED at once (a status, not a rejection).
+    up.publish(
+        &format!("{ROOT}/cmd/config"),
+        r#"{"host":"pump","key":"setpoint","target":99}"#,
+        false,
+    )
+    .await;
+    up.wait("FAILED", Duration::from_secs(10), |m| {
+        m.iter()
+            .any(|m| m.topic == topic && m.json()["config"]["status"] == "FAILED")
+    })
+    .await;
+    assert_eq!(device.register(Table::Holding, 0), 30);
+
+    // Retained: the latest status is there for a client arriving later.
+    let mut late = Upstream::connect(broker.port, "late-6", None, &[&topic], true).await;
+    let m = late
+        .wait("retained config status", Duration::from_secs(5), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert!(m[0].retain);
+    assert_eq!(m[0].json()["config"]["status"], "FAILED");
+    let gateway = run.stop().await;
+    assert_eq!(
+        gateway.ledger.uplink_len(),
+        0,
+        "every status was acknowledged"
+    );
 }
