@@ -473,10 +473,10 @@ impl<'a> Session<'a> {
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
             {
+                let root = &self.target.root;
                 let text = format!(
-                        "the broker refused a subscription to {}/cmd/... (check its ACL): no downlink commands will arrive",
-                        self.target.root
-                    );
+                    "the broker refused a subscription to {root}/cmd/... (check its ACL): no downlink commands will arrive"
+                );
                 self.status.set_error(text.clone());
                 tracing::error!("mqtt: {text}");
             }
