@@ -292,6 +292,7 @@ pub async fn run_gateway(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
+    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads.subscribe());
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),
@@ -314,6 +315,9 @@ pub async fn run_gateway(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    // After the host tasks, before the store: publishes the offline status and
+    // records the last deliveries, which the store's close then commits.
+    mqtt.stop().await;
     let store = gateway.store.clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

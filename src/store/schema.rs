@@ -113,6 +113,11 @@ CREATE TABLE uplink (
     payload  TEXT NOT NULL,
     retained INTEGER NOT NULL
 );
+-- Topics of the retained host metadata published on MQTT (R/hosts/<host>), so
+-- that a host removed from the config gets its retained message cleared.
+CREATE TABLE mqtt_hosts (
+    topic TEXT PRIMARY KEY
+);
 ";
 
 /// Opens the write connection with the project's pragmas and brings the schema
