@@ -59,6 +59,11 @@ impl Gateway {
         self.running().config.clone()
     }
 
+    /// Bumped after every config reload that took effect.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
     /// The live state of a host.
     pub fn host(&self, host: &str) -> Option<SharedHost> {
         self.running().hosts.get(host).cloned()
@@ -87,6 +92,7 @@ impl Gateway {
             hosts,
         });
         *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
+        self.alarms.reconfigure();
         self.reloads.send_modify(|n| *n += 1);
         tracing::info!("config reloaded");
         Ok(())
@@ -121,13 +127,17 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
         .map(|h| (h.host.clone(), live_state(&store, h)))
         .collect();
     let config = Arc::new(config);
+    let running = Arc::new(RwLock::new(Arc::new(Running {
+        config: config.clone(),
+        hosts,
+    })));
     Ok(Gateway {
         writes: Writes::new(ledger.clone(), config.clone()),
-        alarms: Alarms::new(ledger.clone()),
+        alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
         store,
         ledger,
-        running: Arc::new(RwLock::new(Arc::new(Running { config, hosts }))),
+        running,
         reloads: tokio::sync::watch::Sender::new(0),
     })
 }
@@ -282,6 +292,7 @@ pub async fn run_gateway(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
+    tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),
