@@ -482,11 +482,14 @@ impl Alarms {
                 }
             }
         }
-        drop(catalog);
+        // The batch is everything that was pending (the task waits for this
+        // call); counted under the catalog lock so the two agree.
+        self.inner.counters.pending.store(0, Ordering::Relaxed);
         self.inner
             .counters
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        drop(catalog);
         Ok(events)
     }
 
@@ -511,7 +514,8 @@ impl Alarms {
     /// Counters for `/metrics`.
     pub fn stats(&self) -> AlarmStats {
         let mut stats = AlarmStats::default();
-        for e in &lock(&self.inner.catalog).triggers {
+        let catalog = lock(&self.inner.catalog);
+        for e in &catalog.triggers {
             match e.value {
                 TriggerValue::Ok => stats.ok += 1,
                 TriggerValue::Problem => stats.problem += 1,
@@ -523,6 +527,7 @@ impl Alarms {
         stats.pending = c.pending.load(Ordering::Relaxed);
         stats.storage_errors = c.storage_errors.load(Ordering::Relaxed);
         stats.busy_seconds = c.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        drop(catalog);
         stats
     }
 
