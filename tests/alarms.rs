@@ -181,8 +181,10 @@ impl Running {
         }
         // The once-per-second evaluation has run since (it runs on every whole second).
         let clock = modbridge::poll::unix_now();
-        self.until("the next second", |_| modbridge::poll::unix_now() > clock + 1)
-            .await;
+        self.until("the next second", |_| {
+            modbridge::poll::unix_now() > clock + 1
+        })
+        .await;
     }
 }
 
@@ -242,9 +244,13 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
     assert_eq!(json["severity"], serde_json::json!([4, "B-Larm"]));
     assert_eq!(json["acknowledgements"], serde_json::json!([]));
     assert!((e.clock - modbridge::poll::unix_now()).abs() < 30);
-    assert_eq!(gw.gateway.alarms.event(e.eventid).expect("read"), Some(e.clone()));
+    assert_eq!(
+        gw.gateway.alarms.event(e.eventid).expect("read"),
+        Some(e.clone())
+    );
 
-    let trigger = serde_json::to_value(gw.gateway.alarms.trigger(1).expect("trigger")).expect("json");
+    let trigger =
+        serde_json::to_value(gw.gateway.alarms.trigger(1).expect("trigger")).expect("json");
     assert_eq!(trigger["value"], "problem");
     assert_eq!(trigger["lastchange"], e.clock);
     assert_eq!(trigger["severity"], serde_json::json!([4, "B-Larm"]));
@@ -255,7 +261,11 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
 
     let msgs = gw.uplink();
     let sent = events_of(&msgs);
-    assert_eq!(sent, vec![json.clone()], "one event message, the stored event");
+    assert_eq!(
+        sent,
+        vec![json.clone()],
+        "one event message, the stored event"
+    );
     let t = last_trigger_message(&msgs, 1);
     assert_eq!(t["value"], "problem");
     assert_eq!(t["lastchange"], e.clock);
@@ -263,17 +273,57 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
 
     let stats = gw.gateway.alarms.stats();
     assert_eq!((stats.ok, stats.problem, stats.unknown), (0, 1, 0));
-    assert_eq!((stats.events, stats.pending, stats.storage_errors), (1, 0, 0));
+    assert_eq!(
+        (stats.events, stats.pending, stats.storage_errors),
+        (1, 0, 0)
+    );
 
     // Filters: by host/key/clock.
     let alarms = &gw.gateway.alarms;
     let by = |f: EventFilter| alarms.events(&f).expect("events").len();
-    assert_eq!(by(EventFilter { host: Some("boiler".into()), ..Default::default() }), 1);
-    assert_eq!(by(EventFilter { host: Some("other".into()), ..Default::default() }), 0);
-    assert_eq!(by(EventFilter { key: Some("flow".into()), ..Default::default() }), 0);
-    assert_eq!(by(EventFilter { from: Some(e.clock), to: Some(e.clock), ..Default::default() }), 1);
-    assert_eq!(by(EventFilter { from: Some(e.clock + 1), ..Default::default() }), 0);
-    assert_eq!(by(EventFilter { to: Some(e.clock - 1), ..Default::default() }), 0);
+    assert_eq!(
+        by(EventFilter {
+            host: Some("boiler".into()),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        by(EventFilter {
+            host: Some("other".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(EventFilter {
+            key: Some("flow".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(EventFilter {
+            from: Some(e.clock),
+            to: Some(e.clock),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        by(EventFilter {
+            from: Some(e.clock + 1),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        by(EventFilter {
+            to: Some(e.clock - 1),
+            ..Default::default()
+        }),
+        0
+    );
     gw.stop().await;
 }
 
@@ -338,8 +388,10 @@ expression = "last(/boiler/flow) < 1"
     assert_eq!((gw.value(2).as_str(), gw.value(3).as_str()), ("OK", "OK"));
 
     rig.device.faults(|f| f.silent = true);
-    gw.until("nodata problem", |g| g.value(2) == "problem").await;
-    gw.until("unknown without data", |g| g.value(3) == "unknown").await;
+    gw.until("nodata problem", |g| g.value(2) == "problem")
+        .await;
+    gw.until("unknown without data", |g| g.value(3) == "unknown")
+        .await;
     let e = gw
         .events()
         .into_iter()
@@ -403,24 +455,41 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
         .acknowledge(id, "Service technician dispatched")
         .expect("ack");
     assert_eq!(first.acknowledgements.len(), 1);
-    assert_eq!(first.acknowledgements[0].message, "Service technician dispatched");
+    assert_eq!(
+        first.acknowledgements[0].message,
+        "Service technician dispatched"
+    );
     assert!((first.acknowledgements[0].clock - modbridge::poll::unix_now()).abs() < 30);
-    let second = alarms.acknowledge(id, "Fixed: valve replaced").expect("ack");
+    let second = alarms
+        .acknowledge(id, "Fixed: valve replaced")
+        .expect("ack");
     let messages: Vec<&str> = second
         .acknowledgements
         .iter()
         .map(|a| a.message.as_str())
         .collect();
-    assert_eq!(messages, ["Service technician dispatched", "Fixed: valve replaced"]);
+    assert_eq!(
+        messages,
+        ["Service technician dispatched", "Fixed: valve replaced"]
+    );
     assert_eq!(alarms.event(id).expect("read"), Some(second.clone()));
-    assert_eq!(alarms.events(&EventFilter::default()).expect("events"), vec![second.clone()]);
+    assert_eq!(
+        alarms.events(&EventFilter::default()).expect("events"),
+        vec![second.clone()]
+    );
 
     // Queued again each time, with every acknowledgement so far.
     let sent = events_of(&gw.uplink());
     assert_eq!(sent.len(), 3);
-    assert_eq!(sent[1]["acknowledgements"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        sent[1]["acknowledgements"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(sent[2], serde_json::to_value(&second).expect("json"));
-    assert_eq!(sent[2]["acknowledgements"][1]["message"], "Fixed: valve replaced");
+    assert_eq!(
+        sent[2]["acknowledgements"][1]["message"],
+        "Fixed: valve replaced"
+    );
 
     // Refusals change nothing.
     let unknown = alarms.acknowledge(id + 1000, "hello").expect_err("unknown");
@@ -435,7 +504,9 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
         assert!(matches!(e, AckError::Invalid(_)), "{e}");
         assert_eq!(e.http_status(), 422);
     }
-    assert!(alarms.acknowledge(id, &"é".repeat(MAX_ACK_BYTES / 2)).is_ok());
+    assert!(alarms
+        .acknowledge(id, &"é".repeat(MAX_ACK_BYTES / 2))
+        .is_ok());
     assert_eq!(alarms.event(id + 1000).expect("read"), None);
     assert_eq!(events_of(&gw.uplink()).len(), 4);
 
@@ -468,13 +539,20 @@ expression = "avg(/boiler/flow,3s) > 10"
     std::fs::write(&rig.path, text).expect("write");
     assert!(daemon::reload_from_file(&gw.gateway, &rig.path));
     let t = gw.gateway.alarms.trigger(1).expect("trigger 1");
-    assert_eq!((t.value.as_str(), t.description.as_str()), ("problem", "Boiler far too hot"));
+    assert_eq!(
+        (t.value.as_str(), t.description.as_str()),
+        ("problem", "Boiler far too hot")
+    );
     assert_eq!(gw.value(9), "OK");
-    assert_eq!(last_trigger_message(&gw.uplink(), 1)["description"], "Boiler far too hot");
+    assert_eq!(
+        last_trigger_message(&gw.uplink(), 1)["description"],
+        "Boiler far too hot"
+    );
     assert_eq!(last_trigger_message(&gw.uplink(), 9)["value"], "OK");
 
     rig.device.set_register(Table::Holding, 1, 50);
-    gw.until("the new trigger fires", |g| g.value(9) == "problem").await;
+    gw.until("the new trigger fires", |g| g.value(9) == "problem")
+        .await;
     gw.settle(90.0, 2).await;
     assert_eq!(gw.value(1), "problem");
     let ids: Vec<u64> = gw.events().iter().map(|e| e.triggerid).collect();
@@ -508,15 +586,21 @@ async fn a_storage_failure_keeps_the_change_and_retries_until_it_is_stored() {
 
     let changed_at = modbridge::poll::unix_now();
     rig.set_temp(95);
-    gw.until("two failed attempts", |g| g.gateway.alarms.stats().storage_errors >= 2)
-        .await;
+    gw.until("two failed attempts", |g| {
+        g.gateway.alarms.stats().storage_errors >= 2
+    })
+    .await;
     let stats = gw.gateway.alarms.stats();
     assert_eq!(stats.pending, 1);
     assert_eq!(gw.value(1), "OK", "shows the stored value");
     assert!(gw.events().is_empty());
-    assert!(events_of(&gw.uplink()).is_empty(), "nothing queued without its event");
+    assert!(
+        events_of(&gw.uplink()).is_empty(),
+        "nothing queued without its event"
+    );
 
-    db.execute_batch("DROP TRIGGER broken_events;").expect("repair");
+    db.execute_batch("DROP TRIGGER broken_events;")
+        .expect("repair");
     gw.until("stored", |g| g.value(1) == "problem").await;
     let events = gw.events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -536,7 +620,8 @@ async fn a_storage_failure_keeps_the_change_and_retries_until_it_is_stored() {
     assert!(matches!(e, AckError::Storage(_)), "{e}");
     assert_eq!(e.http_status(), 503);
     assert_eq!(events_of(&gw.uplink()).len(), 1, "nothing queued");
-    db.execute_batch("DROP TRIGGER broken_acks;").expect("repair");
+    db.execute_batch("DROP TRIGGER broken_acks;")
+        .expect("repair");
     gw.stop().await;
 }
 
@@ -571,7 +656,10 @@ impl Daemon {
             DEADLINE,
             tokio::task::spawn_blocking(move || {
                 let mut lines = BufReader::new(stderr).lines();
-                let found = lines.by_ref().map_while(Result::ok).any(|l| l.contains(line));
+                let found = lines
+                    .by_ref()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains(line));
                 std::thread::spawn(move || for _ in lines {});
                 found
             }),

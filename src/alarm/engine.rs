@@ -392,8 +392,7 @@ impl Engine {
             let Some(&j) = old.item_lookup.get(name) else {
                 continue;
             };
-            let (Some(new), Some(prev)) = (self.items.get_mut(i), old.items.get(j as usize))
-            else {
+            let (Some(new), Some(prev)) = (self.items.get_mut(i), old.items.get(j as usize)) else {
                 continue;
             };
             new.samples = prev.samples.clone();

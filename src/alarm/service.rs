@@ -200,7 +200,11 @@ impl Alarms {
             for row in rows {
                 let (id, value, lastchange) = row?;
                 let value = TriggerValue::parse(&value).unwrap_or_else(|| {
-                    tracing::warn!(triggerid = id, value, "unreadable stored trigger value; taken as unknown");
+                    tracing::warn!(
+                        triggerid = id,
+                        value,
+                        "unreadable stored trigger value; taken as unknown"
+                    );
                     TriggerValue::Unknown
                 });
                 out.insert(id as u64, (value, lastchange));
@@ -258,7 +262,11 @@ impl Alarms {
             let (value, lastchange) = state(c.triggerid).unwrap_or((TriggerValue::Ok, 0));
             catalog.by_id.insert(c.triggerid, catalog.triggers.len());
             catalog.triggers.push(Entry {
-                severity_text: config.severity.get(&c.severity).cloned().unwrap_or_default(),
+                severity_text: config
+                    .severity
+                    .get(&c.severity)
+                    .cloned()
+                    .unwrap_or_default(),
                 compiled: c,
                 value,
                 lastchange,
@@ -428,7 +436,10 @@ impl Alarms {
     ) -> Result<Vec<EventObject>, StoreError> {
         let configured: Vec<bool> = {
             let catalog = lock(&self.inner.catalog);
-            batch.iter().map(|p| catalog.get(p.triggerid).is_some()).collect()
+            batch
+                .iter()
+                .map(|p| catalog.get(p.triggerid).is_some())
+                .collect()
         };
         let events = self.ledger.transaction(|tx, up| {
             let mut events = Vec::with_capacity(batch.len());
@@ -494,7 +505,10 @@ impl Alarms {
     }
 
     pub(crate) fn set_pending(&self, n: usize) {
-        self.inner.counters.pending.store(n as u64, Ordering::Relaxed);
+        self.inner
+            .counters
+            .pending
+            .store(n as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn storage_failed(&self) {
@@ -505,10 +519,10 @@ impl Alarms {
     }
 
     pub(crate) fn add_busy(&self, d: std::time::Duration) {
-        self.inner
-            .counters
-            .busy_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.inner.counters.busy_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Counters for `/metrics`.
@@ -536,9 +550,7 @@ impl Alarms {
     /// The message must not be blank and at most [`MAX_ACK_BYTES`] long.
     pub fn acknowledge(&self, eventid: u64, message: &str) -> Result<EventObject, AckError> {
         if message.trim().is_empty() {
-            return Err(AckError::Invalid(
-                "message must not be empty".to_string(),
-            ));
+            return Err(AckError::Invalid("message must not be empty".to_string()));
         }
         if message.len() > MAX_ACK_BYTES {
             return Err(AckError::Invalid(format!(
@@ -601,11 +613,8 @@ impl Alarms {
             let mut events = rows.collect::<Result<Vec<_>, _>>()?;
             events.reverse();
             if let (Some(first), Some(last)) = (events.first(), events.last()) {
-                let mut acks = load_acknowledgements(
-                    conn,
-                    to_sql_id(first.eventid),
-                    to_sql_id(last.eventid),
-                )?;
+                let mut acks =
+                    load_acknowledgements(conn, to_sql_id(first.eventid), to_sql_id(last.eventid))?;
                 for e in &mut events {
                     e.acknowledgements = acks.remove(&e.eventid).unwrap_or_default();
                 }
