@@ -84,8 +84,8 @@ CREATE INDEX config_requests_pending ON config_requests(status) WHERE status = '
 -- The last value of every trigger, so a restart neither repeats nor loses an event.
 CREATE TABLE trigger_states (
     triggerid  INTEGER PRIMARY KEY,
-    value      TEXT NOT NULL,
-    lastchange INTEGER NOT NULL
+    value      TEXT NOT NULL,      -- OK | problem | unknown
+    lastchange INTEGER NOT NULL    -- 0: never changed
 );
 CREATE TABLE events (
     eventid       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,6 +99,7 @@ CREATE TABLE events (
     severity_text TEXT NOT NULL
 );
 CREATE INDEX events_clock ON events(clock);
+CREATE INDEX events_item ON events(host, key);
 CREATE TABLE acknowledgements (
     eventid INTEGER NOT NULL,
     clock   INTEGER NOT NULL,
