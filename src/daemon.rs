@@ -59,6 +59,11 @@ impl Gateway {
         self.running().config.clone()
     }
 
+    /// Bumped after every config reload that took effect.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
     /// The live state of a host.
     pub fn host(&self, host: &str) -> Option<SharedHost> {
         self.running().hosts.get(host).cloned()
@@ -88,6 +93,7 @@ impl Gateway {
         });
         let config = running.config.clone();
         *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
+        self.alarms.reconfigure();
         if let Err(e) = self.writes.set_config(config) {
             tracing::error!(error = %e, "cannot fail the config requests of removed items");
         }
@@ -125,13 +131,17 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
         .map(|h| (h.host.clone(), live_state(&store, h)))
         .collect();
     let config = Arc::new(config);
+    let running = Arc::new(RwLock::new(Arc::new(Running {
+        config: config.clone(),
+        hosts,
+    })));
     Ok(Gateway {
         writes: Writes::open(ledger.clone(), config.clone())?,
-        alarms: Alarms::new(ledger.clone()),
+        alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
         store,
         ledger,
-        running: Arc::new(RwLock::new(Arc::new(Running { config, hosts }))),
+        running,
         reloads: tokio::sync::watch::Sender::new(0),
     })
 }
@@ -255,9 +265,9 @@ fn start_host(
     }
 }
 
-/// How long shutdown waits for host tasks to finish the poll cycle they are
-/// in. With the store's final commit this bounds the drain time, which the
-/// systemd unit's `TimeoutStopSec=` must exceed.
+/// How long shutdown waits for host tasks (and the alarm task) to finish what
+/// they are in. With the uplink's goodbye and the store's final commit this
+/// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
 pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs an opened gateway until `shutdown` completes.
@@ -300,6 +310,8 @@ pub async fn run_gateway(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
+    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads.subscribe());
+    tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),
@@ -328,10 +340,13 @@ pub async fn run_gateway(
         .is_err()
     {
         tracing::warn!(
-            "a host was still in the middle of a poll cycle after {}s; stopping without its result",
+            "a host or alarm task was still busy after {}s; stopping without waiting for it",
             HOST_DRAIN.as_secs()
         );
     }
+    // After the host tasks, before the store: publishes the offline status and
+    // records the last deliveries, which the store's close then commits.
+    mqtt.stop().await;
     let store = gateway.store.clone();
     tokio::task::spawn_blocking(move || store.close())
         .await
