@@ -48,7 +48,6 @@ struct Daemon {
     child: Option<Child>,
     lines: UnboundedReceiver<String>,
     seen: Vec<String>,
-    next: usize,
 }
 
 impl Daemon {
@@ -78,19 +77,16 @@ impl Daemon {
             child: Some(child),
             lines,
             seen: Vec::new(),
-            next: 0,
         }
     }
 
-    /// Waits for the next log line (after the last one waited for) that
-    /// contains every part.
+    /// Waits for a log line (seen before or to come) that contains every part.
     async fn line(&mut self, parts: &[&str]) -> String {
         let matches = |l: &str| parts.iter().all(|p| l.contains(p));
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Some(i) = self.seen[self.next..].iter().position(|l| matches(l)) {
-                self.next += i + 1;
-                return self.seen[self.next - 1].clone();
+            if let Some(line) = self.seen.iter().find(|l| matches(l)) {
+                return line.clone();
             }
             match timeout(deadline - Instant::now(), self.lines.recv()).await {
                 Ok(Some(line)) => self.seen.push(line),
