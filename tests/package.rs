@@ -94,6 +94,14 @@ fn the_deb_installs_what_a_field_box_needs() {
         "{name}"
     );
 
+    // The changelog's newest entry is this version (bump both together).
+    let changelog = std::fs::read_to_string(root().join("debian/changelog")).expect("changelog");
+    assert!(
+        changelog.starts_with(&format!("modbridge ({}-", env!("CARGO_PKG_VERSION"))),
+        "debian/changelog does not start with this version: {}",
+        changelog.lines().next().unwrap_or_default()
+    );
+
     // Control data.
     let info = succeeded(
         "dpkg-deb -I",
@@ -141,6 +149,7 @@ fn the_deb_installs_what_a_field_box_needs() {
         "usr/share/modbridge/profiles/regin-corrigo.toml",
         "usr/share/doc/modbridge/README.md",
         "usr/share/doc/modbridge/copyright",
+        "usr/share/doc/modbridge/changelog.Debian.gz",
     ] {
         assert!(entry(path).starts_with("-rw-r--r--"), "{}", entry(path));
     }
