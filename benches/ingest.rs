@@ -10,10 +10,13 @@ use modbridge::store::{Sample, Store, StoreOptions};
 
 fn config(dir: &Path, hosts: usize, items: usize) -> Config {
     let item = |k: usize| ItemSpec {
-        name: format!("item {k}"),
         scale: 0.1,
-        unit: "degC".into(),
         poll_interval: Duration::from_secs(1),
+        extra: Some(Box::new(ItemExtra {
+            name: format!("item {k}"),
+            unit: "degC".into(),
+            ..ItemExtra::default()
+        })),
         ..ItemSpec::new(
             &format!("modbus.h.generic.1.{}", 40001 + k),
             Table::Holding,

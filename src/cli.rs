@@ -300,11 +300,11 @@ pub fn check_report(config: &crate::model::Config) -> String {
                 out,
                 "  item {} {:?} {} {}{} [{}] every {}",
                 item.key,
-                item.name,
+                item.name(),
                 place,
                 item.value_type,
                 extra,
-                item.unit,
+                item.unit(),
                 crate::units::format_duration(item.poll_interval)
             );
         }
@@ -407,7 +407,7 @@ pub fn read_table(host: &HostSpec, readings: &[crate::poll::ItemReading]) -> Str
             None => format!("{} {} ({})", item.table, item.address, item.reference()),
         };
         let value = match &r.value {
-            Ok(v) => format!("{} {}", format_value(*v), item.unit)
+            Ok(v) => format!("{} {}", format_value(*v), item.unit())
                 .trim_end()
                 .to_string(),
             Err(e) => format!("ERROR: {e}"),
@@ -417,7 +417,7 @@ pub fn read_table(host: &HostSpec, readings: &[crate::poll::ItemReading]) -> Str
             place,
             item.value_type.to_string(),
             value,
-            item.name.clone(),
+            item.name().to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..4)
@@ -914,9 +914,9 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
                     .map(|(i, l)| {
                         format!(
                             "{} = {} {}",
-                            i.name,
+                            i.name(),
                             l.value.map(format_value).unwrap_or_default(),
-                            i.unit
+                            i.unit()
                         )
                     })
                     .collect();

@@ -88,7 +88,11 @@ impl Gateway {
             config: Arc::new(config),
             hosts,
         });
+        let config = running.config.clone();
         *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
+        if let Err(e) = self.writes.set_config(config) {
+            tracing::error!(error = %e, "cannot fail the config requests of removed items");
+        }
         self.reloads.send_modify(|n| *n += 1);
         tracing::info!("config reloaded");
         Ok(())
@@ -124,7 +128,7 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
         .collect();
     let config = Arc::new(config);
     Ok(Gateway {
-        writes: Writes::new(ledger.clone(), config.clone()),
+        writes: Writes::open(ledger.clone(), config.clone())?,
         alarms: Alarms::new(ledger.clone()),
         mqtt: MqttStatus::new(),
         store,
@@ -238,7 +242,13 @@ fn start_host(
         item_ids,
     };
     let cancel = parent.child_token();
-    tracker.spawn(poll::run_host(reader, outputs, cancel.clone()));
+    let writes = gateway.writes.host_queue(spec);
+    tracker.spawn(poll::run_host_with_writes(
+        reader,
+        outputs,
+        Some(writes),
+        cancel.clone(),
+    ));
     HostTask {
         spec: spec.clone(),
         live: live.clone(),

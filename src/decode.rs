@@ -568,29 +568,16 @@ fn probe(table: Option<Table>, start: u16, words: &[u16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use ByteOrder::{Abcd, Badc, Cdab, Dcba};
     use ValueType::{Bool, F32, F64, I16, I32, I64, U16, U32, U64};
 
     fn item(table: Table, vt: ValueType, order: ByteOrder, scale: f64, offset: f64) -> ItemSpec {
         ItemSpec {
-            key: "k".into(),
-            name: String::new(),
-            table,
-            address: 0,
-            value_type: vt,
-            bit: None,
             byte_order: order,
             scale,
             offset,
-            unit: String::new(),
-            poll_interval: Duration::from_secs(10),
-            deadband: None,
-            heartbeat: None,
-            lower_bound: None,
-            upper_bound: None,
             configurable: true,
-            tags: Vec::new(),
+            ..ItemSpec::new("k", table, 0, vt)
         }
     }
 

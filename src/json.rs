@@ -69,8 +69,8 @@ pub fn item_object(
     let default = ItemLive::default();
     let l = live.items.get(index).unwrap_or(&default);
     Some(ItemObject {
-        name: item.name.clone(),
-        unit: item.unit.clone(),
+        name: item.name().to_string(),
+        unit: item.unit().to_string(),
         lastclock: l.clock,
         lastvalue: l.value.filter(|v| v.is_finite()),
         key: item.key.clone(),
@@ -78,9 +78,9 @@ pub fn item_object(
         config: item
             .configurable
             .then(|| config.unwrap_or_else(ConfigObject::none)),
-        lower_bound: item.lower_bound,
-        upper_bound: item.upper_bound,
-        tags: item.tags.clone(),
+        lower_bound: item.lower_bound(),
+        upper_bound: item.upper_bound(),
+        tags: item.tags().to_vec(),
         state: l.state.as_str(),
         error: l.error.clone(),
     })
@@ -97,7 +97,7 @@ mod tests {
         let mut host = crate::model::HostSpec::tcp("pump", "10.0.0.1", 502, Vec::new());
         let mut item = crate::model::ItemSpec::new("k", Table::Holding, 3, ValueType::U16);
         item.configurable = true;
-        item.unit = "degC".into();
+        item.extra_mut().unit = "degC".into();
         host.items.push(item);
         host.items.push(crate::model::ItemSpec::new(
             "s",

@@ -408,6 +408,22 @@ impl Buses {
     }
 }
 
+/// A host's turn on its shared serial bus for one config request (read,
+/// write, read back): while it is held, poll reads of every host on the bus
+/// wait, so the request's frames follow each other. No effect on TCP links.
+pub struct WriteTurn {
+    bus: Option<Arc<Bus>>,
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        if let Some(bus) = &self.bus {
+            bus.writes_waiting.fetch_sub(1, Ordering::SeqCst);
+            bus.writes_done.notify_waiters();
+        }
+    }
+}
+
 /// A host's link to its device: its own TCP connection, or its unit on a shared bus.
 pub struct Link {
     target: Target,
@@ -453,6 +469,20 @@ impl Link {
         match &self.target {
             Target::Tcp { ctx, .. } => ctx.is_some(),
             Target::Serial(_) => true,
+        }
+    }
+
+    /// Holds off the bus's poll reads until the returned turn is dropped; the
+    /// requests in between use [`Priority::Write`].
+    pub fn write_turn(&self) -> WriteTurn {
+        match &self.target {
+            Target::Serial(bus) => {
+                bus.writes_waiting.fetch_add(1, Ordering::SeqCst);
+                WriteTurn {
+                    bus: Some(bus.clone()),
+                }
+            }
+            Target::Tcp { .. } => WriteTurn { bus: None },
         }
     }
 

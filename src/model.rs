@@ -348,12 +348,14 @@ impl fmt::Display for Connection {
 }
 
 /// One value of a host, validated.
+///
+/// Kept small (72 bytes): a gateway may hold 100,000 of these. Settings most
+/// items leave unset live in [`ItemExtra`], allocated only when one is set;
+/// read them through the accessors (`name()`, `unit()`, `deadband()`, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemSpec {
     /// Unique per host; `[A-Za-z0-9_.:-]{1,128}`.
     pub key: String,
-    /// Human readable; the seed's `name`.
-    pub name: String,
     pub table: Table,
     /// 0-based protocol address of the first register or bit.
     pub address: u16,
@@ -361,12 +363,23 @@ pub struct ItemSpec {
     /// For a bool taken from a register: which bit (0 = least significant).
     pub bit: Option<u8>,
     pub byte_order: ByteOrder,
+    /// True when the item accepts config requests (holding or coil only).
+    pub configurable: bool,
     /// value = raw * scale + offset
     pub scale: f64,
     pub offset: f64,
+    pub poll_interval: Duration,
+    /// None when every field of [`ItemExtra`] has its default.
+    pub extra: Option<Box<ItemExtra>>,
+}
+
+/// The rarely set part of an item.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemExtra {
+    /// Human readable; the seed's `name`. Empty: the key is shown.
+    pub name: String,
     /// Engineering unit, e.g. `degC`; empty when not given.
     pub unit: String,
-    pub poll_interval: Duration,
     /// A change smaller than this is not a new history point...
     pub deadband: Option<f64>,
     /// ...unless this long has passed since the last history point.
@@ -374,34 +387,77 @@ pub struct ItemSpec {
     /// Valid range for writes.
     pub lower_bound: Option<f64>,
     pub upper_bound: Option<f64>,
-    /// True when the item accepts config requests (holding or coil only).
-    pub configurable: bool,
     pub tags: Vec<String>,
 }
 
 impl ItemSpec {
+    /// The display name: the configured name, or the key when none was given.
+    pub fn name(&self) -> &str {
+        match &self.extra {
+            Some(x) if !x.name.is_empty() => &x.name,
+            _ => &self.key,
+        }
+    }
+
+    /// Engineering unit; empty when not given.
+    pub fn unit(&self) -> &str {
+        self.extra.as_ref().map_or("", |x| &x.unit)
+    }
+
+    pub fn deadband(&self) -> Option<f64> {
+        self.extra.as_ref().and_then(|x| x.deadband)
+    }
+
+    pub fn heartbeat(&self) -> Option<Duration> {
+        self.extra.as_ref().and_then(|x| x.heartbeat)
+    }
+
+    /// Lowest value a write may set.
+    pub fn lower_bound(&self) -> Option<f64> {
+        self.extra.as_ref().and_then(|x| x.lower_bound)
+    }
+
+    /// Highest value a write may set.
+    pub fn upper_bound(&self) -> Option<f64> {
+        self.extra.as_ref().and_then(|x| x.upper_bound)
+    }
+
+    pub fn tags(&self) -> &[String] {
+        self.extra.as_ref().map_or(&[], |x| &x.tags)
+    }
+
+    /// The extra settings, created with defaults if the item has none yet.
+    pub fn extra_mut(&mut self) -> &mut ItemExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the extra settings if they are all defaults.
+    pub fn compact(&mut self) {
+        if self
+            .extra
+            .as_deref()
+            .is_some_and(|x| *x == ItemExtra::default())
+        {
+            self.extra = None;
+        }
+    }
+
     /// An item with the config file's defaults: named after its key, scale 1,
     /// offset 0, no unit, byte order ABCD, polled every 10 s, no deadband,
     /// bounds or tags, not configurable.
     pub fn new(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
         ItemSpec {
             key: key.to_string(),
-            name: key.to_string(),
             table,
             address,
             value_type,
             bit: None,
             byte_order: ByteOrder::Abcd,
+            configurable: false,
             scale: 1.0,
             offset: 0.0,
-            unit: String::new(),
             poll_interval: Duration::from_secs(10),
-            deadband: None,
-            heartbeat: None,
-            lower_bound: None,
-            upper_bound: None,
-            configurable: false,
-            tags: Vec::new(),
+            extra: None,
         }
     }
 

@@ -202,7 +202,6 @@ mod tests {
 
     fn item(table: Table, address: u16, vt: ValueType, every: u64) -> ItemSpec {
         ItemSpec {
-            name: String::new(),
             poll_interval: Duration::from_secs(every),
             ..ItemSpec::new(&format!("{}.{address}", table.name()), table, address, vt)
         }

@@ -19,6 +19,7 @@ use crate::modbus::{Backoff, Buses, Link, Operation, Priority, ReadData, Request
 use crate::model::{HostSpec, Table};
 use crate::plan::{self, ReadRequest};
 use crate::store::{ItemId, Sample, Store};
+use crate::writes::{HostWrites, Written};
 
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
@@ -496,7 +497,59 @@ pub fn apply_readings(
 }
 
 /// The polling task of one host. Returns when `shutdown` is cancelled.
-pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: CancellationToken) {
+pub async fn run_host(reader: HostReader, outputs: Outputs, shutdown: CancellationToken) {
+    run_host_with_writes(reader, outputs, None, shutdown).await;
+}
+
+/// Waits for a new config request, forever without a write queue.
+async fn write_arrived(writes: &mut Option<HostWrites>) {
+    match writes {
+        Some(w) => w.arrived().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A value written and read back: the item's live state and a sample.
+///
+/// History holds at most one point per item and second, in clock order: a
+/// value read back within the second of the item's last sample is stamped one
+/// second after it, so that the written value is a history point.
+fn apply_written(outputs: &Outputs, written: Written) {
+    let sample = {
+        let mut live = outputs.live.lock();
+        let Some(item) = live.items.get_mut(written.index) else {
+            return;
+        };
+        let clock = match item.clock {
+            Some(last) if last >= written.clock => last + 1,
+            _ => written.clock,
+        };
+        item.value = Some(written.value);
+        item.clock = Some(clock);
+        item.state = ItemState::Ok;
+        item.error = None;
+        match outputs.item_ids.get(written.index) {
+            Some(Some(id)) => Some(Sample {
+                item: *id,
+                clock,
+                value: written.value,
+            }),
+            _ => None,
+        }
+    };
+    if let (Some(store), Some(sample)) = (&outputs.store, sample) {
+        store.push(&[sample]);
+    }
+}
+
+/// The task of one host: its config requests (ahead of its reads, as soon as
+/// they arrive) and its polling. Returns when `shutdown` is cancelled.
+pub async fn run_host_with_writes(
+    mut reader: HostReader,
+    outputs: Outputs,
+    mut writes: Option<HostWrites>,
+    shutdown: CancellationToken,
+) {
     let host = reader.host().clone();
     let groups = interval_groups(&host);
     let mut backoff = Backoff::for_host(&host);
@@ -516,10 +569,21 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
         if let Some((at, _)) = &retry {
             wake = wake.min(*at);
         }
+        if let Some(at) = writes.as_ref().and_then(HostWrites::next_wake) {
+            wake = wake.min(at);
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            () = write_arrived(&mut writes) => {}
             () = tokio::time::sleep_until(wake) => {}
+        }
+        // Config requests go ahead of the reads.
+        if let Some(w) = writes.as_mut() {
+            w.run_due(&host, reader.link(), |written| {
+                apply_written(&outputs, written)
+            })
+            .await;
         }
         let now = Instant::now();
         // A little slack so that groups due within the same millisecond merge.
@@ -569,6 +633,9 @@ pub async fn run_host(mut reader: HostReader, outputs: Outputs, shutdown: Cancel
                 first_answer = false;
             }
             backoff.reset();
+            if let Some(w) = writes.as_mut() {
+                w.device_answered();
+            }
         }
         let samples = {
             let mut live = outputs.live.lock();

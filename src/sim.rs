@@ -179,7 +179,7 @@ impl SimDevice {
     pub fn animate(&self, items: &[ItemSpec]) {
         let mut animations = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let mid = match (item.lower_bound, item.upper_bound) {
+            let mid = match (item.lower_bound(), item.upper_bound()) {
                 (Some(l), Some(u)) => (l + u) / 2.0,
                 _ => typical_value(item),
             };
@@ -375,7 +375,7 @@ impl SimDevice {
 
 /// A plausible value for an item without bounds, by its unit.
 fn typical_value(item: &ItemSpec) -> f64 {
-    match item.unit.as_str() {
+    match item.unit() {
         "degC" | "°C" | "C" => 21.0,
         "%" | "%RH" => 45.0,
         "Hz" => 50.0,

@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::source::{did_you_mean, is_name, At, Report, Section, Source};
 use super::{array_of_tables, parse_document};
 use crate::model::{
-    default_key, ByteOrder, Connection, HostSpec, ItemSpec, Parity, SerialSettings, SourcePos,
-    Table, ValueType,
+    default_key, ByteOrder, Connection, HostSpec, ItemExtra, ItemSpec, Parity, SerialSettings,
+    SourcePos, Table, ValueType,
 };
 use crate::units::format_duration;
 
@@ -938,8 +938,9 @@ fn resolve_items(
         } else {
             keys.insert(key.clone(), key_pos);
         }
-        let item = ItemSpec {
-            name: draft.name.clone().unwrap_or_else(|| key.clone()),
+        let mut key = key;
+        key.shrink_to_fit();
+        let mut item = ItemSpec {
             key,
             table: draft.table,
             address: draft.address.value,
@@ -948,15 +949,20 @@ fn resolve_items(
             byte_order: draft.byte_order.unwrap_or(host.byte_order),
             scale: draft.scale,
             offset: draft.offset,
-            unit: draft.unit.clone(),
             poll_interval: draft.poll_interval.unwrap_or(host.poll_interval),
-            deadband: draft.deadband,
-            heartbeat: draft.heartbeat.as_ref().map(|h| h.value),
-            lower_bound: draft.lower_bound,
-            upper_bound: draft.upper_bound,
             configurable: draft.configurable,
-            tags: draft.tags.clone(),
+            extra: Some(Box::new(ItemExtra {
+                // Empty when not given: `ItemSpec::name()` falls back to the key.
+                name: draft.name.clone().unwrap_or_default(),
+                unit: draft.unit.clone(),
+                deadband: draft.deadband,
+                heartbeat: draft.heartbeat.as_ref().map(|h| h.value),
+                lower_bound: draft.lower_bound,
+                upper_bound: draft.upper_bound,
+                tags: draft.tags.clone(),
+            })),
         };
+        item.compact();
         if !item.table.is_bits() && item.width() > host.max_read_registers {
             report.error(
                 &draft.pos,

@@ -76,7 +76,7 @@ address = 12000
 
     let register = &host.items[0];
     assert_eq!(register.key, "modbus.plc.generic.1.40004");
-    assert_eq!(register.name, register.key);
+    assert_eq!(register.name(), register.key);
     assert_eq!(register.table, Table::Holding);
     assert_eq!(register.address, 3);
     assert_eq!(register.value_type, ValueType::U16);
@@ -84,14 +84,14 @@ address = 12000
     assert_eq!(register.byte_order, ByteOrder::Abcd);
     assert_eq!(register.scale, 1.0);
     assert_eq!(register.offset, 0.0);
-    assert_eq!(register.unit, "");
+    assert_eq!(register.unit(), "");
     assert_eq!(register.poll_interval, Duration::from_secs(10));
-    assert_eq!(register.deadband, None);
-    assert_eq!(register.heartbeat, None);
-    assert_eq!(register.lower_bound, None);
-    assert_eq!(register.upper_bound, None);
+    assert_eq!(register.deadband(), None);
+    assert_eq!(register.heartbeat(), None);
+    assert_eq!(register.lower_bound(), None);
+    assert_eq!(register.upper_bound(), None);
     assert!(!register.configurable);
-    assert!(register.tags.is_empty());
+    assert!(register.tags().is_empty());
 
     let coil = &host.items[1];
     assert_eq!(coil.key, "modbus.plc.generic.1.12001");
@@ -229,9 +229,9 @@ expression = "last(/line/energy:total) > 1"
     assert_eq!(energy.value_type, ValueType::F64);
     assert_eq!(energy.byte_order, ByteOrder::Dcba);
     assert_eq!(energy.offset, -1.0);
-    assert_eq!(energy.deadband, Some(0.5));
-    assert_eq!(energy.heartbeat, Some(Duration::from_secs(3600)));
-    assert_eq!(energy.upper_bound, Some(1e6));
+    assert_eq!(energy.deadband(), Some(0.5));
+    assert_eq!(energy.heartbeat(), Some(Duration::from_secs(3600)));
+    assert_eq!(energy.upper_bound(), Some(1e6));
     let flag = &host.items[1];
     assert_eq!(flag.key, "modbus.line.EM24.0.40006.15");
     assert_eq!(flag.bit, Some(15));
@@ -257,7 +257,7 @@ fn example_config_merges_profiles() {
     let last = pump.items.last().expect("items");
     assert_eq!(last.key, "modbus.pump.F1345.3.30021");
     let outdoor = pump.item("modbus.pump.F1345.3.30004").expect("BT1");
-    assert_eq!(outdoor.name, "BT1 Outdoor temp");
+    assert_eq!(outdoor.name(), "BT1 Outdoor temp");
     assert_eq!(outdoor.scale, 0.1);
     assert_eq!(outdoor.poll_interval, Duration::from_secs(60));
     assert!(pump.item("modbus.pump.F1345.3.40007.3").is_some());

@@ -226,15 +226,38 @@ pub(crate) struct Counters {
     outbox: AtomicU64,
 }
 
-/// (id, host id, key length, deadband, heartbeat seconds) of a configured item.
-pub(crate) type ItemSetting = (ItemId, u32, usize, Option<f64>, Option<i64>);
+/// How the writer treats one configured item; 24 bytes, one per item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ItemSetting {
+    pub host_id: u32,
+    /// Length of the key, for the JSON size estimate of a message.
+    pub key_len: u16,
+    /// Configured (samples of unconfigured items are dropped).
+    pub active: bool,
+    /// Seconds; `u32::MAX` when none.
+    pub heartbeat: u32,
+    /// NaN when none.
+    pub deadband: f64,
+}
+
+impl Default for ItemSetting {
+    fn default() -> Self {
+        ItemSetting {
+            host_id: 0,
+            key_len: 0,
+            active: false,
+            heartbeat: u32::MAX,
+            deadband: f64::NAN,
+        }
+    }
+}
 
 /// What the writer should adopt at its next cycle (from open/reconfigure).
 pub(crate) struct Settings {
     pub storage: StorageSpec,
     pub has_mqtt: bool,
-    /// (id, host id, key length, deadband, heartbeat seconds) of every configured item.
-    pub items: Vec<ItemSetting>,
+    /// Every configured item.
+    pub items: Vec<(ItemId, ItemSetting)>,
 }
 
 /// State shared between handles and the writer, under one mutex.
@@ -265,7 +288,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TrendAcc {
     pub hour: i64,
-    pub num: u64,
+    /// Samples in the hour (an hour holds at most 3,600,000 at 1 ms polls).
+    pub num: u32,
     pub min: f64,
     pub max: f64,
     pub sum: f64,
@@ -286,7 +310,7 @@ impl TrendAcc {
 
     #[inline]
     pub fn add(&mut self, v: f64) {
-        self.num += 1;
+        self.num = self.num.saturating_add(1);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.sum += v;
@@ -295,7 +319,7 @@ impl TrendAcc {
 
     pub fn bucket(&self) -> TrendBucket {
         TrendBucket {
-            num: self.num,
+            num: u64::from(self.num),
             min: self.min,
             avg: if self.num > 0 {
                 self.sum / self.num as f64
@@ -365,19 +389,20 @@ pub struct Store {
 fn settings_of(config: &Config, items: &schema::Items) -> Settings {
     let mut list = Vec::new();
     for h in &config.hosts {
-        let Some(keys) = items.current.get(&h.host) else {
-            continue;
-        };
         for it in &h.items {
-            if let Some(&id) = keys.get(&it.key) {
-                let hid = items.all.get(&id).map(|(hid, _)| *hid).unwrap_or(0);
+            if let Some(id) = items.id_of(&h.host, &it.key) {
+                let hid = items.get(id).map(|(hid, _)| hid).unwrap_or(0);
                 list.push((
                     id,
-                    hid,
-                    it.key.len(),
-                    it.deadband.filter(|d| d.is_finite()),
-                    it.heartbeat
-                        .map(|d| d.as_secs().min(i64::MAX as u64) as i64),
+                    ItemSetting {
+                        host_id: hid,
+                        key_len: it.key.len().min(u16::MAX as usize) as u16,
+                        active: true,
+                        heartbeat: it
+                            .heartbeat()
+                            .map_or(u32::MAX, |d| d.as_secs().min(u32::MAX as u64 - 1) as u32),
+                        deadband: it.deadband().filter(|d| d.is_finite()).unwrap_or(f64::NAN),
+                    },
                 ));
             }
         }
@@ -408,7 +433,7 @@ impl Store {
         let items = schema::register(&conn, config)?;
         let settings = settings_of(config, &items);
         let mut live = Live::default();
-        let max_id = items.all.keys().copied().max().unwrap_or(0);
+        let max_id = items.max_id();
         live.ensure(max_id);
         let outbox: i64 =
             conn.query_row("SELECT count(*) FROM journal WHERE sent = 0", [], |r| {
@@ -471,7 +496,7 @@ impl Store {
     /// The id of an item of the current config.
     pub fn item_id(&self, host: &str, key: &str) -> Option<ItemId> {
         let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
-        items.current.get(host)?.get(key).copied()
+        items.id_of(host, key)
     }
 
     /// Hands good samples to the writer; no I/O, never blocks on the disk.
@@ -579,8 +604,8 @@ impl Store {
         }
         let host_id = {
             let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
-            match items.all.get(&item) {
-                Some((hid, _)) => *hid,
+            match items.get(item) {
+                Some((hid, _)) => hid,
                 None => return Ok(Vec::new()),
             }
         };
@@ -720,7 +745,7 @@ impl Store {
             codec::decode_row(&blob, |i, c, v| {
                 if last_item != Some(i) {
                     last_item = Some(i);
-                    let key = match items.all.get(&i) {
+                    let key = match items.get(i) {
                         Some((_, k)) => k.to_string(),
                         None => format!("#{i}"),
                     };
@@ -803,7 +828,7 @@ impl Store {
         drop(conn);
         let settings = settings_of(config, &items);
         {
-            let max_id = items.all.keys().copied().max().unwrap_or(0);
+            let max_id = items.max_id();
             lock(&self.inner.live).ensure(max_id);
         }
         *self.inner.items.write().unwrap_or_else(|e| e.into_inner()) = items;

@@ -62,19 +62,22 @@ CREATE TABLE trend (
 /// config requests, trigger states, events, acknowledgements, and the queue of
 /// durable non-data MQTT messages.
 const SCHEMA_V2: &str = "
--- Every config request received; the newest per (host, key) is the item's `config`.
+-- Every config request received; the newest per (host, key) is the item's
+-- `config`, and only the newest may be PENDING.
 CREATE TABLE config_requests (
-    rid       INTEGER PRIMARY KEY AUTOINCREMENT,
-    host      TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    target    REAL NOT NULL,
-    expected  REAL,
-    audit     TEXT NOT NULL,   -- JSON array of strings
-    id        TEXT,            -- the requester's id, as JSON
-    status    TEXT NOT NULL,   -- PENDING | SUCCESS | FAILED
-    lastclock INTEGER NOT NULL,
-    reason    TEXT,
-    expires   INTEGER NOT NULL
+    rid        INTEGER PRIMARY KEY AUTOINCREMENT,
+    host       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    target     REAL NOT NULL,
+    expected   REAL,
+    audit      TEXT NOT NULL,    -- JSON array of strings
+    id         TEXT,             -- the requester's id, as JSON
+    status     TEXT NOT NULL,    -- PENDING | SUCCESS | FAILED
+    lastclock  INTEGER NOT NULL, -- received, Unix seconds
+    reason     TEXT,
+    expires_ms INTEGER NOT NULL, -- Unix milliseconds after which a PENDING request fails
+    written    INTEGER NOT NULL DEFAULT 0, -- a write may have reached the device
+    finished   INTEGER           -- when it became SUCCESS or FAILED, Unix seconds
 );
 CREATE INDEX config_requests_item ON config_requests(host, key, rid);
 CREATE INDEX config_requests_pending ON config_requests(status) WHERE status = 'PENDING';
@@ -193,15 +196,40 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
-/// Every item the database knows (also those no longer configured).
+/// Every item the database knows (also those no longer configured), kept
+/// compact: at 100,000 items this is a large share of the daemon's memory.
 #[derive(Debug, Default, Clone)]
 pub struct Items {
-    /// host name -> key -> id, for the current config only.
-    pub current: HashMap<String, HashMap<String, ItemId>>,
-    /// id -> (host id, key), every item ever registered.
-    pub all: HashMap<ItemId, (u32, Arc<str>)>,
+    /// Indexed by item id: (host id, key); None for ids not in use.
+    all: Vec<Option<(u32, Box<str>)>>,
     /// host id -> host name.
     pub hosts: HashMap<u32, Arc<str>>,
+    /// host name -> ids of its items in the current config, sorted by key.
+    current: HashMap<String, Vec<ItemId>>,
+}
+
+impl Items {
+    /// (host id, key) of an item.
+    pub fn get(&self, id: ItemId) -> Option<(u32, &str)> {
+        self.all.get(id as usize)?.as_ref().map(|(h, k)| (*h, &**k))
+    }
+
+    fn key(&self, id: ItemId) -> &str {
+        self.get(id).map(|(_, k)| k).unwrap_or("")
+    }
+
+    /// The id of a configured item.
+    pub fn id_of(&self, host: &str, key: &str) -> Option<ItemId> {
+        let ids = self.current.get(host)?;
+        ids.binary_search_by(|id| self.key(*id).cmp(key))
+            .ok()
+            .map(|i| ids[i])
+    }
+
+    /// The largest id in use (0 when none).
+    pub fn max_id(&self) -> ItemId {
+        self.all.len().saturating_sub(1) as ItemId
+    }
 }
 
 /// Registers the config's hosts and items (new ones get new ids, existing ones
@@ -211,9 +239,8 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
     {
         let mut get_host = tx.prepare_cached("SELECT id FROM hosts WHERE host = ?1")?;
         let mut add_host = tx.prepare_cached("INSERT INTO hosts(host) VALUES (?1)")?;
-        let mut get_item =
-            tx.prepare_cached("SELECT id FROM items WHERE host_id = ?1 AND key = ?2")?;
-        let mut add_item = tx.prepare_cached("INSERT INTO items(host_id, key) VALUES (?1, ?2)")?;
+        let mut add_item =
+            tx.prepare_cached("INSERT OR IGNORE INTO items(host_id, key) VALUES (?1, ?2)")?;
         for h in &config.hosts {
             let hid: i64 = match get_host.query_row([&h.host], |r| r.get(0)).optional()? {
                 Some(id) => id,
@@ -223,38 +250,32 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
                 }
             };
             for it in &h.items {
-                if get_item
-                    .query_row(params![hid, it.key], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .is_none()
-                {
-                    add_item.execute(params![hid, it.key])?;
-                }
+                add_item.execute(params![hid, it.key])?;
             }
         }
     }
     tx.commit()?;
     let mut items = load_items(conn)?;
-    let host_ids: HashMap<&str, u32> = items.hosts.iter().map(|(id, n)| (&**n, *id)).collect();
-    let by_key: HashMap<(u32, &str), ItemId> = items
-        .all
-        .iter()
-        .map(|(id, (hid, k))| ((*hid, &**k), *id))
-        .collect();
+    // Every item id per host id, sorted by key.
+    let mut by_host: HashMap<u32, Vec<ItemId>> = HashMap::new();
+    for (id, slot) in items.all.iter().enumerate() {
+        if let Some((hid, _)) = slot {
+            by_host.entry(*hid).or_default().push(id as ItemId);
+        }
+    }
     let mut current = HashMap::new();
     for h in &config.hosts {
-        let mut keys = HashMap::new();
-        if let Some(&hid) = host_ids.get(h.host.as_str()) {
-            for it in &h.items {
-                if let Some(&id) = by_key.get(&(hid, it.key.as_str())) {
-                    keys.insert(it.key.clone(), id);
-                }
-            }
-        }
-        current.insert(h.host.clone(), keys);
+        let Some((&hid, _)) = items.hosts.iter().find(|(_, n)| ***n == *h.host) else {
+            continue;
+        };
+        let mut ids = by_host.remove(&hid).unwrap_or_default();
+        let mut keys: Vec<&str> = h.items.iter().map(|i| i.key.as_str()).collect();
+        keys.sort_unstable();
+        ids.retain(|id| keys.binary_search(&items.key(*id)).is_ok());
+        ids.sort_unstable_by(|a, b| items.key(*a).cmp(items.key(*b)));
+        ids.shrink_to_fit();
+        current.insert(h.host.clone(), ids);
     }
-    drop(by_key);
-    drop(host_ids);
     items.current = current;
     Ok(items)
 }
@@ -267,17 +288,18 @@ fn load_items(conn: &Connection) -> Result<Items, StoreError> {
         let (id, host) = row?;
         items.hosts.insert(id as u32, Arc::from(host));
     }
-    let mut st = conn.prepare("SELECT id, host_id, key FROM items")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, hid, key) = row?;
-        items.all.insert(id as ItemId, (hid as u32, Arc::from(key)));
+    let max: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM items", [], |r| r.get(0))?;
+    items.all = Vec::with_capacity(max.max(0) as usize + 1);
+    let mut st = conn.prepare("SELECT id, host_id, key FROM items ORDER BY id")?;
+    let mut rows = st.query([])?;
+    while let Some(row) = rows.next()? {
+        let id = row.get::<_, i64>(0)?.max(0) as usize;
+        let hid = row.get::<_, i64>(1)? as u32;
+        let key = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+        if items.all.len() <= id {
+            items.all.resize(id + 1, None);
+        }
+        items.all[id] = Some((hid, Box::from(key)));
     }
     Ok(items)
 }

@@ -140,9 +140,15 @@ fn store_history_without_deadband_every_sample() {
 fn store_deadband_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 3, false);
-    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(0.5);
-    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1].deadband = Some(0.5);
-    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1].heartbeat = Some(Duration::from_secs(10));
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
+        .extra_mut()
+        .deadband = Some(0.5);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1]
+        .extra_mut()
+        .deadband = Some(0.5);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[1]
+        .extra_mut()
+        .heartbeat = Some(Duration::from_secs(10));
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     let (db, dbhb, none) = (id[0][0], id[0][1], id[0][2]);
@@ -229,7 +235,9 @@ fn store_trends_over_hours_including_current() {
 fn store_restart_continuity() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2, 3, true);
-    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(1.0);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
+        .extra_mut()
+        .deadband = Some(1.0);
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id1 = ids(&store, &cfg);
     let a = id1[0][0];
@@ -695,7 +703,9 @@ fn store_reconfigure_adds_items_and_deadbands() {
     std::sync::Arc::make_mut(&mut cfg.hosts[0])
         .items
         .push(item("k1"));
-    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0].deadband = Some(5.0);
+    std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
+        .extra_mut()
+        .deadband = Some(5.0);
     store.reconfigure(&cfg).unwrap();
     let b = store.item_id("h0", "k1").unwrap();
     assert_ne!(a, b);

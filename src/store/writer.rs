@@ -8,22 +8,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::codec::{self, RowBuilder};
+use super::ItemSetting;
 use super::{
     lock, Inner, ItemId, Sample, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
     MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE,
 };
 use crate::model::StorageSpec;
-
-#[derive(Default)]
-struct WItem {
-    active: bool,
-    host_id: u32,
-    key_len: usize,
-    deadband: Option<f64>,
-    heartbeat: Option<i64>,
-    /// History points not yet committed.
-    pending: Vec<(i64, f64)>,
-}
 
 struct Backlog {
     points: u64,
@@ -35,10 +25,12 @@ pub(crate) struct Writer {
     conn: Connection,
     storage: StorageSpec,
     sent_on_insert: bool,
-    items: Vec<WItem>,
-    /// Items with pending points.
-    touched: Vec<ItemId>,
-    pending_total: usize,
+    /// Indexed by item id.
+    items: Vec<ItemSetting>,
+    /// History points not yet committed, in arrival order (so in clock order per item).
+    pending: Vec<(ItemId, i64, f64)>,
+    /// Reused per commit: one item's points.
+    scratch: Vec<(i64, f64)>,
     /// Trend contributions to hours already closed (late samples), merged on write.
     late: HashMap<(ItemId, i64), TrendAcc>,
     /// Buckets of hours that closed, to write (replace).
@@ -65,6 +57,9 @@ impl Drop for AliveGuard {
     }
 }
 
+/// How often the writer drains the push buffer between commits.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -84,8 +79,8 @@ impl Writer {
             storage: settings.storage.clone(),
             sent_on_insert: !settings.has_mqtt,
             items: Vec::new(),
-            touched: Vec::new(),
-            pending_total: 0,
+            pending: Vec::new(),
+            scratch: Vec::new(),
             late: HashMap::new(),
             closed: Vec::new(),
             backlog: HashMap::new(),
@@ -117,17 +112,18 @@ impl Writer {
         for it in &mut self.items {
             it.active = false;
         }
-        for (id, hid, key_len, deadband, heartbeat) in s.items {
-            let i = id as usize;
-            if self.items.len() <= i {
-                self.items.resize_with(i + 1, WItem::default);
-            }
-            let it = &mut self.items[i];
-            it.active = true;
-            it.host_id = hid;
-            it.key_len = key_len;
-            it.deadband = deadband;
-            it.heartbeat = heartbeat;
+        let n = s
+            .items
+            .iter()
+            .map(|(id, _)| *id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if self.items.len() < n {
+            self.items.reserve_exact(n - self.items.len());
+            self.items.resize(n, ItemSetting::default());
+        }
+        for (id, setting) in s.items {
+            self.items[id as usize] = setting;
         }
     }
 
@@ -186,7 +182,7 @@ impl Writer {
         let mut rows = st.query([])?;
         while let Some(row) = rows.next()? {
             let id = row.get::<_, i64>(0)? as ItemId;
-            let num = row.get::<_, i64>(2)?.max(0) as u64;
+            let num = row.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32;
             let avg: f64 = row.get(4)?;
             live.ensure(id);
             live.cur[id as usize] = Some(TrendAcc {
@@ -194,7 +190,7 @@ impl Writer {
                 num,
                 min: row.get(3)?,
                 max: row.get(5)?,
-                sum: avg * num as f64,
+                sum: avg * f64::from(num),
                 dirty: false,
             });
         }
@@ -224,40 +220,62 @@ impl Writer {
         let _alive = AliveGuard(inner.clone());
         loop {
             let deadline = Instant::now() + self.until_tick();
-            let (mut batch, gen, maintain, marks, closing) = {
-                let mut s = lock(&inner.shared);
-                loop {
-                    if s.kill {
-                        s.writer_alive = false;
-                        inner.done.notify_all();
-                        return;
+            // Between commits, samples are drained from the push buffer every
+            // DRAIN_INTERVAL (deadband and trends applied, history points kept
+            // as pending), so the buffer stays small at high sample rates.
+            let (gen, maintain, marks, closing) = loop {
+                let drain_at = (Instant::now() + DRAIN_INTERVAL).min(deadline);
+                let (mut batch, commit_now) = {
+                    let mut s = lock(&inner.shared);
+                    loop {
+                        if s.kill {
+                            s.writer_alive = false;
+                            inner.done.notify_all();
+                            return;
+                        }
+                        if s.closing || s.req_gen > s.done_gen || s.hw_notified {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if now >= drain_at {
+                            break;
+                        }
+                        s = inner
+                            .wake
+                            .wait_timeout(s, drain_at - now)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|e| e.into_inner().0);
                     }
-                    if s.closing || s.req_gen > s.done_gen || s.hw_notified {
-                        break;
+                    if let Some(settings) = s.settings.take() {
+                        self.apply_settings(settings);
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
+                    let mut batch = std::mem::take(&mut self.spare);
+                    std::mem::swap(&mut batch, &mut s.buf);
+                    s.hw_notified = false;
+                    let commit_now =
+                        s.closing || s.req_gen > s.done_gen || Instant::now() >= deadline;
+                    (batch, commit_now)
+                };
+                self.process(&batch);
+                batch.clear();
+                self.spare = batch;
+                if commit_now {
+                    let mut s = lock(&inner.shared);
+                    // Anything pushed while processing goes into this commit too.
+                    let late = std::mem::take(&mut s.buf);
+                    let marks: Vec<u64> = s.marks.iter().copied().collect();
+                    let maintain = std::mem::take(&mut s.maintain_req);
+                    let out = (s.req_gen, maintain, marks, s.closing);
+                    drop(s);
+                    self.process(&late);
+                    let mut s = lock(&inner.shared);
+                    if s.buf.is_empty() {
+                        s.buf = late;
+                        s.buf.clear();
                     }
-                    s = inner
-                        .wake
-                        .wait_timeout(s, deadline - now)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
+                    break out;
                 }
-                if let Some(settings) = s.settings.take() {
-                    self.apply_settings(settings);
-                }
-                let mut batch = std::mem::take(&mut self.spare);
-                std::mem::swap(&mut batch, &mut s.buf);
-                s.hw_notified = false;
-                let marks: Vec<u64> = s.marks.iter().copied().collect();
-                let maintain = std::mem::take(&mut s.maintain_req);
-                (batch, s.req_gen, maintain, marks, s.closing)
             };
-            self.process(&batch);
-            batch.clear();
-            self.spare = batch;
 
             let mut result = self.commit(&marks, closing);
             if closing {
@@ -285,7 +303,7 @@ impl Writer {
                     if let Err(e) = &s.done_result {
                         tracing::error!(
                             error = %e,
-                            lost_points = self.pending_total,
+                            lost_points = self.pending.len(),
                             "store closed with uncommitted history points"
                         );
                     }
@@ -306,10 +324,9 @@ impl Writer {
         }
         let inner = self.inner.clone();
         let mut live = lock(&inner.live);
-        let mut accepted = 0u64;
         for s in batch {
             let id = s.item as usize;
-            let Some(it) = self.items.get_mut(id).filter(|it| it.active) else {
+            let Some(it) = self.items.get(id).filter(|it| it.active) else {
                 self.unknown_items += 1;
                 if self.unknown_items.is_power_of_two() {
                     tracing::warn!(
@@ -349,55 +366,39 @@ impl Writer {
                 None => true,
                 Some((lc, lv)) => {
                     s.clock > lc
-                        && match it.deadband {
-                            None => true,
-                            Some(db) => {
-                                (s.value - lv).abs() >= db
-                                    || it.heartbeat.is_some_and(|hb| s.clock - lc >= hb)
-                            }
-                        }
+                        && (it.deadband.is_nan()
+                            || (s.value - lv).abs() >= it.deadband
+                            || (it.heartbeat != u32::MAX
+                                && s.clock - lc >= i64::from(it.heartbeat)))
                 }
             };
             if is_point {
                 live.last[id] = Some((s.clock, s.value));
-                if it.pending.is_empty() {
-                    self.touched.push(s.item);
-                }
-                it.pending.push((s.clock, s.value));
-                accepted += 1;
+                self.pending.push((s.item, s.clock, s.value));
             }
         }
         drop(live);
-        self.pending_total += accepted as usize;
         let cap = self.inner.opts.max_buffered.max(1);
-        if self.pending_total > cap {
-            self.drop_oldest_pending(self.pending_total - cap);
+        if self.pending.len() > cap {
+            self.drop_oldest_pending(self.pending.len() - cap);
         }
     }
 
     /// Memory cap after failed commits: drops the oldest pending points.
     fn drop_oldest_pending(&mut self, excess: usize) {
-        let mut clocks: Vec<i64> = Vec::with_capacity(self.pending_total);
-        for &id in &self.touched {
-            clocks.extend(self.items[id as usize].pending.iter().map(|p| p.0));
-        }
+        let mut clocks: Vec<i64> = self.pending.iter().map(|p| p.1).collect();
         if excess == 0 || clocks.is_empty() {
             return;
         }
         let k = excess.min(clocks.len()) - 1;
         let (_, cut, _) = clocks.select_nth_unstable(k);
         let cut = *cut;
+        drop(clocks);
         // Drops every point with clock <= cut: at least `excess` points.
-        let mut total = 0usize;
-        for &id in &self.touched {
-            let p = &mut self.items[id as usize].pending;
-            p.retain(|&(c, _)| c > cut);
-            total += p.len();
-        }
-        let dropped = self.pending_total - total;
-        self.pending_total = total;
-        self.touched
-            .retain(|&id| !self.items[id as usize].pending.is_empty());
+        let before = self.pending.len();
+        self.pending.retain(|p| p.1 > cut);
+        let total = self.pending.len();
+        let dropped = before - total;
         self.inner
             .counters
             .dropped_unsent
@@ -413,7 +414,7 @@ impl Writer {
     fn commit(&mut self, marks: &[u64], closing: bool) -> Result<(), StoreError> {
         let trend_due =
             closing || self.last_trend_flush.elapsed() >= self.inner.opts.trend_flush_interval;
-        let nothing = self.touched.is_empty()
+        let nothing = self.pending.is_empty()
             && marks.is_empty()
             && self.closed.is_empty()
             && !(trend_due && (!self.late.is_empty() || self.any_dirty_trend()));
@@ -459,7 +460,7 @@ impl Writer {
                 if n.is_power_of_two() || n % 64 == 0 {
                     tracing::error!(
                         error = %e,
-                        pending_points = self.pending_total,
+                        pending_points = self.pending.len(),
                         consecutive_failures = n,
                         "store commit failed; keeping the data in memory and retrying"
                     );
@@ -482,13 +483,28 @@ impl Writer {
         trend_due: bool,
     ) -> Result<(usize, usize, usize, usize), StoreError> {
         // Group points per host, items ascending, into rows of bounded size.
-        self.touched
-            .sort_unstable_by_key(|&id| (self.items[id as usize].host_id, id));
+        // Stable: points of one item stay in arrival (clock) order.
+        let items = &self.items;
+        self.pending.sort_by_key(|&(id, _, _)| {
+            let hid = items.get(id as usize).map_or(0, |it| it.host_id);
+            (hid, id)
+        });
         let mut rows: Vec<(u32, RowBuilder)> = Vec::new();
         let mut cur: Option<(u32, RowBuilder)> = None;
-        for &id in &self.touched {
-            let it = &self.items[id as usize];
-            let mut p = &it.pending[..];
+        let mut start = 0;
+        while start < self.pending.len() {
+            let id = self.pending[start].0;
+            let mut end = start;
+            self.scratch.clear();
+            while end < self.pending.len() && self.pending[end].0 == id {
+                self.scratch
+                    .push((self.pending[end].1, self.pending[end].2));
+                end += 1;
+            }
+            start = end;
+            let it = self.items.get(id as usize).copied().unwrap_or_default();
+            let key_len = usize::from(it.key_len);
+            let mut p = &self.scratch[..];
             if cur.as_ref().is_some_and(|(h, _)| *h != it.host_id) {
                 rows.extend(cur.take());
             }
@@ -499,7 +515,7 @@ impl Writer {
                 };
                 let room_pts = MAX_POINTS_PER_MESSAGE - row.n;
                 let room_bytes = MAX_MESSAGE_JSON_BYTES
-                    .saturating_sub(row.json_bytes + it.key_len + 8)
+                    .saturating_sub(row.json_bytes + key_len + 8)
                     / codec::JSON_POINT_BYTES;
                 let mut take = p.len().min(room_pts).min(room_bytes);
                 if take == 0 {
@@ -510,7 +526,7 @@ impl Writer {
                         continue;
                     }
                 }
-                row.add(id, &p[..take], it.key_len);
+                row.add(id, &p[..take], key_len);
                 p = &p[take..];
                 if row.n >= MAX_POINTS_PER_MESSAGE {
                     rows.extend(cur.take());
@@ -604,11 +620,7 @@ impl Writer {
             });
             b.points += r.n as u64;
         }
-        for &id in &self.touched {
-            self.items[id as usize].pending.clear();
-        }
-        self.touched.clear();
-        self.pending_total = 0;
+        self.pending.clear();
         self.closed.clear();
         if trend_due {
             self.late.clear();
