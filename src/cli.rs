@@ -557,13 +557,16 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
 /// How long `write` and `ack` wait for one answer of the API.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Headers every `write`/`ack` request carries.
+type ApiHeaders = Vec<(&'static str, String)>;
+
 /// Where the running gateway's API is, and the headers every request carries:
 /// the bearer token (if `token_file` is set) and the user, for the audit
 /// trail (`cli <user>`; the API trusts it from loopback peers only).
 fn api_target(
     config: &crate::model::Config,
     command: &str,
-) -> Result<(std::net::SocketAddr, Vec<(&'static str, String)>), ExitCode> {
+) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
     let addr = crate::api::client::connect_addr(config.api.listen);
     if addr.port() == 0 {
         eprintln!(
@@ -655,7 +658,15 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
         crate::api::client::encode(&args.key)
     );
     let sent = body.to_string();
-    let answer = crate::api::client::request(addr, "PUT", &path, &headers, Some(sent.as_bytes()), API_TIMEOUT).await;
+    let answer = crate::api::client::request(
+        addr,
+        "PUT",
+        &path,
+        &headers,
+        Some(sent.as_bytes()),
+        API_TIMEOUT,
+    )
+    .await;
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -666,7 +677,10 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
     let accepted = match (answer.status, answer.json()) {
         (202, Some(obj)) => obj,
         (status, _) => {
-            eprintln!("modbridge write: refused ({status}): {}", answer.error_message());
+            eprintln!(
+                "modbridge write: refused ({status}): {}",
+                answer.error_message()
+            );
             return ExitCode::from(1);
         }
     };
@@ -683,7 +697,10 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
                         .all(|f| obj[*f] == accepted[*f]);
                     if !same {
                         println!("{}", pretty(&current));
-                        eprintln!("modbridge write: superseded by a newer request for {}/{}", args.host, args.key);
+                        eprintln!(
+                            "modbridge write: superseded by a newer request for {}/{}",
+                            args.host, args.key
+                        );
                         return ExitCode::from(1);
                     }
                     current = obj;
@@ -691,7 +708,11 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
                 None => break,
             },
             Ok(a) => {
-                eprintln!("modbridge write: cannot follow the request ({}): {}", a.status, a.error_message());
+                eprintln!(
+                    "modbridge write: cannot follow the request ({}): {}",
+                    a.status,
+                    a.error_message()
+                );
                 break;
             }
             Err(e) => {
@@ -754,7 +775,11 @@ async fn cmd_ack(path: &Path, event: u64, message: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(a) => {
-            eprintln!("modbridge ack: refused ({}): {}", a.status, a.error_message());
+            eprintln!(
+                "modbridge ack: refused ({}): {}",
+                a.status,
+                a.error_message()
+            );
             ExitCode::from(1)
         }
         Err(e) => {
@@ -848,7 +873,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         .iter()
         .find(|i| i.configurable)
         .map(|i| {
-            let target = match (i.lower_bound, i.upper_bound) {
+            let target = match (i.lower_bound(), i.upper_bound()) {
                 (Some(lo), Some(hi)) => ((lo + hi) / 2.0).round(),
                 (Some(lo), None) => lo,
                 (None, Some(hi)) => hi,

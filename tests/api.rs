@@ -20,7 +20,10 @@ async fn hosts_and_items_have_the_seed_shapes() {
 
     let r = gw.get("/hosts").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
     let hosts = r.json();
     assert_eq!(hosts.as_array().unwrap().len(), 1);
     let h = &hosts[0];
@@ -81,10 +84,16 @@ async fn every_error_is_json_with_a_fitting_status() {
     assert!(e.contains("nope"), "{e}");
     let e = gw.get("/hosts/pump/items/nope").await.assert_error(404);
     assert!(e.contains("nope"), "{e}");
-    gw.get("/hosts/nope/items/temp/history").await.assert_error(404);
+    gw.get("/hosts/nope/items/temp/history")
+        .await
+        .assert_error(404);
     gw.get("/no/such/path").await.assert_error(404);
-    gw.get("/hosts/pump/items/temp/trend/median").await.assert_error(404);
-    gw.get("/hosts/pump/items/temp/config").await.assert_error(404);
+    gw.get("/hosts/pump/items/temp/trend/median")
+        .await
+        .assert_error(404);
+    gw.get("/hosts/pump/items/temp/config")
+        .await
+        .assert_error(404);
     // Wrong method: 405 with Allow, as JSON.
     let r = gw.http("DELETE", "/hosts", &[], None).await;
     let e = r.assert_error(405);
@@ -153,7 +162,10 @@ async fn history_and_trends_over_http() {
                 .await
                 .expect("poll")
                 .expect("cycles");
-            if live.lock().items[0].value.is_some_and(|v| (v - want).abs() < 1e-9) {
+            if live.lock().items[0]
+                .value
+                .is_some_and(|v| (v - want).abs() < 1e-9)
+            {
                 break;
             }
         }
@@ -164,15 +176,17 @@ async fn history_and_trends_over_http() {
         let r = gw.get("/hosts/pump/items/temp/history").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let h = r.json();
-        if h
-            .as_array()
+        if h.as_array()
             .unwrap()
             .iter()
             .any(|p| p[1].as_f64().is_some_and(|v| (v - 21.8).abs() < 1e-9))
         {
             break h;
         }
-        assert!(Instant::now() < deadline, "21.8 never reached the history: {h}");
+        assert!(
+            Instant::now() < deadline,
+            "21.8 never reached the history: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let points = history.as_array().unwrap();
@@ -188,7 +202,10 @@ async fn history_and_trends_over_http() {
         .get("/hosts/pump/items/temp/history?limit=2")
         .await
         .json();
-    assert_eq!(last2.as_array().unwrap().as_slice(), &points[points.len() - 2..]);
+    assert_eq!(
+        last2.as_array().unwrap().as_slice(),
+        &points[points.len() - 2..]
+    );
     let none = gw
         .get("/hosts/pump/items/temp/history?limit=0")
         .await
@@ -226,7 +243,11 @@ async fn history_and_trends_over_http() {
     let buckets = trend.as_array().unwrap();
     let (hour, b) = (&buckets.last().unwrap()[0], &buckets.last().unwrap()[1]);
     let now = modbridge::poll::unix_now();
-    assert_eq!(hour.as_i64().unwrap(), now - now.rem_euclid(3600), "{trend}");
+    assert_eq!(
+        hour.as_i64().unwrap(),
+        now - now.rem_euclid(3600),
+        "{trend}"
+    );
     assert!(b["num"].as_u64().unwrap() >= 4, "{trend}");
     assert!(b["min"].as_f64().unwrap() <= 21.5);
     assert!(b["max"].as_f64().unwrap() >= 21.8);
@@ -291,6 +312,160 @@ async fn config_requests_are_refused_with_the_right_status() {
     gw.stop().await;
 }
 
+/// Waits until the item's config object leaves PENDING; returns it.
+async fn settled_config(gw: &TestGateway, key: &str) -> serde_json::Value {
+    let mut changes = gw.gateway.writes.subscribe();
+    loop {
+        let item = gw.get(&format!("/hosts/pump/items/{key}")).await.json();
+        if item["config"]["status"] != "PENDING" {
+            return item["config"].clone();
+        }
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("the request settles within 10 s")
+            .expect("changes");
+    }
+}
+
+#[tokio::test]
+async fn config_requests_are_carried_out_and_reported() {
+    let gw = TestGateway::start("").await;
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[],
+            Some(r#"{"target":20,"audit":["ticket 7"],"id":"req-1"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/hosts/pump/items/setpoint"));
+    let c = r.json();
+    assert_eq!(c["target"], 20.0);
+    assert_eq!(c["expected"], serde_json::Value::Null);
+    assert_eq!(c["id"], "req-1");
+    assert!(c["lastclock"].as_i64().is_some());
+    let audit: Vec<&str> = c["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(audit[0], "ticket 7");
+    assert!(audit[1].starts_with("api 127.0.0.1:"), "{audit:?}");
+    assert!(
+        ["PENDING", "SUCCESS"].contains(&c["status"].as_str().unwrap()),
+        "{c}"
+    );
+    let done = settled_config(&gw, "setpoint").await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert_eq!(done["lastclock"], c["lastclock"]);
+    assert_eq!(gw.device.register(Table::Holding, 10), 20);
+    let config = gw.get("/hosts/pump/items/setpoint/config").await.json();
+    assert_eq!(config, done);
+
+    // Outside the bounds: recorded as FAILED (202), like on every channel.
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[],
+            Some(r#"{"target":99}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let c = r.json();
+    assert_eq!(c["status"], "FAILED", "{c}");
+    assert!(c["reason"].as_str().unwrap().contains("bound"), "{c}");
+    assert_eq!(
+        gw.device.register(Table::Holding, 10),
+        20,
+        "nothing written"
+    );
+
+    // `expected` that does not match what the device holds: FAILED with the found value.
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[],
+            Some(r#"{"target":30,"expected":25}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let done = settled_config(&gw, "setpoint").await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert!(done["reason"].as_str().unwrap().contains("20"), "{done}");
+    assert_eq!(gw.device.register(Table::Holding, 10), 20);
+
+    // Well-formed JSON that is not a usable request: 400/422, nothing recorded.
+    let before = gw.get("/hosts/pump/items/setpoint/config").await.json();
+    let e = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[],
+            Some(r#"{"target":"abc"}"#),
+        )
+        .await
+        .assert_error(422);
+    assert!(e.contains("target"), "{e}");
+    gw.http(
+        "PUT",
+        "/hosts/pump/items/setpoint/config",
+        &[],
+        Some(r#"{"expected":3}"#),
+    )
+    .await
+    .assert_error(400);
+    gw.http(
+        "PUT",
+        "/hosts/pump/items/setpoint/config",
+        &[],
+        Some(r#"{"target":20,"expexted":3}"#),
+    )
+    .await
+    .assert_error(400);
+    gw.http(
+        "PUT",
+        "/hosts/pump/items/setpoint/config",
+        &[],
+        Some("[1,2]"),
+    )
+    .await
+    .assert_error(400);
+    assert_eq!(
+        gw.get("/hosts/pump/items/setpoint/config").await.json(),
+        before
+    );
+
+    // A loopback client may name its user (as `modbridge write` does).
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[("X-Modbridge-User", "anna")],
+            Some(r#"{"target":21}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["audit"], serde_json::json!(["cli anna"]));
+    assert_eq!(settled_config(&gw, "setpoint").await["status"], "SUCCESS");
+
+    // Metrics count them by status.
+    let metrics = gw.get("/metrics").await.body;
+    let m = parse_exposition(&metrics);
+    assert!(
+        m["modbridge_config_requests{status=\"SUCCESS\"}"] >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        m["modbridge_config_requests{status=\"FAILED\"}"] >= 2.0,
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn events_and_triggers_endpoints_answer() {
     let gw = TestGateway::start("").await;
@@ -320,9 +495,14 @@ async fn events_and_triggers_endpoints_answer() {
         .await
         .assert_error(404);
     assert!(e.contains("999999"), "{e}");
-    gw.http("POST", "/events/x/acknowledgements", &[], Some(r#"{"message":"m"}"#))
-        .await
-        .assert_error(400);
+    gw.http(
+        "POST",
+        "/events/x/acknowledgements",
+        &[],
+        Some(r#"{"message":"m"}"#),
+    )
+    .await
+    .assert_error(400);
     gw.stop().await;
 }
 
@@ -331,10 +511,17 @@ async fn writes_need_the_token_when_one_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_path = dir.path().join("api.token");
     std::fs::write(&token_path, "  s3cret-token\n").unwrap();
-    let gw = TestGateway::start(&format!("token_file = {:?}", token_path.display().to_string())).await;
+    let gw = TestGateway::start(&format!(
+        "token_file = {:?}",
+        token_path.display().to_string()
+    ))
+    .await;
     // Reads stay open.
     assert_eq!(gw.get("/hosts").await.status, 200);
-    assert_eq!(gw.get("/health").await.json()["api"]["token_required"], true);
+    assert_eq!(
+        gw.get("/health").await.json()["api"]["token_required"],
+        true
+    );
     let put = |headers: &'static [(&'static str, &'static str)]| {
         let gw = &gw;
         async move {
@@ -350,8 +537,12 @@ async fn writes_need_the_token_when_one_is_configured() {
     let r = put(&[]).await;
     let e = r.assert_error(401);
     assert!(e.contains("Bearer"), "{e}");
-    assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
-    put(&[("Authorization", "Bearer wrong")]).await.assert_error(401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    put(&[("Authorization", "Bearer wrong")])
+        .await
+        .assert_error(401);
     put(&[("Authorization", "Basic czNjcmV0LXRva2Vu")])
         .await
         .assert_error(401);
@@ -369,8 +560,13 @@ async fn writes_need_the_token_when_one_is_configured() {
         let gw = &gw;
         async move {
             let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-            gw.http("POST", "/events/424242/acknowledgements", &h, Some(r#"{"message":"m"}"#))
-                .await
+            gw.http(
+                "POST",
+                "/events/424242/acknowledgements",
+                &h,
+                Some(r#"{"message":"m"}"#),
+            )
+            .await
         }
     };
     ack(None).await.assert_error(401);
@@ -405,8 +601,14 @@ async fn an_unreadable_token_file_or_a_taken_port_stops_the_start() {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: Some(missing.clone()),
     };
-    let e = modbridge::api::Server::bind(&api).await.err().expect("error");
-    assert!(e.to_string().contains("cannot read the API token file"), "{e}");
+    let e = modbridge::api::Server::bind(&api)
+        .await
+        .err()
+        .expect("error");
+    assert!(
+        e.to_string().contains("cannot read the API token file"),
+        "{e}"
+    );
     assert!(e.to_string().contains("missing.token"), "{e}");
 
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,11 +616,19 @@ async fn an_unreadable_token_file_or_a_taken_port_stops_the_start() {
         listen: taken.local_addr().unwrap(),
         token_file: None,
     };
-    let e = modbridge::api::Server::bind(&api).await.err().expect("error");
+    let e = modbridge::api::Server::bind(&api)
+        .await
+        .err()
+        .expect("error");
     let text = e.to_string();
-    assert!(text.contains("cannot listen on") && text.contains("[api] listen"), "{text}");
+    assert!(
+        text.contains("cannot listen on") && text.contains("[api] listen"),
+        "{text}"
+    );
     // The demo's way: another port on the same address.
-    let other = modbridge::api::Server::bind_or_free_port(&api).await.unwrap();
+    let other = modbridge::api::Server::bind_or_free_port(&api)
+        .await
+        .unwrap();
     assert_ne!(other.local_addr().port(), api.listen.port());
     assert_eq!(other.local_addr().ip(), api.listen.ip());
 
@@ -434,10 +644,17 @@ async fn an_unreadable_token_file_or_a_taken_port_stops_the_start() {
     std::fs::write(&path, &text).unwrap();
     let out = run_bin(&["run", "-c", path.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot listen on"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot listen on"),
+        "{}",
+        stderr(&out)
+    );
     let text = text.replace(
         &format!("listen = \"{}\"", api.listen),
-        &format!("listen = \"127.0.0.1:0\"\ntoken_file = {:?}", missing.display().to_string()),
+        &format!(
+            "listen = \"127.0.0.1:0\"\ntoken_file = {:?}",
+            missing.display().to_string()
+        ),
     );
     std::fs::write(&path, &text).unwrap();
     let out = run_bin(&["run", "-c", path.to_str().unwrap()]).await;
@@ -507,7 +724,8 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
             && n.chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     assert!(text.ends_with('\n'), "the exposition ends with a newline");
     for line in text.lines() {
@@ -557,10 +775,9 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
                     assert_eq!(chars.next(), Some('"'), "{line}");
                     loop {
                         match chars.next() {
-                            Some('\\') => assert!(
-                                matches!(chars.next(), Some('\\' | '"' | 'n')),
-                                "{line}"
-                            ),
+                            Some('\\') => {
+                                assert!(matches!(chars.next(), Some('\\' | '"' | 'n')), "{line}")
+                            }
                             Some('"') => break,
                             Some('\n') | None => panic!("unterminated label in {line}"),
                             Some(_) => {}
@@ -602,10 +819,16 @@ async fn metrics_are_valid_prometheus_text() {
         r.headers
     );
     let m = parse_exposition(&r.body);
-    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing:\n{}", r.body));
+    let get = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("{k} missing:\n{}", r.body))
+    };
     assert!(get("modbridge_polls_total{host=\"pump\"}") >= 3.0);
     assert!(get("modbridge_requests_total{host=\"pump\"}") >= 3.0);
-    assert!(get("modbridge_request_errors_total{host=\"pump\"}") >= 1.0, "the exception counts");
+    assert!(
+        get("modbridge_request_errors_total{host=\"pump\"}") >= 1.0,
+        "the exception counts"
+    );
     assert_eq!(get("modbridge_host_link_up{host=\"pump\"}"), 1.0);
     assert_eq!(get("modbridge_items{host=\"pump\",state=\"error\"}"), 1.0);
     // The histogram: cumulative buckets, +Inf equals _count.
@@ -622,13 +845,24 @@ async fn metrics_are_valid_prometheus_text() {
     let mut le: Vec<(f64, f64)> = m
         .iter()
         .filter_map(|(k, v)| {
-            let rest = k.strip_prefix("modbridge_request_duration_seconds_bucket{host=\"pump\",le=\"")?;
+            let rest =
+                k.strip_prefix("modbridge_request_duration_seconds_bucket{host=\"pump\",le=\"")?;
             let bound = rest.strip_suffix("\"}")?;
-            Some((if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? }, *v))
+            Some((
+                if bound == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    bound.parse().ok()?
+                },
+                *v,
+            ))
         })
         .collect();
     le.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert!(le.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {le:?}");
+    assert!(
+        le.windows(2).all(|w| w[0].1 <= w[1].1),
+        "cumulative: {le:?}"
+    );
     assert!(get("modbridge_request_duration_seconds_sum{host=\"pump\"}") > 0.0);
     assert!(get("modbridge_samples_received_total") >= 3.0);
     assert!(m.contains_key("modbridge_samples_stored_total"));
@@ -655,7 +889,13 @@ async fn the_status_page_is_one_self_contained_html_file() {
         .is_some_and(|c| c.contains("default-src 'none'")));
     assert!(r.body.contains("<style>") && r.body.contains("<script>"));
     assert!(!r.body.contains("https://") && !r.body.contains("http://"));
-    for endpoint in ["/health", "/hosts", "/triggers", "/events", "/acknowledgements"] {
+    for endpoint in [
+        "/health",
+        "/hosts",
+        "/triggers",
+        "/events",
+        "/acknowledgements",
+    ] {
         assert!(r.body.contains(endpoint), "the page uses {endpoint}");
     }
     gw.stop().await;
@@ -668,7 +908,11 @@ async fn many_connections_at_once_are_all_served() {
     for i in 0..100 {
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
-            let path = if i % 2 == 0 { "/hosts/pump" } else { "/metrics" };
+            let path = if i % 2 == 0 {
+                "/hosts/pump"
+            } else {
+                "/metrics"
+            };
             http(addr, "GET", path, &[], None).await.status
         }));
     }
@@ -699,44 +943,116 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 /// A config for the CLI: the gateway's, with the port its API really got.
 fn cli_config(gw: &TestGateway) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(&gw.config_path)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", gw.addr));
+    let text = std::fs::read_to_string(&gw.config_path).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", gw.addr),
+    );
     let path = gw.dir.path().join("cli.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[tokio::test]
-async fn write_and_ack_commands_report_refusals_and_usage_errors() {
+async fn write_and_ack_commands_against_a_running_gateway() {
     let gw = TestGateway::start("").await;
     let cfg = cli_config(&gw);
     let cfg = cfg.to_str().unwrap();
     // A sensor: refused, with the server's reason, exit 1.
-    let out = run_bin(&["write", "-c", cfg, "--host", "pump", "--key", "temp", "--target", "20"]).await;
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "pump", "--key", "temp", "--target", "20",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("409") && stderr(&out).contains("sensor"), "{}", stderr(&out));
-    let out = run_bin(&["write", "-c", cfg, "--host", "nope", "--key", "temp", "--target", "20"]).await;
+    assert!(
+        stderr(&out).contains("409") && stderr(&out).contains("sensor"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "nope", "--key", "temp", "--target", "20",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unknown host"), "{}", stderr(&out));
     // Bad usage: exit 2.
     let out = run_bin(&["write", "-c", cfg, "--host", "pump", "--key", "setpoint"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let out = run_bin(&["write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "abc"]).await;
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "abc",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let out = run_bin(&["write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "nan"]).await;
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "nan",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = run_bin(&["ack", "-c", cfg, "--event", "x", "--message", "m"]).await;
     assert_eq!(out.status.code(), Some(2));
     let out = run_bin(&["ack", "-c", cfg, "--event", "1", "--message", " "]).await;
     assert_eq!(out.status.code(), Some(2));
+    // A write that succeeds: the config object, exit 0; the audit names the user.
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "33", "--id",
+        "cli-1",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let printed: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).expect("the config object");
+    assert_eq!(printed["status"], "SUCCESS");
+    assert_eq!(printed["target"], 33.0);
+    assert_eq!(printed["id"], "cli-1");
+    assert_eq!(printed["audit"], serde_json::json!(["cli anna"]));
+    assert_eq!(gw.device.register(Table::Holding, 10), 33);
+    // Out of bounds: recorded FAILED, the reason printed, exit 1.
+    let out = run_bin(&[
+        "write", "-c", cfg, "--host", "pump", "--key", "setpoint", "--target", "-5",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("FAILED") && stderr(&out).contains("bound"),
+        "{}",
+        stderr(&out)
+    );
+    // Expected value does not match: FAILED after the device was read.
+    let out = run_bin(&[
+        "write",
+        "-c",
+        cfg,
+        "--host",
+        "pump",
+        "--key",
+        "setpoint",
+        "--target",
+        "40",
+        "--expected",
+        "12",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
     // An unknown event: refused, exit 1.
     let out = run_bin(&["ack", "-c", cfg, "--event", "987654", "--message", "done"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("404") && stderr(&out).contains("987654"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("404") && stderr(&out).contains("987654"),
+        "{}",
+        stderr(&out)
+    );
     // No gateway there: a clear error, exit 1.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let closed_addr = closed.local_addr().unwrap();
@@ -746,8 +1062,21 @@ async fn write_and_ack_commands_report_refusals_and_usage_errors() {
         .replace(&gw.addr.to_string(), &closed_addr.to_string());
     let other = gw.dir.path().join("closed.toml");
     std::fs::write(&other, text).unwrap();
-    let out = run_bin(&["ack", "-c", other.to_str().unwrap(), "--event", "1", "--message", "m"]).await;
+    let out = run_bin(&[
+        "ack",
+        "-c",
+        other.to_str().unwrap(),
+        "--event",
+        "1",
+        "--message",
+        "m",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot reach the gateway"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the gateway"),
+        "{}",
+        stderr(&out)
+    );
     gw.stop().await;
 }

@@ -104,16 +104,37 @@ async fn the_status_page_shows_live_values_in_a_real_browser() {
             .expect("a poll cycle")
             .expect("cycles");
     }
+    // A write, so that the page has one to show.
+    let mut changes = gw.gateway.writes.subscribe();
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[],
+            Some(r#"{"target":52}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    while gw.device.register(Table::Holding, 10) != 52
+        || gw.get("/hosts/pump/items/setpoint/config").await.json()["status"] != "SUCCESS"
+    {
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("the write settles")
+            .expect("changes");
+    }
     let url = format!("http://{}/", gw.addr);
     let dom = run_chromium(&url, &["--dump-dom".to_string()]).await;
     for expected in [
-        "23.4 degC",         // the live value with its unit
-        "Outdoor temp",      // the item's name
-        "Heat pump",         // the host's name
+        "23.4 degC",            // the live value with its unit
+        "Outdoor temp",         // the item's name
+        "Heat pump",            // the host's name
         "illegal data address", // the broken item's error
-        "box-api",           // the gateway's id, from /health
+        "box-api",              // the gateway's id, from /health
         "healthy",
         "no active alarms",
+        "52 degC", // the write's target...
+        "SUCCESS", // ...and its outcome
     ] {
         assert!(
             dom.contains(expected),
@@ -130,7 +151,10 @@ async fn the_status_page_shows_live_values_in_a_real_browser() {
     );
 
     // Pictures for a person: a phone-sized and a desktop-sized one.
-    for (name, size) in [("status-page.png", "412,1100"), ("status-page-wide.png", "1200,1000")] {
+    for (name, size) in [
+        ("status-page.png", "412,1100"),
+        ("status-page-wide.png", "1200,1000"),
+    ] {
         let path = screenshot_path(name);
         let _ = std::fs::remove_file(&path);
         run_chromium(

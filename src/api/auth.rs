@@ -151,9 +151,7 @@ impl Tokens {
         let secret = match &inner.policy {
             Policy::Open => return Ok(()),
             Policy::Unreadable(why) => {
-                return Err(HttpError::unavailable(format!(
-                    "writes are refused: {why}"
-                )))
+                return Err(HttpError::unavailable(format!("writes are refused: {why}")))
             }
             Policy::Token(secret) => secret,
         };
@@ -202,7 +200,10 @@ mod tests {
         assert!(matches!(read(&p), Err(TokenError::Empty { .. })));
         let missing = dir.path().join("missing");
         let e = Tokens::load(Some(&missing)).unwrap_err();
-        assert!(e.to_string().contains("cannot read the API token file"), "{e}");
+        assert!(
+            e.to_string().contains("cannot read the API token file"),
+            "{e}"
+        );
         std::fs::write(&p, "s3cret").unwrap();
         let t = Tokens::load(Some(&p)).unwrap();
         assert!(!format!("{t:?}").contains("s3cret"));

@@ -158,7 +158,9 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n).ok_or("the answer is shorter than its Content-Length")?.to_vec()
+        rest.get(..n)
+            .ok_or("the answer is shorter than its Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -191,7 +193,8 @@ mod tests {
 
     #[test]
     fn answers_with_length_or_chunks_are_read() {
-        let r = parse_response(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}extra").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}extra").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (202, &b"{}"[..]));
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
@@ -199,13 +202,17 @@ mod tests {
         .unwrap();
         assert_eq!(r.body, b"abcde");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        let e = parse_response(b"HTTP/1.1 401 Unauthorized\r\n\r\n{\"error\":\"wrong token\"}").unwrap();
+        let e = parse_response(b"HTTP/1.1 401 Unauthorized\r\n\r\n{\"error\":\"wrong token\"}")
+            .unwrap();
         assert_eq!(e.error_message(), "wrong token");
     }
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        assert_eq!(encode("modbus.pump.F1345.3:1-a_b~"), "modbus.pump.F1345.3:1-a_b~");
+        assert_eq!(
+            encode("modbus.pump.F1345.3:1-a_b~"),
+            "modbus.pump.F1345.3:1-a_b~"
+        );
         assert_eq!(encode("a b/c?"), "a%20b%2Fc%3F");
         assert_eq!(encode("ä"), "%C3%A4");
     }

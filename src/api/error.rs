@@ -89,7 +89,10 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-fn json_error(status: StatusCode, message: &str) -> (StatusCode, [(header::HeaderName, HeaderValue); 1], String) {
+fn json_error(
+    status: StatusCode,
+    message: &str,
+) -> (StatusCode, [(header::HeaderName, HeaderValue); 1], String) {
     let body = serde_json::to_string(&ApiErrorBody {
         error: message.to_string(),
     })

@@ -164,7 +164,11 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
         problems.push("database: commits are failing (samples kept in memory and retried)".into());
     }
     let report = Health {
-        status: if problems.is_empty() { "ok" } else { "degraded" },
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        },
         problems,
         clock: unix_now(),
         gateway: running.config.gateway.id.clone(),
@@ -174,7 +178,10 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
             configured,
             connected,
             backlog: gateway.store.outbox_len() + gateway.ledger.uplink_len(),
-            published: gateway.mqtt.published.load(std::sync::atomic::Ordering::Relaxed),
+            published: gateway
+                .mqtt
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
             connect_errors: gateway
                 .mqtt
                 .connect_errors
@@ -268,45 +275,21 @@ impl Exposition {
     }
 }
 
-/// What `/metrics` reads from SQLite (on the blocking pool).
-struct Counted {
-    /// Config requests per status (their current status).
-    writes: BTreeMap<String, u64>,
-    /// Triggers per current value.
-    triggers: BTreeMap<String, u64>,
-}
-
-fn count_writes(ledger: &crate::ledger::Ledger) -> Result<BTreeMap<String, u64>, crate::store::StoreError> {
-    ledger.read(|conn| {
-        let mut st =
-            conn.prepare_cached("SELECT status, count(*) FROM config_requests GROUP BY status")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (status, n) = row?;
-            out.insert(status, n.max(0) as u64);
-        }
-        Ok(out)
-    })
-}
+/// Triggers per current value (the alarm service may read its tables).
+type TriggerCounts = BTreeMap<String, u64>;
 
 /// `GET /metrics`
 pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
     Params::parse(q, &[])?;
     let gateway = st.gateway.clone();
-    let counted = {
-        let ledger = gateway.ledger.clone();
+    let triggers: TriggerCounts = {
         let alarms = gateway.alarms.clone();
         blocking(move || {
-            let writes = count_writes(&ledger).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "metrics: cannot count config requests");
-                BTreeMap::new()
-            });
-            let mut triggers = BTreeMap::new();
+            let mut counts = BTreeMap::new();
             for t in alarms.triggers() {
-                *triggers.entry(t.value).or_insert(0u64) += 1;
+                *counts.entry(t.value).or_insert(0u64) += 1;
             }
-            Ok(Counted { writes, triggers })
+            Ok(counts)
         })
         .await?
     };
@@ -326,22 +309,68 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         .iter()
         .filter_map(|h| Some((h.host.clone(), running.hosts.get(&h.host)?.lock().clone())))
         .collect();
-    let per_host = |m: &mut Exposition, name: &str, kind: &str, help: &str, f: &dyn Fn(&crate::poll::HostLive) -> f64| {
+    let per_host = |m: &mut Exposition,
+                    name: &str,
+                    kind: &str,
+                    help: &str,
+                    f: &dyn Fn(&crate::poll::HostLive) -> f64| {
         m.family(name, kind, help);
         for (host, l) in &lives {
             m.sample(name, &[("host", host)], f(l));
         }
     };
-    per_host(&mut m, "modbridge_host_link_up", "gauge", "1 while the host's last poll cycle reached the device.", &|l| f64::from(u8::from(l.link_up)));
-    per_host(&mut m, "modbridge_polls_total", "counter", "Poll cycles per host.", &|l| l.polls as f64);
-    per_host(&mut m, "modbridge_requests_total", "counter", "Modbus requests per host.", &|l| l.requests as f64);
-    per_host(&mut m, "modbridge_request_errors_total", "counter", "Failed Modbus requests per host (timeouts, transport errors, exceptions).", &|l| l.request_errors as f64);
-    per_host(&mut m, "modbridge_host_consecutive_errors", "gauge", "Poll cycles in a row that failed on the transport.", &|l| f64::from(l.consecutive_errors));
-    m.family("modbridge_items", "gauge", "Items per host and state (ok, error, unknown).");
+    per_host(
+        &mut m,
+        "modbridge_host_link_up",
+        "gauge",
+        "1 while the host's last poll cycle reached the device.",
+        &|l| f64::from(u8::from(l.link_up)),
+    );
+    per_host(
+        &mut m,
+        "modbridge_polls_total",
+        "counter",
+        "Poll cycles per host.",
+        &|l| l.polls as f64,
+    );
+    per_host(
+        &mut m,
+        "modbridge_requests_total",
+        "counter",
+        "Modbus requests per host.",
+        &|l| l.requests as f64,
+    );
+    per_host(
+        &mut m,
+        "modbridge_request_errors_total",
+        "counter",
+        "Failed Modbus requests per host (timeouts, transport errors, exceptions).",
+        &|l| l.request_errors as f64,
+    );
+    per_host(
+        &mut m,
+        "modbridge_host_consecutive_errors",
+        "gauge",
+        "Poll cycles in a row that failed on the transport.",
+        &|l| f64::from(l.consecutive_errors),
+    );
+    m.family(
+        "modbridge_items",
+        "gauge",
+        "Items per host and state (ok, error, unknown).",
+    );
     for (host, l) in &lives {
-        for state in [crate::poll::ItemState::Ok, crate::poll::ItemState::Error, crate::poll::ItemState::Unknown] {
+        for state in [
+            crate::poll::ItemState::Ok,
+            crate::poll::ItemState::Error,
+            crate::poll::ItemState::Unknown,
+        ] {
             let n = l.items.iter().filter(|i| i.state == state).count();
-            m.sample("modbridge_items", &[("host", host), ("state", state.as_str())], n as f64);
+            m.sample(
+                "modbridge_items",
+                &[("host", host), ("state", state.as_str())],
+                n as f64,
+            );
         }
     }
     let hist = "modbridge_request_duration_seconds";
@@ -350,42 +379,139 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         let mut cumulative = 0u64;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += l.latency_buckets.get(i).copied().unwrap_or(0);
-            m.sample(&format!("{hist}_bucket"), &[("host", host), ("le", &format_value(*bound))], cumulative as f64);
+            m.sample(
+                &format!("{hist}_bucket"),
+                &[("host", host), ("le", &format_value(*bound))],
+                cumulative as f64,
+            );
         }
         let count: u64 = l.latency_buckets.iter().sum();
-        m.sample(&format!("{hist}_bucket"), &[("host", host), ("le", "+Inf")], count as f64);
+        m.sample(
+            &format!("{hist}_bucket"),
+            &[("host", host), ("le", "+Inf")],
+            count as f64,
+        );
         m.sample(&format!("{hist}_sum"), &[("host", host)], l.latency_sum);
         m.sample(&format!("{hist}_count"), &[("host", host)], count as f64);
     }
 
     let stats = gateway.store.stats();
-    m.single("modbridge_samples_received_total", "counter", "Good samples handed to the store.", stats.samples_received as f64);
-    m.single("modbridge_samples_stored_total", "counter", "History points committed to the database.", stats.history_points as f64);
-    m.single("modbridge_commits_total", "counter", "Database commits.", stats.commits as f64);
-    m.single("modbridge_commit_errors_total", "counter", "Failed database commits (their data is kept and retried).", stats.commit_errors as f64);
-    m.single("modbridge_dropped_unsent_total", "counter", "History points never sent upstream and dropped (memory cap or max_size).", stats.dropped_unsent as f64);
-    m.single("modbridge_database_bytes", "gauge", "Size of the database files.", stats.db_bytes as f64);
-    m.single("modbridge_outbox_messages", "gauge", "Data messages not yet acknowledged by the broker.", gateway.store.outbox_len() as f64);
-    m.single("modbridge_uplink_messages", "gauge", "Event, trigger and config messages not yet acknowledged by the broker.", gateway.ledger.uplink_len() as f64);
-    m.single("modbridge_mqtt_configured", "gauge", "1 if an [mqtt] section is configured.", f64::from(u8::from(running.config.mqtt.is_some())));
-    m.single("modbridge_mqtt_connected", "gauge", "1 while connected to the broker.", f64::from(u8::from(gateway.mqtt.is_connected())));
-    m.single("modbridge_mqtt_published_total", "counter", "Messages acknowledged by the broker.", gateway.mqtt.published.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    m.single("modbridge_mqtt_connect_errors_total", "counter", "Failed connection attempts to the broker.", gateway.mqtt.connect_errors.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    m.single(
+        "modbridge_samples_received_total",
+        "counter",
+        "Good samples handed to the store.",
+        stats.samples_received as f64,
+    );
+    m.single(
+        "modbridge_samples_stored_total",
+        "counter",
+        "History points committed to the database.",
+        stats.history_points as f64,
+    );
+    m.single(
+        "modbridge_commits_total",
+        "counter",
+        "Database commits.",
+        stats.commits as f64,
+    );
+    m.single(
+        "modbridge_commit_errors_total",
+        "counter",
+        "Failed database commits (their data is kept and retried).",
+        stats.commit_errors as f64,
+    );
+    m.single(
+        "modbridge_dropped_unsent_total",
+        "counter",
+        "History points never sent upstream and dropped (memory cap or max_size).",
+        stats.dropped_unsent as f64,
+    );
+    m.single(
+        "modbridge_database_bytes",
+        "gauge",
+        "Size of the database files.",
+        stats.db_bytes as f64,
+    );
+    m.single(
+        "modbridge_outbox_messages",
+        "gauge",
+        "Data messages not yet acknowledged by the broker.",
+        gateway.store.outbox_len() as f64,
+    );
+    m.single(
+        "modbridge_uplink_messages",
+        "gauge",
+        "Event, trigger and config messages not yet acknowledged by the broker.",
+        gateway.ledger.uplink_len() as f64,
+    );
+    m.single(
+        "modbridge_mqtt_configured",
+        "gauge",
+        "1 if an [mqtt] section is configured.",
+        f64::from(u8::from(running.config.mqtt.is_some())),
+    );
+    m.single(
+        "modbridge_mqtt_connected",
+        "gauge",
+        "1 while connected to the broker.",
+        f64::from(u8::from(gateway.mqtt.is_connected())),
+    );
+    m.single(
+        "modbridge_mqtt_published_total",
+        "counter",
+        "Messages acknowledged by the broker.",
+        gateway
+            .mqtt
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    m.single(
+        "modbridge_mqtt_connect_errors_total",
+        "counter",
+        "Failed connection attempts to the broker.",
+        gateway
+            .mqtt
+            .connect_errors
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
 
-    m.family("modbridge_config_requests", "gauge", "Config requests (writes) by current status.");
-    for status in ["PENDING", "SUCCESS", "FAILED"] {
-        let n = counted.writes.get(status).copied().unwrap_or(0);
+    let writes = gateway.writes.stats();
+    m.family(
+        "modbridge_config_requests",
+        "gauge",
+        "Config requests (writes) kept in the database, by current status.",
+    );
+    for (status, n) in [
+        ("PENDING", writes.pending),
+        ("SUCCESS", writes.success),
+        ("FAILED", writes.failed),
+    ] {
         m.sample("modbridge_config_requests", &[("status", status)], n as f64);
     }
+    m.single(
+        "modbridge_config_requests_refused_total",
+        "counter",
+        "Config requests refused (nothing recorded) since start-up.",
+        writes.refused as f64,
+    );
+    m.single(
+        "modbridge_config_write_attempts_unreachable_total",
+        "counter",
+        "Write attempts that could not reach the device (retried) since start-up.",
+        writes.unreachable as f64,
+    );
     m.family("modbridge_triggers", "gauge", "Triggers by current value.");
     for value in ["OK", "problem", "unknown"] {
-        let n = counted.triggers.get(value).copied().unwrap_or(0);
+        let n = triggers.get(value).copied().unwrap_or(0);
         m.sample("modbridge_triggers", &[("value", value)], n as f64);
     }
     st.commits.failing(&stats);
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         m.finish(),
@@ -404,8 +530,14 @@ mod tests {
         m.sample("x_total", &[("host", "a\"b\\c\nd")], 3.0);
         m.sample("x_total", &[], 0.25);
         let text = m.finish();
-        assert!(text.contains("# HELP x_total Help with \\\\ and\\nnewline.\n"), "{text}");
-        assert!(text.contains("x_total{host=\"a\\\"b\\\\c\\nd\"} 3\n"), "{text}");
+        assert!(
+            text.contains("# HELP x_total Help with \\\\ and\\nnewline.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_total{host=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            "{text}"
+        );
         assert!(text.contains("x_total 0.25\n"), "{text}");
         assert_eq!(format_value(f64::INFINITY), "+Inf");
         assert_eq!(format_value(0.002), "0.002");

@@ -20,8 +20,8 @@ pub type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 impl Params {
     pub fn parse(query: RawQuery, allowed: &[&str]) -> Result<Params, HttpError> {
-        let Query(pairs) =
-            query.map_err(|e| HttpError::bad_request(format!("bad query string: {}", e.body_text())))?;
+        let Query(pairs) = query
+            .map_err(|e| HttpError::bad_request(format!("bad query string: {}", e.body_text())))?;
         for (i, (name, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {
                 return Err(HttpError::bad_request(if allowed.is_empty() {
@@ -80,7 +80,9 @@ impl Params {
     /// `from`/`to`: `to` defaults to `now`, `from` to 24 hours before `to`.
     pub fn range(&self, now: i64) -> Result<(i64, i64), HttpError> {
         let to = self.clock("to")?.unwrap_or(now);
-        let from = self.clock("from")?.unwrap_or(to.saturating_sub(DEFAULT_SPAN));
+        let from = self
+            .clock("from")?
+            .unwrap_or(to.saturating_sub(DEFAULT_SPAN));
         if from > to {
             return Err(HttpError::bad_request(format!(
                 "from ({from}) is after to ({to})"
@@ -128,7 +130,11 @@ mod tests {
         assert_eq!(p.range(5).unwrap_err().status.as_u16(), 400);
         let p = params(&[("from", "abc")], &["from", "to"]).unwrap();
         let e = p.range(5).unwrap_err();
-        assert!(e.message.contains("from must be Unix seconds"), "{}", e.message);
+        assert!(
+            e.message.contains("from must be Unix seconds"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -132,7 +132,11 @@ pub async fn hosts(State(st): State<AppState>, q: RawQuery) -> Result<Response, 
 }
 
 /// `GET /hosts/{host}`
-pub async fn host(State(st): State<AppState>, p: HostPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn host(
+    State(st): State<AppState>,
+    p: HostPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let host = params::path(p)?;
     Params::parse(q, &[])?;
     let (spec, live) = find_host(&st.gateway.running(), &host)?;
@@ -147,7 +151,11 @@ pub async fn host(State(st): State<AppState>, p: HostPath, q: RawQuery) -> Resul
 }
 
 /// `GET /hosts/{host}/items/{key}`
-pub async fn item(State(st): State<AppState>, p: ItemPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn item(
+    State(st): State<AppState>,
+    p: ItemPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let (host, key) = params::path(p)?;
     Params::parse(q, &[])?;
     let (spec, live, index) = find_item(&st.gateway.running(), &host, &key)?;
@@ -166,7 +174,11 @@ pub async fn item(State(st): State<AppState>, p: ItemPath, q: RawQuery) -> Resul
 }
 
 /// `GET /hosts/{host}/items/{key}/history?from=&to=&limit=`
-pub async fn history(State(st): State<AppState>, p: ItemPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn history(
+    State(st): State<AppState>,
+    p: ItemPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let (host, key) = params::path(p)?;
     let params = Params::parse(q, &["from", "to", "limit"])?;
     let (from, to) = params.range(unix_now())?;
@@ -206,11 +218,20 @@ async fn trend_buckets(
     let Some(id) = store.item_id(&host, &key) else {
         return Ok(Vec::new());
     };
-    blocking(move || store.trend(id, from, to).map_err(|e| HttpError::storage(&e))).await
+    blocking(move || {
+        store
+            .trend(id, from, to)
+            .map_err(|e| HttpError::storage(&e))
+    })
+    .await
 }
 
 /// `GET /hosts/{host}/items/{key}/trend?from=&to=`
-pub async fn trend(State(st): State<AppState>, p: ItemPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn trend(
+    State(st): State<AppState>,
+    p: ItemPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let buckets = trend_buckets(&st, p, q).await?;
     ok_json(&buckets)
 }
@@ -258,7 +279,9 @@ fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(HttpError::new(
@@ -275,7 +298,10 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES),
+                format!(
+                    "the request body is larger than {} bytes",
+                    super::MAX_BODY_BYTES
+                ),
             )
         } else {
             HttpError::bad_request(format!("cannot read the request body: {}", e.body_text()))
@@ -286,7 +312,9 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -340,17 +368,28 @@ pub async fn put_config(
     let channel = channel(peer, &headers)?;
     let request = writes::parse_body(&host, &key, &body).map_err(|e| HttpError::submit(&e))?;
     let writes = st.gateway.writes.clone();
-    let object = blocking(move || writes.submit(request, channel).map_err(|e| HttpError::submit(&e))).await?;
+    let object = blocking(move || {
+        writes
+            .submit(request, channel)
+            .map_err(|e| HttpError::submit(&e))
+    })
+    .await?;
     tracing::info!(%host, %key, %peer, status = object.status.as_str(), "config request through the API");
     let mut res = json_bytes(StatusCode::ACCEPTED, to_json(&object)?);
-    if let Ok(loc) = HeaderValue::from_str(&format!("/hosts/{}/items/{}", encode(&host), encode(&key))) {
+    if let Ok(loc) =
+        HeaderValue::from_str(&format!("/hosts/{}/items/{}", encode(&host), encode(&key)))
+    {
         res.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(res)
 }
 
 /// `GET /hosts/{host}/items/{key}/config`: the item's config object.
-pub async fn get_config(State(st): State<AppState>, p: ItemPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn get_config(
+    State(st): State<AppState>,
+    p: ItemPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let (host, key) = params::path(p)?;
     Params::parse(q, &[])?;
     let (spec, _, index) = find_item(&st.gateway.running(), &host, &key)?;
@@ -361,7 +400,11 @@ pub async fn get_config(State(st): State<AppState>, p: ItemPath, q: RawQuery) ->
     }
     let writes = st.gateway.writes.clone();
     let body = blocking(move || {
-        to_json(&writes.config_of(&host, &key).unwrap_or_else(ConfigObject::none))
+        to_json(
+            &writes
+                .config_of(&host, &key)
+                .unwrap_or_else(ConfigObject::none),
+        )
     })
     .await?;
     Ok(json_bytes(StatusCode::OK, body))
@@ -446,7 +489,12 @@ pub async fn acknowledge(
         }
     };
     let alarms = st.gateway.alarms.clone();
-    let event = blocking(move || alarms.acknowledge(eventid, &message).map_err(|e| HttpError::ack(&e))).await?;
+    let event = blocking(move || {
+        alarms
+            .acknowledge(eventid, &message)
+            .map_err(|e| HttpError::ack(&e))
+    })
+    .await?;
     tracing::info!(eventid, %peer, "event acknowledged through the API");
     let mut res = json_bytes(StatusCode::CREATED, to_json(&event)?);
     if let Ok(loc) = HeaderValue::from_str(&format!("/events/{eventid}")) {
@@ -464,7 +512,11 @@ pub async fn triggers(State(st): State<AppState>, q: RawQuery) -> Result<Respons
 }
 
 /// `GET /triggers/{triggerid}`
-pub async fn trigger(State(st): State<AppState>, p: HostPath, q: RawQuery) -> Result<Response, HttpError> {
+pub async fn trigger(
+    State(st): State<AppState>,
+    p: HostPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let triggerid = params::id("triggerid", &params::path(p)?)?;
     Params::parse(q, &[])?;
     let alarms = st.gateway.alarms.clone();
@@ -490,20 +542,36 @@ mod tests {
         assert_eq!(channel(local, &h).unwrap(), Channel::Cli("anna".into()));
         assert_eq!(channel(mapped, &h).unwrap(), Channel::Cli("anna".into()));
         assert_eq!(channel(remote, &h).unwrap(), Channel::Api(remote));
-        assert_eq!(channel(local, &HeaderMap::new()).unwrap(), Channel::Api(local));
+        assert_eq!(
+            channel(local, &HeaderMap::new()).unwrap(),
+            Channel::Api(local)
+        );
         h.insert(super::super::USER_HEADER, HeaderValue::from_static(""));
-        assert_eq!(channel(local, &h).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            channel(local, &h).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
     fn bodies_must_be_json() {
         let mut h = HeaderMap::new();
         assert!(check_json_body(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert!(check_json_body(&h).is_ok());
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
-            assert_eq!(check_json_body(&h).unwrap_err().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert_eq!(
+                check_json_body(&h).unwrap_err().status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            );
         }
     }
 }

@@ -259,11 +259,9 @@ fn parse(data: &[u8], head: bool) -> Reply {
         let mut rest = &body[..];
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").expect("chunk");
-            let size = usize::from_str_radix(
-                std::str::from_utf8(&rest[..eol]).expect("size").trim(),
-                16,
-            )
-            .expect("hex size");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("size").trim(), 16)
+                    .expect("hex size");
             rest = &rest[eol + 2..];
             if size == 0 {
                 break;
