@@ -61,6 +61,11 @@ impl Gateway {
         self.running().config.clone()
     }
 
+    /// Bumped after every config reload that took effect.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
     /// The live state of a host.
     pub fn host(&self, host: &str) -> Option<SharedHost> {
         self.running().hosts.get(host).cloned()
@@ -90,6 +95,7 @@ impl Gateway {
         });
         let config = running.config.clone();
         *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
+        self.alarms.reconfigure();
         if let Err(e) = self.writes.set_config(config) {
             tracing::error!(error = %e, "cannot fail the config requests of removed items");
         }
@@ -127,13 +133,17 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
         .map(|h| (h.host.clone(), live_state(&store, h)))
         .collect();
     let config = Arc::new(config);
+    let running = Arc::new(RwLock::new(Arc::new(Running {
+        config: config.clone(),
+        hosts,
+    })));
     Ok(Gateway {
         writes: Writes::open(ledger.clone(), config.clone())?,
-        alarms: Alarms::new(ledger.clone()),
+        alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
         store,
         ledger,
-        running: Arc::new(RwLock::new(Arc::new(Running { config, hosts }))),
+        running,
         reloads: tokio::sync::watch::Sender::new(0),
     })
 }
@@ -307,6 +317,8 @@ pub async fn run_gateway_with_api(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
+    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads.subscribe());
+    tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
     let api_stop = CancellationToken::new();
     let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
     tracing::info!(
@@ -341,6 +353,9 @@ pub async fn run_gateway_with_api(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    // After the host tasks, before the store: publishes the offline status and
+    // records the last deliveries, which the store's close then commits.
+    mqtt.stop().await;
     let store = gateway.store.clone();
     tokio::task::spawn_blocking(move || store.close())
         .await

@@ -82,7 +82,7 @@ pub fn item_object(
         upper_bound: item.upper_bound(),
         tags: item.tags().to_vec(),
         state: l.state.as_str(),
-        error: l.error.clone(),
+        error: l.error.as_deref().map(str::to_string),
     })
 }
 

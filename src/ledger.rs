@@ -70,6 +70,7 @@ impl Ledger {
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
+        conn.pragma_update(None, "cache_size", -256).map_err(err)?;
         let len: i64 = conn
             .query_row("SELECT count(*) FROM uplink", [], |r| r.get(0))
             .map_err(err)?;

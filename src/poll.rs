@@ -57,7 +57,7 @@ pub struct ItemLive {
     pub value: Option<f64>,
     pub clock: Option<i64>,
     pub state: ItemState,
-    pub error: Option<String>,
+    pub error: Option<Arc<str>>,
 }
 
 /// What the API shows of a host and its link.
@@ -140,13 +140,16 @@ impl HostShared {
 /// A host's shared live state.
 pub type SharedHost = Arc<HostShared>;
 
+const SHORT_ANSWER: &str = "the device's answer was too short";
+
 /// The result of reading one item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemReading {
     /// Index into the host's items.
     pub index: usize,
-    /// The engineering value, or why there is none.
-    pub value: Result<f64, String>,
+    /// The engineering value, or why there is none (shared by every item of
+    /// a failed request).
+    pub value: Result<f64, Arc<str>>,
 }
 
 /// Reads a host's items: plans, requests, narrows exceptions, decodes.
@@ -158,7 +161,7 @@ pub struct HostReader {
     /// is read alone); a refused gap between items gets a cut at the next item.
     cuts: BTreeSet<(Table, u16)>,
     /// Plans by the set of due items, so a recurring cycle is planned once.
-    plans: HashMap<Vec<usize>, Vec<ReadRequest>>,
+    plans: HashMap<Vec<usize>, Arc<[ReadRequest]>>,
 }
 
 /// What one cycle did on the wire.
@@ -197,7 +200,7 @@ impl HostReader {
 
     /// The requests that read `items` (sorted indices) now: the planner's
     /// fewest requests, but never across a learned cut.
-    pub fn requests_for(&mut self, items: &[usize]) -> Vec<ReadRequest> {
+    pub fn requests_for(&mut self, items: &[usize]) -> Arc<[ReadRequest]> {
         if let Some(p) = self.plans.get(items) {
             return p.clone();
         }
@@ -237,6 +240,7 @@ impl HostReader {
         if !segment.is_empty() {
             requests.extend(plan::plan_items(&self.host, &segment));
         }
+        let requests: Arc<[ReadRequest]> = requests.into();
         self.plans.insert(items.to_vec(), requests.clone());
         requests
     }
@@ -249,11 +253,24 @@ impl HostReader {
     /// Reads the given items (sorted indices into the host's items) once.
     pub async fn read(&mut self, items: &[usize]) -> CycleReport {
         let mut report = CycleReport::default();
-        let requests = self.requests_for(items);
-        let mut pending: Vec<ReadRequest> = requests.into_iter().rev().collect();
+        let plan = self.requests_for(items);
+        // The plan's requests are taken one at a time; `pending` holds the
+        // single-item requests of a merged read being narrowed, read first.
+        let mut next = 0;
+        let mut pending: Vec<ReadRequest> = Vec::new();
         // Merged requests refused with an exception, whose items are being read alone.
         let mut narrowed: Vec<ReadRequest> = Vec::new();
-        while let Some(req) = pending.pop() {
+        loop {
+            let req = match pending.pop() {
+                Some(r) => r,
+                None => match plan.get(next) {
+                    Some(r) => {
+                        next += 1;
+                        r.clone()
+                    }
+                    None => break,
+                },
+            };
             let op = Operation::Read {
                 table: req.table,
                 start: req.start,
@@ -284,12 +301,13 @@ impl HostReader {
                 }
                 Err(RequestError::Exception(code)) => {
                     report.request_errors += 1;
-                    let text = format!(
+                    let text: Arc<str> = format!(
                         "Modbus exception {} reading {} {}",
                         crate::modbus::exception_name(code),
                         req.table,
                         req.start
-                    );
+                    )
+                    .into();
                     for &i in &req.items {
                         report.readings.push(ItemReading {
                             index: i,
@@ -299,8 +317,9 @@ impl HostReader {
                 }
                 Err(e) => {
                     report.request_errors += 1;
-                    let text = e.to_string();
-                    for r in std::iter::once(&req).chain(pending.iter()) {
+                    let text: Arc<str> = e.to_string().into();
+                    let rest = plan.get(next..).unwrap_or_default();
+                    for r in std::iter::once(&req).chain(pending.iter()).chain(rest) {
                         for &i in &r.items {
                             report.readings.push(ItemReading {
                                 index: i,
@@ -366,22 +385,22 @@ impl HostReader {
                 ReadData::Words(words) => {
                     let width = usize::from(item.width());
                     match words.get(offset..offset + width) {
-                        Some(slice) => decode::decode_item(item, slice).map_err(|e| e.to_string()),
-                        None => Err("the device's answer was too short".to_string()),
+                        Some(slice) => {
+                            decode::decode_item(item, slice).map_err(|e| e.to_string().into())
+                        }
+                        None => Err(SHORT_ANSWER.into()),
                     }
                 }
                 ReadData::Bits(bits) => match bits.get(offset) {
                     Some(b) => Ok(decode::decode_bit_item(item, *b)),
-                    None => Err("the device's answer was too short".to_string()),
+                    None => Err(SHORT_ANSWER.into()),
                 },
             };
             let value = value.and_then(|v| {
                 if v.is_finite() {
                     Ok(v)
                 } else {
-                    Err(format!(
-                        "the device sent a value that is not a number ({v})"
-                    ))
+                    Err(format!("the device sent a value that is not a number ({v})").into())
                 }
             });
             out.push(ItemReading { index: i, value });
@@ -480,7 +499,7 @@ pub fn apply_readings(
                 }
             }
             Err(e) => {
-                if item.state != ItemState::Error || item.error.as_deref() != Some(e) {
+                if item.state != ItemState::Error || item.error.as_deref() != Some(&**e) {
                     tracing::warn!(
                         host = %host.host,
                         key = %host.items.get(r.index).map(|i| i.key.as_str()).unwrap_or(""),

@@ -466,6 +466,122 @@ async fn config_requests_are_carried_out_and_reported() {
     gw.stop().await;
 }
 
+/// Waits until trigger 17 has `value` (the alarm task evaluates after each poll).
+async fn trigger_value(gw: &TestGateway, value: &str) -> serde_json::Value {
+    let live = gw.gateway.host("pump").unwrap();
+    let mut cycles = live.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = gw.get("/triggers/17").await;
+        assert_eq!(t.status, 200, "{}", t.body);
+        let t = t.json();
+        if t["value"] == value {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trigger 17 never became {value}: {t}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), cycles.changed()).await;
+    }
+}
+
+#[tokio::test]
+async fn alarms_events_and_acknowledgements_over_http() {
+    let gw = TestGateway::start("").await;
+    let triggers = gw.get("/triggers").await.json();
+    let t = triggers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["triggerid"] == 17)
+        .expect("trigger 17")
+        .clone();
+    assert_eq!(t["description"], "Outdoor too warm");
+    assert_eq!(t["severity"], serde_json::json!([4, "B-Larm"]));
+    assert_eq!(t["hosts"][0]["host"], "pump");
+    assert!(t["hosts"][0].get("items").is_none());
+    assert_eq!(trigger_value(&gw, "OK").await["value"], "OK");
+
+    // 31.5 degC: the trigger fires and an event is stored.
+    gw.device.set_register(Table::Input, 0, 315);
+    let t = trigger_value(&gw, "problem").await;
+    assert!(t["lastchange"].as_i64().is_some());
+    let events = gw.get("/events").await.json();
+    let event = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["triggerid"] == 17 && e["value"] == "problem")
+        .unwrap_or_else(|| panic!("a problem event: {events}"))
+        .clone();
+    assert_eq!(event["host"], "pump");
+    assert_eq!(event["key"], "temp");
+    assert_eq!(event["description"], "Outdoor too warm");
+    assert_eq!(event["severity"], serde_json::json!([4, "B-Larm"]));
+    assert_eq!(event["acknowledgements"], serde_json::json!([]));
+    let id = event["eventid"].as_u64().unwrap();
+    assert_eq!(gw.get(&format!("/events/{id}")).await.json(), event);
+    let mine = gw.get("/events?host=pump&key=temp").await.json();
+    assert!(mine.as_array().unwrap().iter().any(|e| e["eventid"] == id));
+    let other = gw.get("/events?host=other").await.json();
+    assert_eq!(other, serde_json::json!([]));
+    let clock = event["clock"].as_i64().unwrap();
+    let before = gw.get(&format!("/events?to={}", clock - 1)).await.json();
+    assert!(!before
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["eventid"] == id));
+    let newest = gw.get("/events?limit=1").await.json();
+    assert_eq!(newest.as_array().unwrap().len(), 1);
+
+    // Acknowledge it: 201 with the event; a blank message is 422.
+    let path = format!("/events/{id}/acknowledgements");
+    gw.http("POST", &path, &[], Some(r#"{"message":"  "}"#))
+        .await
+        .assert_error(422);
+    let r = gw
+        .http(
+            "POST",
+            &path,
+            &[],
+            Some(r#"{"message":"Service technician dispatched"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("location"), Some(format!("/events/{id}").as_str()));
+    let acked = r.json();
+    assert_eq!(acked["eventid"], id);
+    let acks = acked["acknowledgements"].as_array().unwrap();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0]["message"], "Service technician dispatched");
+    assert!(acks[0]["clock"].as_i64().unwrap() >= clock);
+    let stored = gw.get(&format!("/events/{id}")).await.json();
+    assert_eq!(stored["acknowledgements"], acked["acknowledgements"]);
+
+    // The command line adds one too.
+    let cfg = cli_config(&gw);
+    let out = run_bin(&[
+        "ack",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--event",
+        &id.to_string(),
+        "--message",
+        "pump restarted",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("the event");
+    assert_eq!(printed["acknowledgements"][1]["message"], "pump restarted");
+
+    let m = parse_exposition(&gw.get("/metrics").await.body);
+    assert_eq!(m["modbridge_triggers{value=\"problem\"}"], 1.0);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn events_and_triggers_endpoints_answer() {
     let gw = TestGateway::start("").await;

@@ -92,12 +92,12 @@ fn screenshot_path(name: &str) -> PathBuf {
 #[tokio::test]
 async fn the_status_page_shows_live_values_in_a_real_browser() {
     let gw = TestGateway::start("").await;
-    gw.device.set_register(Table::Input, 0, 234); // 23.4 degC
+    gw.device.set_register(Table::Input, 0, 315); // 31.5 degC: trigger 17 fires
     let live = gw.gateway.host("pump").expect("host");
     let mut rx = live.subscribe();
     while !live.lock().items[0]
         .value
-        .is_some_and(|v| (v - 23.4).abs() < 1e-9)
+        .is_some_and(|v| (v - 31.5).abs() < 1e-9)
     {
         tokio::time::timeout(Duration::from_secs(10), rx.changed())
             .await
@@ -123,18 +123,27 @@ async fn the_status_page_shows_live_values_in_a_real_browser() {
             .expect("the write settles")
             .expect("changes");
     }
+    // The active alarm.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.get("/triggers/17").await.json()["value"] != "problem" {
+        assert!(Instant::now() < deadline, "trigger 17 never fired");
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+    }
     let url = format!("http://{}/", gw.addr);
     let dom = run_chromium(&url, &["--dump-dom".to_string()]).await;
     for expected in [
-        "23.4 degC",            // the live value with its unit
+        "31.5 degC",            // the live value with its unit
         "Outdoor temp",         // the item's name
         "Heat pump",            // the host's name
         "illegal data address", // the broken item's error
         "box-api",              // the gateway's id, from /health
         "healthy",
-        "no active alarms",
-        "52 degC", // the write's target...
-        "SUCCESS", // ...and its outcome
+        "problem",
+        "Outdoor too warm", // the active alarm...
+        "B-Larm",
+        ">Acknowledge</button>", // ...with its button
+        "52 degC",               // the write's target...
+        "SUCCESS",               // ...and its outcome
     ] {
         assert!(
             dom.contains(expected),

@@ -22,7 +22,11 @@ async fn device() -> (SimDevice, modbridge::sim::SimServer, std::net::SocketAddr
 }
 
 fn values(report: &poll::CycleReport) -> Vec<Result<f64, String>> {
-    report.readings.iter().map(|r| r.value.clone()).collect()
+    report
+        .readings
+        .iter()
+        .map(|r| r.value.clone().map_err(|e| e.to_string()))
+        .collect()
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! Samples go in with [`Engine::on_sample`] / [`Engine::on_error`];
 //! [`Engine::evaluate`] re-evaluates the triggers whose items changed since
 //! the last call plus every trigger with a time-dependent function (a time
-//! window or `nodata`), and returns the changes of value.
+//! window or `nodata`), and returns the changes of value;
+//! [`Engine::evaluate_changed`] only the former (after a batch of samples).
+//! [`Engine::carry_over`] keeps windows and values across a config reload.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -76,7 +78,6 @@ struct TriggerState {
     /// What the first evaluation waits for.
     needs: Vec<Need>,
     ready: bool,
-    time_dependent: bool,
     value: TriggerValue,
     /// The value before the trigger became unknown (OK or problem), for hysteresis.
     last_known: TriggerValue,
@@ -93,7 +94,7 @@ pub struct Engine {
     item_names: Vec<(String, String)>,
     item_lookup: HashMap<(String, String), u32>,
     by_id: HashMap<u64, usize>,
-    /// Dirty, not time-dependent triggers.
+    /// Triggers whose items got a sample or an error since the last evaluation.
     dirty: Vec<u32>,
     /// Time-dependent triggers (evaluated on every call).
     timed: Vec<u32>,
@@ -136,7 +137,6 @@ impl Engine {
                 recovery,
                 needs,
                 ready: false,
-                time_dependent,
                 value: TriggerValue::Ok,
                 last_known: TriggerValue::Ok,
                 lastchange: 0,
@@ -286,7 +286,7 @@ impl Engine {
         } = self;
         for &t in &items[item].triggers {
             if let Some(state) = triggers.get_mut(t as usize) {
-                if !state.dirty && !state.time_dependent {
+                if !state.dirty {
                     state.dirty = true;
                     dirty.push(t);
                 }
@@ -360,12 +360,86 @@ impl Engine {
     }
 
     /// Re-evaluates what may have changed and returns the changes of value,
-    /// ordered by trigger index.
+    /// ordered by trigger index: the triggers whose items got a sample or an
+    /// error since the last call, and every time-dependent trigger.
     pub fn evaluate(&mut self, now: i64) -> Vec<TriggerChange> {
+        self.run(now, true)
+    }
+
+    /// Like [`Engine::evaluate`], but only the triggers whose items got a
+    /// sample or an error since the last call. A time-dependent value can
+    /// otherwise only change when `now` passes a whole second, so calling this
+    /// after every batch of samples and [`Engine::evaluate`] once per second
+    /// sees every change.
+    pub fn evaluate_changed(&mut self, now: i64) -> Vec<TriggerChange> {
+        self.run(now, false)
+    }
+
+    /// Whether any trigger depends on time (a time window or `nodata`), i.e.
+    /// whether [`Engine::evaluate`] needs calling when no sample arrives.
+    pub fn has_timed(&self) -> bool {
+        !self.timed.is_empty()
+    }
+
+    /// Takes over what a previous engine (before a config reload) knew: the
+    /// sample windows and error states of items both name, the first
+    /// evaluation time, and the value of every trigger id both have. A trigger
+    /// whose expressions are unchanged also keeps its readiness, so it goes on
+    /// being evaluated without waiting for new samples.
+    pub fn carry_over(&mut self, old: &Engine) {
+        self.start = old.start;
+        for (i, name) in self.item_names.iter().enumerate() {
+            let Some(&j) = old.item_lookup.get(name) else {
+                continue;
+            };
+            let (Some(new), Some(prev)) = (self.items.get_mut(i), old.items.get(j as usize)) else {
+                continue;
+            };
+            new.samples = prev.samples.clone();
+            new.last_clock = prev.last_clock;
+            new.seen = prev.seen;
+            new.in_error = prev.in_error;
+            let horizon = new.last_clock.unwrap_or(0).saturating_sub(new.keep_secs);
+            while new.samples.len() > new.keep_n
+                && new.samples.front().is_some_and(|&(c, _)| c <= horizon)
+            {
+                new.samples.pop_front();
+            }
+        }
+        for (index, compiled) in self.compiled.iter().enumerate() {
+            let Some(&j) = old.by_id.get(&compiled.triggerid) else {
+                continue;
+            };
+            let (Some(t), Some(prev), Some(prev_compiled)) = (
+                self.triggers.get_mut(index),
+                old.triggers.get(j),
+                old.compiled.get(j),
+            ) else {
+                continue;
+            };
+            t.value = prev.value;
+            t.last_known = prev.last_known;
+            t.lastchange = prev.lastchange;
+            if prev_compiled.expression == compiled.expression
+                && prev_compiled.recovery == compiled.recovery
+            {
+                t.ready = prev.ready;
+            }
+            if !t.dirty {
+                t.dirty = true;
+                self.dirty.push(u32::try_from(index).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
+    fn run(&mut self, now: i64, timed: bool) -> Vec<TriggerChange> {
         let start = *self.start.get_or_insert(now);
         let mut todo = std::mem::take(&mut self.dirty);
-        todo.extend_from_slice(&self.timed);
+        if timed {
+            todo.extend_from_slice(&self.timed);
+        }
         todo.sort_unstable();
+        todo.dedup();
         let mut changes = Vec::new();
         for &t in &todo {
             let Some(trigger) = self.triggers.get_mut(t as usize) else {

@@ -6,6 +6,10 @@
 //! - [`check_triggers`] / [`compile`]: every trigger of a [`Config`] parsed and
 //!   checked (hosts, keys, windows), errors as `FILE:LINE:COL: message`.
 //! - [`Engine`]: pure evaluation; samples and errors in, [`TriggerChange`]s out.
+//! - [`run`]: the daemon's alarm task (samples from the hosts' live state,
+//!   evaluation on samples and once per second, events stored with retries).
+//! - [`Alarms`]: stored trigger states, events and acknowledgements, the
+//!   uplink messages announcing them, and the API's view.
 //!
 //! # Semantics
 //!
@@ -47,6 +51,7 @@
 mod engine;
 pub mod expr;
 pub mod service;
+mod task;
 #[cfg(test)]
 mod tests;
 
@@ -54,7 +59,11 @@ use std::collections::HashMap;
 
 pub use engine::{Engine, ItemIndex, TriggerChange};
 pub use expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
-pub use service::{AckError, Acknowledgement, Alarms, EventFilter, EventObject, TriggerObject};
+pub use service::{
+    AckError, Acknowledgement, AlarmStats, Alarms, EventFilter, EventObject, TriggerObject,
+    EVENTS_LIMIT, MAX_ACK_BYTES,
+};
+pub use task::run;
 
 use crate::config::Diagnostic;
 use crate::model::{Config, SourcePos};

@@ -536,6 +536,63 @@ fn restore_nodata_problem_without_a_change() {
 }
 
 #[test]
+fn evaluate_changed_sees_samples_of_timed_triggers_and_skips_the_rest() {
+    let mut e = engine(vec![
+        trigger(1, "max(/h/a,10s) > 50", None),
+        trigger(2, "nodata(/h/b,5s)=1", None),
+    ]);
+    let (a, b) = (item(&e, "h", "a"), item(&e, "h", "b"));
+    assert!(e.has_timed());
+    e.on_sample(a, 100, 60.0);
+    e.on_sample(b, 100, 1.0);
+    let changes = e.evaluate_changed(100);
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].triggerid, changes[0].new), (1, Problem));
+    // Time passes without samples: only evaluate() looks at windows.
+    assert!(e.evaluate_changed(111).is_empty());
+    let changes = e.evaluate(111);
+    let got: Vec<(u64, TriggerValue)> = changes.iter().map(|c| (c.triggerid, c.new)).collect();
+    assert_eq!(got, vec![(1, Unknown), (2, Problem)]);
+    let plain = engine(vec![trigger(3, "last(/h/a) > 1", None)]);
+    assert!(!plain.has_timed());
+}
+
+#[test]
+fn carry_over_keeps_windows_values_and_readiness() {
+    let mut old = engine(vec![
+        trigger(1, "avg(/h/a,10s) > 50", None),
+        trigger(2, "last(/h/b) > 5", None),
+        trigger(3, "last(/h/a) > 1000", None),
+    ]);
+    let (a, b) = (item(&old, "h", "a"), item(&old, "h", "b"));
+    for t in 0..5 {
+        old.on_sample(a, t, 100.0);
+    }
+    old.on_sample(b, 4, 10.0);
+    let got: Vec<u64> = old.evaluate(4).iter().map(|c| c.triggerid).collect();
+    assert_eq!(got, vec![1, 2]);
+    // Reload: trigger 1 unchanged, trigger 2 reworded, trigger 3 removed, 4 new.
+    let mut new = engine(vec![
+        trigger(1, "avg(/h/a,10s) > 50", None),
+        trigger(2, "last(/h/b) > 50", None),
+        trigger(4, "min(/h/a,10s) > 99", None),
+    ]);
+    new.carry_over(&old);
+    assert_eq!(new.value(0), Some((Problem, 4)));
+    assert_eq!(new.value(1), Some((Problem, 4)));
+    assert_eq!(new.value(2), Some((OK, 0)));
+    // Trigger 2 is re-evaluated with the kept sample (10 is not > 50); the
+    // new trigger 4 sees the kept window at once.
+    let got: Vec<(u64, TriggerValue)> = new
+        .evaluate(5)
+        .iter()
+        .map(|c| (c.triggerid, c.new))
+        .collect();
+    assert_eq!(got, vec![(2, OK), (4, Problem)]);
+    assert_eq!(new.window_samples(), 6);
+}
+
+#[test]
 fn trigger_hosts_and_first_item() {
     let t = trigger(
         1,

@@ -8,7 +8,6 @@
 //! - the database's commits are failing: commit errors were counted since the
 //!   previous look at `/health` or `/metrics` and no commit succeeded in between.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
@@ -19,7 +18,7 @@ use serde::Serialize;
 
 use super::error::HttpError;
 use super::params::{Params, RawQuery};
-use super::routes::{blocking, json_bytes, to_json};
+use super::routes::{json_bytes, to_json};
 use super::State as AppState;
 use crate::poll::{unix_now, LATENCY_BUCKETS};
 use crate::store::StoreStats;
@@ -275,24 +274,10 @@ impl Exposition {
     }
 }
 
-/// Triggers per current value (the alarm service may read its tables).
-type TriggerCounts = BTreeMap<String, u64>;
-
 /// `GET /metrics`
 pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
     Params::parse(q, &[])?;
     let gateway = st.gateway.clone();
-    let triggers: TriggerCounts = {
-        let alarms = gateway.alarms.clone();
-        blocking(move || {
-            let mut counts = BTreeMap::new();
-            for t in alarms.triggers() {
-                *counts.entry(t.value).or_insert(0u64) += 1;
-            }
-            Ok(counts)
-        })
-        .await?
-    };
     let running = gateway.running();
     let mut m = Exposition::default();
     let id = running.config.gateway.id.as_str();
@@ -500,11 +485,27 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "Write attempts that could not reach the device (retried) since start-up.",
         writes.unreachable as f64,
     );
+    let alarms = gateway.alarms.stats();
     m.family("modbridge_triggers", "gauge", "Triggers by current value.");
-    for value in ["OK", "problem", "unknown"] {
-        let n = triggers.get(value).copied().unwrap_or(0);
+    for (value, n) in [
+        ("OK", alarms.ok),
+        ("problem", alarms.problem),
+        ("unknown", alarms.unknown),
+    ] {
         m.sample("modbridge_triggers", &[("value", value)], n as f64);
     }
+    m.single(
+        "modbridge_events_total",
+        "counter",
+        "Alarm events recorded since start-up.",
+        alarms.events as f64,
+    );
+    m.single(
+        "modbridge_alarm_storage_errors_total",
+        "counter",
+        "Failed attempts to store alarm events since start-up (retried).",
+        alarms.storage_errors as f64,
+    );
     st.commits.failing(&stats);
     Ok((
         [

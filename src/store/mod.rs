@@ -190,7 +190,9 @@ pub struct StoreOptions {
     /// Memory cap for samples not yet committed (push buffer, and again for
     /// history points kept after failed commits); beyond it the oldest are dropped.
     pub max_buffered: usize,
-    /// A buffer this full wakes the writer before its tick (bulk loads only).
+    /// A buffer this full wakes the writer to drain it (apply deadband and
+    /// trends) before its next drain tick; keeps the buffer small when many
+    /// hosts deliver at the same instant. Commits still happen at their tick.
     pub high_water: usize,
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
@@ -210,7 +212,7 @@ impl Default for StoreOptions {
             retention_interval: Duration::from_secs(3600),
             size_check_interval: Duration::from_secs(10),
             max_buffered: 2_000_000,
-            high_water: 500_000,
+            high_water: 16_384,
             busy_timeout: Duration::from_secs(5),
             tick_phase: None,
         }
@@ -262,7 +264,7 @@ pub(crate) struct Settings {
 
 /// State shared between handles and the writer, under one mutex.
 pub(crate) struct Shared {
-    buf: Vec<Sample>,
+    buf: Vec<Packed>,
     /// `close` was called: pushes are refused.
     closed: bool,
     /// The writer should do its final commit and stop.
@@ -282,6 +284,16 @@ pub(crate) struct Shared {
     hw_notified: bool,
     refused_pushes: u64,
     dropped_pushes: u64,
+    bad_clocks: u64,
+}
+
+/// A sample as the store keeps it in memory: (item, clock, value), 16 bytes
+/// (at 100,000 samples per second the buffers matter).
+pub(crate) type Packed = (ItemId, u32, f64);
+
+/// None for a clock outside what history can hold (1970..2106).
+fn pack(s: &Sample) -> Option<Packed> {
+    u32::try_from(s.clock).ok().map(|c| (s.item, c, s.value))
 }
 
 /// The current hour's trend accumulator of one item.
@@ -334,17 +346,29 @@ impl TrendAcc {
 /// Per-item state readers also see: the newest history point, the current trend bucket.
 #[derive(Default)]
 pub(crate) struct Live {
-    pub last: Vec<Option<(i64, f64)>>,
+    /// Per item: (clock, value) of the newest history point; clock `i64::MIN` when none.
+    pub last: Vec<(i64, f64)>,
     pub cur: Vec<Option<TrendAcc>>,
 }
+
+/// "No history point yet" in [`Live::last`].
+pub(crate) const NO_POINT: (i64, f64) = (i64::MIN, 0.0);
 
 impl Live {
     pub fn ensure(&mut self, id: ItemId) {
         let n = id as usize + 1;
         if self.last.len() < n {
-            self.last.resize(n, None);
+            self.last.resize(n, NO_POINT);
             self.cur.resize(n, None);
         }
+    }
+
+    /// The newest history point of an item.
+    pub fn last(&self, id: ItemId) -> Option<(i64, f64)> {
+        self.last
+            .get(id as usize)
+            .copied()
+            .filter(|p| p.0 != i64::MIN)
     }
 }
 
@@ -459,6 +483,7 @@ impl Store {
                 hw_notified: false,
                 refused_pushes: 0,
                 dropped_pushes: 0,
+                bad_clocks: 0,
             }),
             wake: Condvar::new(),
             done: Condvar::new(),
@@ -513,7 +538,18 @@ impl Store {
             }
             return;
         }
-        s.buf.extend_from_slice(samples);
+        let before = s.buf.len();
+        s.buf.extend(samples.iter().filter_map(pack));
+        let bad = samples.len() - (s.buf.len() - before);
+        if bad > 0 {
+            s.bad_clocks += bad as u64;
+            if s.bad_clocks == bad as u64 || s.bad_clocks.is_power_of_two() {
+                tracing::warn!(
+                    count = s.bad_clocks,
+                    "samples with a clock outside 1970..2106 dropped"
+                );
+            }
+        }
         inner
             .counters
             .samples_received
@@ -708,7 +744,7 @@ impl Store {
     /// Includes points not yet committed.
     pub fn latest(&self, item: ItemId) -> Result<Option<(i64, f64)>, StoreError> {
         let live = lock(&self.inner.live);
-        Ok(live.last.get(item as usize).copied().flatten())
+        Ok(live.last(item))
     }
 
     /// Unsent outbox messages with `seq > after_seq`, ascending, at most `max_messages`.

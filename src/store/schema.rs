@@ -84,8 +84,8 @@ CREATE INDEX config_requests_pending ON config_requests(status) WHERE status = '
 -- The last value of every trigger, so a restart neither repeats nor loses an event.
 CREATE TABLE trigger_states (
     triggerid  INTEGER PRIMARY KEY,
-    value      TEXT NOT NULL,
-    lastchange INTEGER NOT NULL
+    value      TEXT NOT NULL,      -- OK | problem | unknown
+    lastchange INTEGER NOT NULL    -- 0: never changed
 );
 CREATE TABLE events (
     eventid       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,6 +99,7 @@ CREATE TABLE events (
     severity_text TEXT NOT NULL
 );
 CREATE INDEX events_clock ON events(clock);
+CREATE INDEX events_item ON events(host, key);
 CREATE TABLE acknowledgements (
     eventid INTEGER NOT NULL,
     clock   INTEGER NOT NULL,
@@ -112,6 +113,11 @@ CREATE TABLE uplink (
     topic    TEXT NOT NULL,    -- below the gateway's root, e.g. events, triggers/17
     payload  TEXT NOT NULL,
     retained INTEGER NOT NULL
+);
+-- Topics of the retained host metadata published on MQTT (R/hosts/<host>), so
+-- that a host removed from the config gets its retained message cleared.
+CREATE TABLE mqtt_hosts (
+    topic TEXT PRIMARY KEY
 );
 ";
 
@@ -147,6 +153,8 @@ pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError>
         .map_err(err)?;
     conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
         .map_err(err)?;
+    // 1 MiB of page cache: commits append and compaction reads recent pages.
+    conn.pragma_update(None, "cache_size", -1024).map_err(err)?;
     migrate(&conn, version).map_err(|e| match e {
         StoreError::Sqlite(source) => err(source),
         other => other,
@@ -193,6 +201,8 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
     )
     .map_err(err)?;
     conn.busy_timeout(busy).map_err(err)?;
+    // Queries are short range scans; a small page cache keeps the daemon small.
+    conn.pragma_update(None, "cache_size", -512).map_err(err)?;
     Ok(conn)
 }
 
@@ -200,8 +210,11 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
 /// compact: at 100,000 items this is a large share of the daemon's memory.
 #[derive(Debug, Default, Clone)]
 pub struct Items {
-    /// Indexed by item id: (host id, key); None for ids not in use.
-    all: Vec<Option<(u32, Box<str>)>>,
+    /// Indexed by item id: (host id, start, length) of its key in `keys`;
+    /// host id `u32::MAX` for ids not in use.
+    all: Vec<(u32, u32, u16)>,
+    /// Every key, one after another.
+    keys: String,
     /// host id -> host name.
     pub hosts: HashMap<u32, Arc<str>>,
     /// host name -> ids of its items in the current config, sorted by key.
@@ -211,11 +224,25 @@ pub struct Items {
 impl Items {
     /// (host id, key) of an item.
     pub fn get(&self, id: ItemId) -> Option<(u32, &str)> {
-        self.all.get(id as usize)?.as_ref().map(|(h, k)| (*h, &**k))
+        let &(hid, start, len) = self.all.get(id as usize)?;
+        if hid == u32::MAX {
+            return None;
+        }
+        let start = start as usize;
+        Some((hid, self.keys.get(start..start + usize::from(len))?))
     }
 
     fn key(&self, id: ItemId) -> &str {
         self.get(id).map(|(_, k)| k).unwrap_or("")
+    }
+
+    fn insert(&mut self, id: usize, hid: u32, key: &str) {
+        if self.all.len() <= id {
+            self.all.resize(id + 1, (u32::MAX, 0, 0));
+        }
+        let start = self.keys.len().min(u32::MAX as usize) as u32;
+        self.keys.push_str(key);
+        self.all[id] = (hid, start, key.len().min(u16::MAX as usize) as u16);
     }
 
     /// The id of a configured item.
@@ -258,9 +285,9 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
     let mut items = load_items(conn)?;
     // Every item id per host id, sorted by key.
     let mut by_host: HashMap<u32, Vec<ItemId>> = HashMap::new();
-    for (id, slot) in items.all.iter().enumerate() {
-        if let Some((hid, _)) = slot {
-            by_host.entry(*hid).or_default().push(id as ItemId);
+    for (id, &(hid, _, _)) in items.all.iter().enumerate() {
+        if hid != u32::MAX {
+            by_host.entry(hid).or_default().push(id as ItemId);
         }
     }
     let mut current = HashMap::new();
@@ -290,16 +317,18 @@ fn load_items(conn: &Connection) -> Result<Items, StoreError> {
     }
     let max: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM items", [], |r| r.get(0))?;
     items.all = Vec::with_capacity(max.max(0) as usize + 1);
+    let bytes: i64 =
+        conn.query_row("SELECT coalesce(sum(length(key)), 0) FROM items", [], |r| {
+            r.get(0)
+        })?;
+    items.keys = String::with_capacity(bytes.max(0) as usize);
     let mut st = conn.prepare("SELECT id, host_id, key FROM items ORDER BY id")?;
     let mut rows = st.query([])?;
     while let Some(row) = rows.next()? {
         let id = row.get::<_, i64>(0)?.max(0) as usize;
         let hid = row.get::<_, i64>(1)? as u32;
         let key = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-        if items.all.len() <= id {
-            items.all.resize(id + 1, None);
-        }
-        items.all[id] = Some((hid, Box::from(key)));
+        items.insert(id, hid, key);
     }
     Ok(items)
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::codec::{self, RowBuilder};
 use super::ItemSetting;
 use super::{
-    lock, Inner, ItemId, Sample, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
+    lock, Inner, ItemId, Packed, Settings, StoreError, TrendAcc, CHUNK_TARGET_BYTES,
     MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE,
 };
 use crate::model::StorageSpec;
@@ -27,8 +27,9 @@ pub(crate) struct Writer {
     sent_on_insert: bool,
     /// Indexed by item id.
     items: Vec<ItemSetting>,
-    /// History points not yet committed, in arrival order (so in clock order per item).
-    pending: Vec<(ItemId, i64, f64)>,
+    /// History points not yet committed, in arrival order (so in clock order
+    /// per item): (item, clock, value); 16 bytes each.
+    pending: Vec<(ItemId, u32, f64)>,
     /// Reused per commit: one item's points.
     scratch: Vec<(i64, f64)>,
     /// Trend contributions to hours already closed (late samples), merged on write.
@@ -39,7 +40,7 @@ pub(crate) struct Writer {
     last_trend_flush: Instant,
     last_retention: Option<Instant>,
     last_size_check: Instant,
-    spare: Vec<Sample>,
+    spare: Vec<Packed>,
     unknown_items: u64,
     failing_since: Option<Instant>,
     consecutive_failures: u64,
@@ -56,6 +57,9 @@ impl Drop for AliveGuard {
         self.0.done.notify_all();
     }
 }
+
+/// Pending history points that trigger a commit before the tick.
+const EARLY_COMMIT_POINTS: usize = 120_000;
 
 /// How often the writer drains the push buffer between commits.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -174,7 +178,7 @@ impl Writer {
         let mut live = lock(&self.inner.live);
         for (id, p) in last {
             live.ensure(id);
-            live.last[id as usize] = Some(p);
+            live.last[id as usize] = p;
         }
         let mut st = self
             .conn
@@ -259,6 +263,10 @@ impl Writer {
                 self.process(&batch);
                 batch.clear();
                 self.spare = batch;
+                // A burst (e.g. the first poll right after start-up followed
+                // by the first aligned one) commits early rather than growing
+                // the pending list without bound.
+                let commit_now = commit_now || self.pending.len() >= EARLY_COMMIT_POINTS;
                 if commit_now {
                     let mut s = lock(&inner.shared);
                     // Anything pushed while processing goes into this commit too.
@@ -318,63 +326,63 @@ impl Writer {
     }
 
     /// Deadband/heartbeat and trends for a batch of samples.
-    fn process(&mut self, batch: &[Sample]) {
+    fn process(&mut self, batch: &[Packed]) {
         if batch.is_empty() {
             return;
         }
         let inner = self.inner.clone();
         let mut live = lock(&inner.live);
-        for s in batch {
-            let id = s.item as usize;
+        for &(item, clock, value) in batch {
+            let clock = i64::from(clock);
+            let id = item as usize;
             let Some(it) = self.items.get(id).filter(|it| it.active) else {
                 self.unknown_items += 1;
                 if self.unknown_items.is_power_of_two() {
                     tracing::warn!(
-                        item = s.item,
+                        item = item,
                         count = self.unknown_items,
                         "samples for unknown items dropped"
                     );
                 }
                 continue;
             };
-            if !s.value.is_finite() {
+            if !value.is_finite() {
                 continue;
             }
             if live.last.len() <= id {
-                live.ensure(s.item);
+                live.ensure(item);
             }
             // Trend: every good sample.
-            let hour = s.clock - s.clock.rem_euclid(3600);
+            let hour = clock - clock.rem_euclid(3600);
             match &mut live.cur[id] {
-                Some(acc) if acc.hour == hour => acc.add(s.value),
+                Some(acc) if acc.hour == hour => acc.add(value),
                 Some(acc) if acc.hour < hour => {
                     if acc.dirty {
-                        self.closed.push((s.item, *acc));
+                        self.closed.push((item, *acc));
                     }
-                    *acc = TrendAcc::new(hour, s.value);
+                    *acc = TrendAcc::new(hour, value);
                 }
                 Some(_) => {
                     self.late
-                        .entry((s.item, hour))
-                        .and_modify(|a| a.add(s.value))
-                        .or_insert_with(|| TrendAcc::new(hour, s.value));
+                        .entry((item, hour))
+                        .and_modify(|a| a.add(value))
+                        .or_insert_with(|| TrendAcc::new(hour, value));
                 }
-                slot @ None => *slot = Some(TrendAcc::new(hour, s.value)),
+                slot @ None => *slot = Some(TrendAcc::new(hour, value)),
             }
             // History: deadband and heartbeat against the last history point.
-            let is_point = match live.last[id] {
+            let is_point = match live.last(item) {
                 None => true,
                 Some((lc, lv)) => {
-                    s.clock > lc
+                    clock > lc
                         && (it.deadband.is_nan()
-                            || (s.value - lv).abs() >= it.deadband
-                            || (it.heartbeat != u32::MAX
-                                && s.clock - lc >= i64::from(it.heartbeat)))
+                            || (value - lv).abs() >= it.deadband
+                            || (it.heartbeat != u32::MAX && clock - lc >= i64::from(it.heartbeat)))
                 }
             };
             if is_point {
-                live.last[id] = Some((s.clock, s.value));
-                self.pending.push((s.item, s.clock, s.value));
+                live.last[id] = (clock, value);
+                self.pending.push((item, clock as u32, value));
             }
         }
         drop(live);
@@ -386,7 +394,7 @@ impl Writer {
 
     /// Memory cap after failed commits: drops the oldest pending points.
     fn drop_oldest_pending(&mut self, excess: usize) {
-        let mut clocks: Vec<i64> = self.pending.iter().map(|p| p.1).collect();
+        let mut clocks: Vec<u32> = self.pending.iter().map(|p| p.1).collect();
         if excess == 0 || clocks.is_empty() {
             return;
         }
@@ -498,7 +506,7 @@ impl Writer {
             self.scratch.clear();
             while end < self.pending.len() && self.pending[end].0 == id {
                 self.scratch
-                    .push((self.pending[end].1, self.pending[end].2));
+                    .push((i64::from(self.pending[end].1), self.pending[end].2));
                 end += 1;
             }
             start = end;
