@@ -4,6 +4,8 @@
 
 #[path = "common/api_gateway.rs"]
 mod api_gateway;
+#[path = "support/broker.rs"]
+mod broker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
@@ -828,6 +830,64 @@ async fn health_reports_links_and_turns_503_when_a_device_is_gone() {
             .expect("cycles");
     }
     assert_eq!(gw.get("/health").await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_the_mqtt_link_and_counts_the_backlog() {
+    let mut broker = broker::Broker::start();
+    let gw = TestGateway::start(&format!(
+        "\n[mqtt]\nurl = \"{}\"\nkeep_alive = \"5s\"\n",
+        broker.url(false)
+    ))
+    .await;
+    broker::eventually("the MQTT connection", Duration::from_secs(20), || {
+        gw.gateway.mqtt.is_connected()
+    })
+    .await;
+    let r = gw.get("/health").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["mqtt"]["configured"], true);
+    assert_eq!(h["mqtt"]["connected"], true);
+    let m = parse_exposition(&gw.get("/metrics").await.body);
+    assert_eq!(m["modbridge_mqtt_configured"], 1.0);
+    assert_eq!(m["modbridge_mqtt_connected"], 1.0);
+
+    // The broker goes away: degraded, and the data waits in the backlog.
+    broker.stop();
+    broker::eventually("the MQTT link to drop", Duration::from_secs(30), || {
+        !gw.gateway.mqtt.is_connected()
+    })
+    .await;
+    gw.cycles(2).await;
+    let r = gw.get("/health").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let h = r.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["mqtt"]["connected"], false);
+    assert!(
+        h["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("MQTT")),
+        "{h}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = gw.get("/health").await.json();
+        if h["mqtt"]["backlog"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backlog while the broker is down: {h}"
+        );
+        gw.cycles(1).await;
+    }
+    let m = parse_exposition(&gw.get("/metrics").await.body);
+    assert_eq!(m["modbridge_mqtt_connected"], 0.0);
     gw.stop().await;
 }
 
