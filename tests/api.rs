@@ -1256,3 +1256,59 @@ async fn write_and_ack_commands_against_a_running_gateway() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_moves_to_a_free_port_when_8080_is_taken_and_says_where() {
+    // Hold the demo's port (if someone else already holds it, it is taken anyway).
+    let _held = std::net::TcpListener::bind("127.0.0.1:8080");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--duration",
+            "4s",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let stdout = child.stdout.take().unwrap();
+    let url_line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("Status page: http://"));
+        std::thread::spawn(move || for _ in lines {});
+        found
+    })
+    .await
+    .unwrap()
+    .expect("the demo prints its status page URL");
+    assert!(
+        url_line.contains("is taken, so the demo uses"),
+        "{url_line}"
+    );
+    let addr: std::net::SocketAddr = url_line
+        .trim_start_matches("Status page: http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 8080);
+    let r = http(addr, "GET", "/hosts", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The demo's config names the port it got, so `write`/`ack -c` find it.
+    let config = std::fs::read_to_string(dir.path().join("modbridge.toml")).unwrap();
+    assert!(config.contains(&format!("listen = \"{addr}\"")), "{config}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
