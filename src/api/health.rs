@@ -208,6 +208,45 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
     Ok(res)
 }
 
+/// What `/metrics` shows of a host, taken under its lock without copying its items.
+struct HostFigures {
+    link_up: bool,
+    polls: u64,
+    requests: u64,
+    request_errors: u64,
+    consecutive_errors: u32,
+    ok: usize,
+    error: usize,
+    unknown: usize,
+    latency_buckets: Vec<u64>,
+    latency_sum: f64,
+}
+
+impl HostFigures {
+    fn of(l: &crate::poll::HostLive) -> HostFigures {
+        let (mut ok, mut error, mut unknown) = (0, 0, 0);
+        for i in &l.items {
+            match i.state {
+                crate::poll::ItemState::Ok => ok += 1,
+                crate::poll::ItemState::Error => error += 1,
+                crate::poll::ItemState::Unknown => unknown += 1,
+            }
+        }
+        HostFigures {
+            link_up: l.link_up,
+            polls: l.polls,
+            requests: l.requests,
+            request_errors: l.request_errors,
+            consecutive_errors: l.consecutive_errors,
+            ok,
+            error,
+            unknown,
+            latency_buckets: l.latency_buckets.clone(),
+            latency_sum: l.latency_sum,
+        }
+    }
+}
+
 /// Prometheus text exposition (format 0.0.4).
 #[derive(Default)]
 pub struct Exposition {
@@ -288,17 +327,20 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         1.0,
     );
 
-    let lives: Vec<(String, crate::poll::HostLive)> = running
+    let lives: Vec<(String, HostFigures)> = running
         .config
         .hosts
         .iter()
-        .filter_map(|h| Some((h.host.clone(), running.hosts.get(&h.host)?.lock().clone())))
+        .filter_map(|h| {
+            let live = running.hosts.get(&h.host)?;
+            Some((h.host.clone(), HostFigures::of(&live.lock())))
+        })
         .collect();
     let per_host = |m: &mut Exposition,
                     name: &str,
                     kind: &str,
                     help: &str,
-                    f: &dyn Fn(&crate::poll::HostLive) -> f64| {
+                    f: &dyn Fn(&HostFigures) -> f64| {
         m.family(name, kind, help);
         for (host, l) in &lives {
             m.sample(name, &[("host", host)], f(l));
@@ -345,15 +387,10 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "Items per host and state (ok, error, unknown).",
     );
     for (host, l) in &lives {
-        for state in [
-            crate::poll::ItemState::Ok,
-            crate::poll::ItemState::Error,
-            crate::poll::ItemState::Unknown,
-        ] {
-            let n = l.items.iter().filter(|i| i.state == state).count();
+        for (state, n) in [("ok", l.ok), ("error", l.error), ("unknown", l.unknown)] {
             m.sample(
                 "modbridge_items",
-                &[("host", host), ("state", state.as_str())],
+                &[("host", host), ("state", state)],
                 n as f64,
             );
         }
