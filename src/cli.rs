@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `read`, `probe`, `demo`, `simulate`.
+//! The command line: `run`, `check`, `read`, `probe`, `write`, `ack`, `demo`, `simulate`.
 //!
 //! Exit status: 0 success, 2 bad config or bad usage, 1 anything else.
 
@@ -78,6 +78,41 @@ pub enum Command {
         #[arg(long, default_value = "1s")]
         timeout: String,
     },
+    /// Ask the running gateway (through its HTTP API) to write a value to a
+    /// configurable item, and wait for the device's answer.
+    Write {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The host id.
+        #[arg(long)]
+        host: String,
+        /// The item's key.
+        #[arg(long)]
+        key: String,
+        /// The value to write, in engineering units.
+        #[arg(long, allow_negative_numbers = true)]
+        target: f64,
+        /// Write only if the device holds this value now.
+        #[arg(long, allow_negative_numbers = true)]
+        expected: Option<f64>,
+        /// An id of yours, echoed in the item's config.
+        #[arg(long)]
+        id: Option<String>,
+        /// How long to wait for the outcome ("0s": only submit).
+        #[arg(long, default_value = "15s")]
+        wait: String,
+    },
+    /// Acknowledge an alarm event on the running gateway (through its HTTP API).
+    Ack {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The event's id.
+        #[arg(long)]
+        event: u64,
+        /// What was done.
+        #[arg(long)]
+        message: String,
+    },
     /// A self-contained demo: a simulated heat pump on loopback, polled by the gateway.
     Demo {
         /// Stop after this long (e.g. "30s"); default: run until Ctrl-C.
@@ -139,6 +174,28 @@ pub fn main(cli: Cli) -> ExitCode {
             parity,
             timeout,
         })),
+        Command::Write {
+            config,
+            host,
+            key,
+            target,
+            expected,
+            id,
+            wait,
+        } => runtime.block_on(cmd_write(WriteArgs {
+            config,
+            host,
+            key,
+            target,
+            expected,
+            id,
+            wait,
+        })),
+        Command::Ack {
+            config,
+            event,
+            message,
+        } => runtime.block_on(cmd_ack(&config, event, &message)),
         Command::Demo { duration, dir } => runtime.block_on(cmd_demo(duration, dir)),
         Command::Simulate {
             devices,
@@ -498,6 +555,241 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
     }
 }
 
+/// How long `write` and `ack` wait for one answer of the API.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Headers every `write`/`ack` request carries.
+type ApiHeaders = Vec<(&'static str, String)>;
+
+/// Where the running gateway's API is, and the headers every request carries:
+/// the bearer token (if `token_file` is set) and the user, for the audit
+/// trail (`cli <user>`; the API trusts it from loopback peers only).
+fn api_target(
+    config: &crate::model::Config,
+    command: &str,
+) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
+    let addr = crate::api::client::connect_addr(config.api.listen);
+    if addr.port() == 0 {
+        eprintln!(
+            "modbridge {command}: [api] listen in {} has port 0; give the port the gateway listens on",
+            config.path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    let mut headers = vec![(crate::api::USER_HEADER, cli_user())];
+    if let Some(path) = &config.api.token_file {
+        match std::fs::read(path) {
+            Ok(bytes) => headers.push((
+                "Authorization",
+                format!("Bearer {}", String::from_utf8_lossy(bytes.trim_ascii())),
+            )),
+            Err(e) => {
+                eprintln!(
+                    "modbridge {command}: cannot read the API token file {}: {e}",
+                    path.display()
+                );
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    Ok((addr, headers))
+}
+
+/// The user running the command (the one who called sudo, if so).
+fn cli_user() -> String {
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            let u = u.trim();
+            if !u.is_empty() && u.chars().count() <= 64 && !u.chars().any(char::is_control) {
+                return u.to_string();
+            }
+        }
+    }
+    "unknown".to_string()
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+struct WriteArgs {
+    config: PathBuf,
+    host: String,
+    key: String,
+    target: f64,
+    expected: Option<f64>,
+    id: Option<String>,
+    wait: String,
+}
+
+async fn cmd_write(args: WriteArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("modbridge write: {msg}");
+        ExitCode::from(2)
+    };
+    if !args.target.is_finite() {
+        return usage("--target must be a finite number".into());
+    }
+    if args.expected.is_some_and(|e| !e.is_finite()) {
+        return usage("--expected must be a finite number".into());
+    }
+    let wait = match crate::units::parse_duration(&args.wait) {
+        Ok(w) => w,
+        Err(e) => return usage(format!("--wait: {e}")),
+    };
+    let config = match load_or_report(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (addr, headers) = match api_target(&config, "write") {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut body = serde_json::json!({ "target": args.target });
+    if let Some(e) = args.expected {
+        body["expected"] = serde_json::json!(e);
+    }
+    if let Some(id) = &args.id {
+        body["id"] = serde_json::json!(id);
+    }
+    let path = format!(
+        "/hosts/{}/items/{}/config",
+        crate::api::client::encode(&args.host),
+        crate::api::client::encode(&args.key)
+    );
+    let sent = body.to_string();
+    let answer = crate::api::client::request(
+        addr,
+        "PUT",
+        &path,
+        &headers,
+        Some(sent.as_bytes()),
+        API_TIMEOUT,
+    )
+    .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("modbridge write: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let accepted = match (answer.status, answer.json()) {
+        (202, Some(obj)) => obj,
+        (status, _) => {
+            eprintln!(
+                "modbridge write: refused ({status}): {}",
+                answer.error_message()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    // Follow the request until the device answered (or the wait is over).
+    let mut current = accepted.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    while current["status"] == "PENDING" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match crate::api::client::request(addr, "GET", &path, &headers, None, API_TIMEOUT).await {
+            Ok(a) if a.status == 200 => match a.json() {
+                Some(obj) => {
+                    let same = ["lastclock", "target", "audit", "id"]
+                        .iter()
+                        .all(|f| obj[*f] == accepted[*f]);
+                    if !same {
+                        println!("{}", pretty(&current));
+                        eprintln!(
+                            "modbridge write: superseded by a newer request for {}/{}",
+                            args.host, args.key
+                        );
+                        return ExitCode::from(1);
+                    }
+                    current = obj;
+                }
+                None => break,
+            },
+            Ok(a) => {
+                eprintln!(
+                    "modbridge write: cannot follow the request ({}): {}",
+                    a.status,
+                    a.error_message()
+                );
+                break;
+            }
+            Err(e) => {
+                eprintln!("modbridge write: cannot follow the request: {e}");
+                break;
+            }
+        }
+    }
+    println!("{}", pretty(&current));
+    match current["status"].as_str() {
+        Some("SUCCESS") => ExitCode::SUCCESS,
+        Some("PENDING") if wait.is_zero() => ExitCode::SUCCESS,
+        Some("PENDING") => {
+            eprintln!(
+                "modbridge write: still PENDING after {}: the device has not been reached; the gateway keeps trying until the request expires",
+                crate::units::format_duration(wait)
+            );
+            ExitCode::from(1)
+        }
+        _ => {
+            eprintln!(
+                "modbridge write: FAILED: {}",
+                current["reason"].as_str().unwrap_or("no reason given")
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn cmd_ack(path: &Path, event: u64, message: &str) -> ExitCode {
+    if message.trim().is_empty() {
+        eprintln!("modbridge ack: --message must not be empty");
+        return ExitCode::from(2);
+    }
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (addr, headers) = match api_target(&config, "ack") {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = serde_json::json!({ "message": message }).to_string();
+    let answer = crate::api::client::request(
+        addr,
+        "POST",
+        &format!("/events/{event}/acknowledgements"),
+        &headers,
+        Some(body.as_bytes()),
+        API_TIMEOUT,
+    )
+    .await;
+    match answer {
+        Ok(a) if a.status == 201 => {
+            match a.json() {
+                Some(v) => println!("{}", pretty(&v)),
+                None => println!("{}", String::from_utf8_lossy(&a.body)),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!(
+                "modbridge ack: refused ({}): {}",
+                a.status,
+                a.error_message()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("modbridge ack: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// The demo's config template; its connection and data_dir are replaced at start.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 /// The device profile the demo's simulated heat pump serves.
@@ -549,7 +841,21 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     let config_path = dir.join("modbridge.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let config = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The API: on the configured port, or on a free one if that is taken (the
+    // config file is then rewritten, so `write`/`ack` with it find the demo).
+    let api = crate::api::Server::bind_or_free_port(&config.api).await?;
+    let api_addr = api.local_addr();
+    let moved = api_addr != config.api.listen;
+    if moved {
+        let text = text.replace(
+            &format!("listen = \"{}\"", config.api.listen),
+            &format!("listen = \"{api_addr}\""),
+        );
+        std::fs::write(&config_path, &text)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        config = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     for host in &config.hosts {
         device.animate(&host.items);
     }
@@ -563,24 +869,57 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         .first()
         .map(|i| i.key.clone())
         .unwrap_or_default();
+    let write_hint = host
+        .items
+        .iter()
+        .find(|i| i.configurable)
+        .map(|i| {
+            let target = match (i.lower_bound(), i.upper_bound()) {
+                (Some(lo), Some(hi)) => ((lo + hi) / 2.0).round(),
+                (Some(lo), None) => lo,
+                (None, Some(hi)) => hi,
+                (None, None) => 1.0,
+            };
+            format!(
+                "\x20 modbridge write -c {} --host {} --key {} --target {}\n",
+                config_path.display(),
+                host.host,
+                i.key,
+                format_value(target)
+            )
+        })
+        .unwrap_or_default();
+    let moved_note = if moved {
+        format!(
+            " (port {} is taken, so the demo uses {})",
+            config.api.listen.port(),
+            api_addr.port()
+        )
+    } else {
+        String::new()
+    };
     println!(
         "modbridge demo\n\
          \n\
          A simulated NIBE F1345 heat pump is serving Modbus TCP on {addr}.\n\
          The gateway polls it every {} and keeps history in {}.\n\
          \n\
+         Status page: http://{api}/{moved_note}\n\
+         \n\
          Try, in another terminal:\n\
          \x20 modbridge check -c {cfg}\n\
          \x20 modbridge read  -c {cfg} --host {host}\n\
          \x20 modbridge probe --connection tcp://{addr} --table input --address 0 --count 12\n\
          \x20 curl http://{api}/hosts/{host}/items/{first_key}/history\n\
+         \x20 curl http://{api}/metrics\n\
+         {write_hint}\
          \n\
          Ctrl-C stops the demo.\n",
         crate::units::format_duration(host.poll_interval),
         dir.join("data").display(),
         cfg = config_path.display(),
         host = host.host,
-        api = config.api.listen,
+        api = api_addr,
     );
     let live = gateway.host(&host.host);
     let host_spec = host.clone();
@@ -623,7 +962,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
             () = printer => {}
         }
     };
-    daemon::run_gateway(gateway, stop).await?;
+    daemon::run_gateway_with_api(gateway, Some(api), stop).await?;
     drop(server);
     println!(
         "demo stopped; history kept in {}",

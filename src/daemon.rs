@@ -24,6 +24,8 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigErrors),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// The part of the gateway a config reload replaces.
@@ -152,6 +154,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let path = config.path.clone();
     // Before anything else: from here on a SIGHUP is a reload, never fatal.
     let hup = hangup_signals();
+    // The API's port and token file are checked before anything else starts.
+    let api = crate::api::Server::bind(&config.api).await?;
     let gateway = open(config)?;
     let reloader = gateway.clone();
     let hangups = async move {
@@ -163,7 +167,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             crate::notify::reloaded(reload_from_file(&reloader, &path));
         }
     };
-    let run = run_gateway(gateway, shutdown);
+    let run = run_gateway_with_api(gateway, Some(api), shutdown);
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => r,
@@ -271,8 +275,20 @@ fn start_host(
 pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs an opened gateway until `shutdown` completes.
+/// Runs an opened gateway until `shutdown` completes, without the HTTP API.
 pub async fn run_gateway(
     gateway: Gateway,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_gateway_with_api(gateway, None, shutdown).await
+}
+
+/// Runs an opened gateway until `shutdown` completes, serving the HTTP API on
+/// `api` (bound by the caller: `run` refuses a taken port, `demo` falls back
+/// to a free one, tests bind port 0) until then.
+pub async fn run_gateway_with_api(
+    gateway: Gateway,
+    api: Option<crate::api::Server>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let cancel = CancellationToken::new();
@@ -312,6 +328,8 @@ pub async fn run_gateway(
     sync_hosts(&mut tasks);
     let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads.subscribe());
     tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
+    let api_stop = CancellationToken::new();
+    let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),
@@ -333,6 +351,16 @@ pub async fn run_gateway(
     }
     tracing::info!("shutting down");
     systemd.stopping();
+    api_stop.cancel();
+    if let Some(mut task) = api_task {
+        // Requests under way get a moment to finish; the store is still open.
+        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(HOST_DRAIN, tracker.wait())

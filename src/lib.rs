@@ -10,12 +10,14 @@
 //! - [`decode`]: pure. Registers <-> engineering values, every type and byte order.
 //! - [`poll`]: one task per host: schedule, read, decode, narrow exceptions, live item state.
 //! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
+//! - [`api`]: the local HTTP API, `/health`, `/metrics` and the status page.
 //! - [`daemon`]: wires the above together for `modbridge run`, with clean shutdown.
 //! - [`notify`]: systemd's readiness, watchdog and status notifications.
 //! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
 //! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
 
 pub mod alarm;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

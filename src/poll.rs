@@ -161,7 +161,8 @@ pub struct HostReader {
     /// is read alone); a refused gap between items gets a cut at the next item.
     cuts: BTreeSet<(Table, u16)>,
     /// Plans by the set of due items, so a recurring cycle is planned once.
-    plans: HashMap<Vec<usize>, Arc<[ReadRequest]>>,
+    /// Plans by the set of items they read (as u32: half the memory).
+    plans: HashMap<Box<[u32]>, Arc<[ReadRequest]>>,
 }
 
 /// What one cycle did on the wire.
@@ -201,7 +202,8 @@ impl HostReader {
     /// The requests that read `items` (sorted indices) now: the planner's
     /// fewest requests, but never across a learned cut.
     pub fn requests_for(&mut self, items: &[usize]) -> Arc<[ReadRequest]> {
-        if let Some(p) = self.plans.get(items) {
+        let key: Box<[u32]> = items.iter().map(|&i| i as u32).collect();
+        if let Some(p) = self.plans.get(&key) {
             return p.clone();
         }
         let mut sorted: Vec<usize> = items.to_vec();
@@ -241,7 +243,7 @@ impl HostReader {
             requests.extend(plan::plan_items(&self.host, &segment));
         }
         let requests: Arc<[ReadRequest]> = requests.into();
-        self.plans.insert(items.to_vec(), requests.clone());
+        self.plans.insert(key, requests.clone());
         requests
     }
 
@@ -607,27 +609,42 @@ pub async fn run_host_with_writes(
         let now = Instant::now();
         // A little slack so that groups due within the same millisecond merge.
         let horizon = now + Duration::from_millis(2);
-        let mut due: Vec<usize> = Vec::new();
-        for (g, (interval, items)) in groups.iter().enumerate() {
-            if next_due[g] <= horizon {
-                due.extend_from_slice(items);
-                next_due[g] = next_aligned(*interval);
+        let mut due_groups = groups
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| next_due[*g] <= horizon)
+            .map(|(g, (interval, _))| (g, *interval))
+            .collect::<Vec<_>>();
+        for &(g, interval) in &due_groups {
+            next_due[g] = next_aligned(interval);
+        }
+        let retry_due = match retry.take() {
+            Some((at, items)) if at <= horizon => Some(items),
+            other => {
+                retry = other;
+                None
             }
-        }
-        if let Some((at, items)) = retry.take() {
-            if at <= horizon {
-                due.extend(items);
-            } else {
-                retry = Some((at, items));
+        };
+        // The common case, one group due and nothing to retry, reads the
+        // group's own (sorted) list without copying it.
+        let merged: Vec<usize>;
+        let due: &[usize] = match (due_groups.as_slice(), retry_due) {
+            ([], None) => continue,
+            ([(g, _)], None) => &groups[*g].1,
+            (_, extra) => {
+                let mut all: Vec<usize> = due_groups
+                    .drain(..)
+                    .flat_map(|(g, _)| groups[g].1.iter().copied())
+                    .chain(extra.into_iter().flatten())
+                    .collect();
+                all.sort_unstable();
+                all.dedup();
+                merged = all;
+                &merged
             }
-        }
-        if due.is_empty() {
-            continue;
-        }
-        due.sort_unstable();
-        due.dedup();
+        };
         let clock = unix_now();
-        let report = reader.read(&due).await;
+        let report = reader.read(due).await;
         if report.transport_error.is_some() {
             let wait = backoff.fail();
             let failed: Vec<usize> = report

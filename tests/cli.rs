@@ -44,6 +44,9 @@ data_dir = "{data}"
 [storage]
 {extra_storage}
 
+[api]
+listen = "127.0.0.1:0"
+
 [[hosts]]
 host = "pump"
 connection = "tcp://{addr}"

@@ -1023,3 +1023,113 @@ async fn a_config_request_over_mqtt_reports_pending_then_success() {
         "every status was acknowledged"
     );
 }
+
+#[tokio::test]
+async fn alarm_events_and_acknowledgements_travel_over_mqtt() {
+    let broker = Broker::start();
+    let mut up = Upstream::connect(
+        broker.port,
+        "upstream-7",
+        None,
+        &[&format!("{ROOT}/#")],
+        false,
+    )
+    .await;
+    let (device, _server, addr) = device().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("modbridge.toml");
+    let setup = Setup {
+        data: &dir.path().join("data"),
+        device: addr,
+        mqtt: mqtt_section(&broker.url(false), ""),
+        poll: "200ms",
+        hosts: r#"
+[[triggers]]
+triggerid = 7
+description = "Outdoor too warm"
+severity = 4
+expression = "last(/pump/temp) > 30"
+"#
+        .to_string(),
+    };
+    std::fs::write(&path, config_text(&setup)).expect("write");
+    let run = start(&path);
+    up.wait("online", Duration::from_secs(10), |m| {
+        m.iter().any(|m| is_status(m, "online"))
+    })
+    .await;
+    // 21.5 degC -> 35.0 degC: one problem event, and the trigger's state.
+    device.set_register(Table::Input, 0, 350);
+    let events = format!("{ROOT}/events");
+    let trigger = format!("{ROOT}/triggers/7");
+    let msgs = up
+        .wait("a problem event", Duration::from_secs(10), |m| {
+            m.iter()
+                .any(|m| m.topic == events && m.json()["value"] == "problem")
+        })
+        .await;
+    let event = msgs
+        .iter()
+        .find(|m| m.topic == events && m.json()["value"] == "problem")
+        .map(|m| m.json())
+        .expect("event");
+    assert_eq!(event["triggerid"], 7);
+    assert_eq!(event["host"], "pump");
+    assert_eq!(event["key"], "temp");
+    assert_eq!(event["severity"], serde_json::json!([4, "B-Larm"]));
+    assert_eq!(event["acknowledgements"], serde_json::json!([]));
+    let eventid = event["eventid"].as_u64().expect("eventid");
+    up.wait("the trigger in problem", Duration::from_secs(10), |m| {
+        m.iter()
+            .any(|m| m.topic == trigger && m.json()["value"] == "problem")
+    })
+    .await;
+
+    // The acknowledgement comes down and the event goes up again with it.
+    up.publish(
+        &format!("{ROOT}/cmd/ack"),
+        format!(r#"{{"eventid":{eventid},"message":"technician on the way"}}"#),
+        false,
+    )
+    .await;
+    let msgs = up
+        .wait(
+            "the event again, acknowledged",
+            Duration::from_secs(10),
+            |m| {
+                m.iter().any(|m| {
+                    m.topic == events
+                        && m.json()["acknowledgements"]
+                            .as_array()
+                            .is_some_and(|a| !a.is_empty())
+                })
+            },
+        )
+        .await;
+    let acked = msgs
+        .iter()
+        .rev()
+        .find(|m| m.topic == events)
+        .map(|m| m.json())
+        .expect("acknowledged event");
+    assert_eq!(acked["eventid"], eventid);
+    assert_eq!(
+        acked["acknowledgements"][0]["message"],
+        "technician on the way"
+    );
+    assert!(acked["acknowledgements"][0]["clock"].as_i64().is_some());
+    let stored = run
+        .gateway
+        .alarms
+        .event(eventid)
+        .expect("query")
+        .expect("stored");
+    assert_eq!(stored.acknowledgements.len(), 1);
+    assert!(msgs.iter().all(|m| m.topic != format!("{ROOT}/rejected")));
+    let gateway = run.stop().await;
+    assert_eq!(
+        gateway.ledger.uplink_len(),
+        0,
+        "every message was acknowledged"
+    );
+}

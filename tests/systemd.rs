@@ -646,13 +646,15 @@ fn the_stop_timeout_exceeds_the_drain_time() {
         .find_map(|l| l.strip_prefix("WatchdogSec="))
         .map(|v| modbridge::units::parse_duration(v.trim()).expect("a duration"))
         .expect("WatchdogSec=");
-    // The uplink's goodbye (a grace of a few seconds for messages in flight),
-    // then the store's final commit: three tries after the first, each up to
-    // SQLite's 5 s busy timeout.
+    // HTTP requests under way (3 s), the host and alarm tasks, the uplink's
+    // goodbye (a grace of a few seconds for messages in flight), then the
+    // store's final commit: three tries after the first, each up to SQLite's
+    // 5 s busy timeout.
+    let api = Duration::from_secs(3);
     let uplink = Duration::from_secs(5);
     let commit = Duration::from_secs(4 * 5 + 1);
     assert!(
-        stop >= modbridge::daemon::HOST_DRAIN + uplink + commit,
+        stop >= api + modbridge::daemon::HOST_DRAIN + uplink + commit,
         "TimeoutStopSec={value}"
     );
     assert!(watchdog >= Duration::from_secs(10), "WatchdogSec too tight");

@@ -228,28 +228,29 @@ pub(crate) struct Counters {
     outbox: AtomicU64,
 }
 
-/// How the writer treats one configured item; 24 bytes, one per item.
+/// How the writer treats one configured item; 12 bytes, one per item.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct ItemSetting {
     pub host_id: u32,
-    /// Length of the key, for the JSON size estimate of a message.
-    pub key_len: u16,
-    /// Configured (samples of unconfigured items are dropped).
-    pub active: bool,
     /// Seconds; `u32::MAX` when none.
     pub heartbeat: u32,
-    /// NaN when none.
-    pub deadband: f64,
+    /// 0: no deadband; else `Settings::deadbands[deadband - 1]` (configs use
+    /// few distinct deadbands, so a table beats 8 bytes per item).
+    pub deadband: u16,
+    /// Length of the key, for the JSON size estimate of a message.
+    pub key_len: u8,
+    /// Configured (samples of unconfigured items are dropped).
+    pub active: bool,
 }
 
 impl Default for ItemSetting {
     fn default() -> Self {
         ItemSetting {
             host_id: 0,
+            heartbeat: u32::MAX,
+            deadband: 0,
             key_len: 0,
             active: false,
-            heartbeat: u32::MAX,
-            deadband: f64::NAN,
         }
     }
 }
@@ -260,6 +261,8 @@ pub(crate) struct Settings {
     pub has_mqtt: bool,
     /// Every configured item.
     pub items: Vec<(ItemId, ItemSetting)>,
+    /// The distinct deadbands the items refer to.
+    pub deadbands: Vec<f64>,
 }
 
 /// State shared between handles and the writer, under one mutex.
@@ -413,7 +416,25 @@ pub struct Store {
 }
 
 fn settings_of(config: &Config, items: &schema::Items) -> Settings {
-    let mut list = Vec::new();
+    let mut list = Vec::with_capacity(config.hosts.iter().map(|h| h.items.len()).sum());
+    let mut deadbands: Vec<f64> = Vec::new();
+    let mut deadband_index = |d: Option<f64>| -> u16 {
+        let Some(d) = d.filter(|d| d.is_finite()) else {
+            return 0;
+        };
+        if let Some(i) = deadbands.iter().position(|x| x.to_bits() == d.to_bits()) {
+            return (i + 1) as u16;
+        }
+        if deadbands.len() >= usize::from(u16::MAX) {
+            tracing::warn!(
+                deadband = d,
+                "more than 65,535 distinct deadbands: this one is ignored"
+            );
+            return 0;
+        }
+        deadbands.push(d);
+        deadbands.len() as u16
+    };
     for h in &config.hosts {
         for it in &h.items {
             if let Some(id) = items.id_of(&h.host, &it.key) {
@@ -422,12 +443,12 @@ fn settings_of(config: &Config, items: &schema::Items) -> Settings {
                     id,
                     ItemSetting {
                         host_id: hid,
-                        key_len: it.key.len().min(u16::MAX as usize) as u16,
+                        key_len: it.key.len().min(usize::from(u8::MAX)) as u8,
                         active: true,
                         heartbeat: it
                             .heartbeat()
                             .map_or(u32::MAX, |d| d.as_secs().min(u32::MAX as u64 - 1) as u32),
-                        deadband: it.deadband().filter(|d| d.is_finite()).unwrap_or(f64::NAN),
+                        deadband: deadband_index(it.deadband()),
                     },
                 ));
             }
@@ -437,6 +458,7 @@ fn settings_of(config: &Config, items: &schema::Items) -> Settings {
         storage: config.storage.clone(),
         has_mqtt: config.mqtt.is_some(),
         items: list,
+        deadbands,
     }
 }
 

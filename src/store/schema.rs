@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{ItemId, StoreError};
-use crate::model::Config;
+use crate::model::{Config, HostSpec};
 
 /// The schema this program writes; `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i32 = 2;
@@ -206,14 +206,37 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
+/// Where an item's key is: in the current config, or (for items no longer
+/// configured) in the arena of `Items::keys`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Host id; `u32::MAX` for ids not in use.
+    hid: u32,
+    /// Configured: index into `Items::specs`; else the key's start in the arena.
+    a: u32,
+    /// Configured: the item's index in its host, with [`CONFIGURED`] set;
+    /// else the key's length.
+    b: u32,
+}
+
+const CONFIGURED: u32 = 1 << 31;
+const UNUSED: Slot = Slot {
+    hid: u32::MAX,
+    a: 0,
+    b: 0,
+};
+
 /// Every item the database knows (also those no longer configured), kept
 /// compact: at 100,000 items this is a large share of the daemon's memory.
+/// Keys of configured items are not copied: they are read from the config's
+/// shared host specs.
 #[derive(Debug, Default, Clone)]
 pub struct Items {
-    /// Indexed by item id: (host id, start, length) of its key in `keys`;
-    /// host id `u32::MAX` for ids not in use.
-    all: Vec<(u32, u32, u16)>,
-    /// Every key, one after another.
+    /// Indexed by item id.
+    all: Vec<Slot>,
+    /// The current config's hosts.
+    specs: Vec<Arc<HostSpec>>,
+    /// Keys of items no longer configured, one after another.
     keys: String,
     /// host id -> host name.
     pub hosts: HashMap<u32, Arc<str>>,
@@ -224,25 +247,25 @@ pub struct Items {
 impl Items {
     /// (host id, key) of an item.
     pub fn get(&self, id: ItemId) -> Option<(u32, &str)> {
-        let &(hid, start, len) = self.all.get(id as usize)?;
-        if hid == u32::MAX {
+        let slot = self.all.get(id as usize)?;
+        if slot.hid == u32::MAX {
             return None;
         }
-        let start = start as usize;
-        Some((hid, self.keys.get(start..start + usize::from(len))?))
+        let key = if slot.b & CONFIGURED != 0 {
+            let spec = self.specs.get(slot.a as usize)?;
+            spec.items
+                .get((slot.b & !CONFIGURED) as usize)?
+                .key
+                .as_str()
+        } else {
+            let start = slot.a as usize;
+            self.keys.get(start..start + slot.b as usize)?
+        };
+        Some((slot.hid, key))
     }
 
     fn key(&self, id: ItemId) -> &str {
         self.get(id).map(|(_, k)| k).unwrap_or("")
-    }
-
-    fn insert(&mut self, id: usize, hid: u32, key: &str) {
-        if self.all.len() <= id {
-            self.all.resize(id + 1, (u32::MAX, 0, 0));
-        }
-        let start = self.keys.len().min(u32::MAX as usize) as u32;
-        self.keys.push_str(key);
-        self.all[id] = (hid, start, key.len().min(u16::MAX as usize) as u16);
     }
 
     /// The id of a configured item.
@@ -282,53 +305,83 @@ pub fn register(conn: &Connection, config: &Config) -> Result<Items, StoreError>
         }
     }
     tx.commit()?;
-    let mut items = load_items(conn)?;
-    // Every item id per host id, sorted by key.
-    let mut by_host: HashMap<u32, Vec<ItemId>> = HashMap::new();
-    for (id, &(hid, _, _)) in items.all.iter().enumerate() {
-        if hid != u32::MAX {
-            by_host.entry(hid).or_default().push(id as ItemId);
-        }
-    }
-    let mut current = HashMap::new();
-    for h in &config.hosts {
-        let Some((&hid, _)) = items.hosts.iter().find(|(_, n)| ***n == *h.host) else {
-            continue;
-        };
-        let mut ids = by_host.remove(&hid).unwrap_or_default();
-        let mut keys: Vec<&str> = h.items.iter().map(|i| i.key.as_str()).collect();
-        keys.sort_unstable();
-        ids.retain(|id| keys.binary_search(&items.key(*id)).is_ok());
-        ids.sort_unstable_by(|a, b| items.key(*a).cmp(items.key(*b)));
-        ids.shrink_to_fit();
-        current.insert(h.host.clone(), ids);
-    }
-    items.current = current;
-    Ok(items)
+    load_items(conn, config)
 }
 
-fn load_items(conn: &Connection) -> Result<Items, StoreError> {
-    let mut items = Items::default();
+fn load_items(conn: &Connection, config: &Config) -> Result<Items, StoreError> {
+    let mut items = Items {
+        specs: config.hosts.clone(),
+        ..Items::default()
+    };
     let mut st = conn.prepare("SELECT id, host FROM hosts")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
     for row in rows {
         let (id, host) = row?;
         items.hosts.insert(id as u32, Arc::from(host));
     }
+    // host id -> (index into specs, the host's item indices sorted by key).
+    let mut configured: HashMap<u32, (u32, Vec<u32>)> = HashMap::new();
+    for (si, spec) in config.hosts.iter().enumerate() {
+        if let Some((&hid, _)) = items.hosts.iter().find(|(_, n)| ***n == *spec.host) {
+            let mut order: Vec<u32> = (0..spec.items.len() as u32).collect();
+            order.sort_unstable_by(|a, b| {
+                spec.items[*a as usize]
+                    .key
+                    .cmp(&spec.items[*b as usize].key)
+            });
+            configured.insert(hid, (si as u32, order));
+        }
+    }
     let max: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM items", [], |r| r.get(0))?;
-    items.all = Vec::with_capacity(max.max(0) as usize + 1);
-    let bytes: i64 =
-        conn.query_row("SELECT coalesce(sum(length(key)), 0) FROM items", [], |r| {
-            r.get(0)
-        })?;
-    items.keys = String::with_capacity(bytes.max(0) as usize);
+    items.all = vec![UNUSED; max.max(0) as usize + 1];
+    let mut by_host: HashMap<u32, Vec<ItemId>> = HashMap::new();
     let mut st = conn.prepare("SELECT id, host_id, key FROM items ORDER BY id")?;
     let mut rows = st.query([])?;
     while let Some(row) = rows.next()? {
         let id = row.get::<_, i64>(0)?.max(0) as usize;
         let hid = row.get::<_, i64>(1)? as u32;
         let key = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
-        items.insert(id, hid, key);
+        let found = configured.get(&hid).and_then(|(si, order)| {
+            let spec = &config.hosts[*si as usize];
+            order
+                .binary_search_by(|i| spec.items[*i as usize].key.as_str().cmp(key))
+                .ok()
+                .map(|pos| (*si, order[pos]))
+        });
+        let slot = match found {
+            Some((si, index)) => {
+                by_host.entry(hid).or_default().push(id as ItemId);
+                Slot {
+                    hid,
+                    a: si,
+                    b: index | CONFIGURED,
+                }
+            }
+            None => {
+                let start = items.keys.len().min(u32::MAX as usize) as u32;
+                items.keys.push_str(key);
+                Slot {
+                    hid,
+                    a: start,
+                    b: key.len() as u32,
+                }
+            }
+        };
+        if let Some(s) = items.all.get_mut(id) {
+            *s = slot;
+        }
     }
+    items.keys.shrink_to_fit();
+    let mut current = HashMap::new();
+    for h in &config.hosts {
+        let Some((&hid, _)) = items.hosts.iter().find(|(_, n)| ***n == *h.host) else {
+            continue;
+        };
+        let mut ids = by_host.remove(&hid).unwrap_or_default();
+        ids.sort_unstable_by(|a, b| items.key(*a).cmp(items.key(*b)));
+        ids.shrink_to_fit();
+        current.insert(h.host.clone(), ids);
+    }
+    items.current = current;
     Ok(items)
 }

@@ -27,6 +27,8 @@ pub(crate) struct Writer {
     sent_on_insert: bool,
     /// Indexed by item id.
     items: Vec<ItemSetting>,
+    /// See [`ItemSetting::deadband`].
+    deadbands: Vec<f64>,
     /// History points not yet committed, in arrival order (so in clock order
     /// per item): (item, clock, value); 16 bytes each.
     pending: Vec<(ItemId, u32, f64)>,
@@ -83,6 +85,7 @@ impl Writer {
             storage: settings.storage.clone(),
             sent_on_insert: !settings.has_mqtt,
             items: Vec::new(),
+            deadbands: Vec::new(),
             pending: Vec::new(),
             scratch: Vec::new(),
             late: HashMap::new(),
@@ -129,6 +132,7 @@ impl Writer {
         for (id, setting) in s.items {
             self.items[id as usize] = setting;
         }
+        self.deadbands = s.deadbands;
     }
 
     /// Restores deadband state (last point per item), the current trend
@@ -376,8 +380,13 @@ impl Writer {
                 None => true,
                 Some((lc, lv)) => {
                     clock > lc
-                        && (it.deadband.is_nan()
-                            || (value - lv).abs() >= it.deadband
+                        && (it.deadband == 0
+                            || (value - lv).abs()
+                                >= self
+                                    .deadbands
+                                    .get(usize::from(it.deadband) - 1)
+                                    .copied()
+                                    .unwrap_or(0.0)
                             || (it.heartbeat != u32::MAX && clock - lc >= i64::from(it.heartbeat)))
                 }
             };
@@ -577,7 +586,6 @@ impl Writer {
             }
         }
         // Trends: closed hours (replace), and when due the current buckets and late ones.
-        let mut flushed_ids: Vec<(ItemId, i64)> = Vec::new();
         {
             let mut rep = tx.prepare_cached(
                 "INSERT OR REPLACE INTO trend(item_id, hour, num, min, avg, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -599,7 +607,6 @@ impl Writer {
                             b.avg,
                             b.max
                         ])?;
-                        flushed_ids.push((i as ItemId, acc.hour));
                     }
                 }
                 drop(live);
@@ -634,13 +641,10 @@ impl Writer {
         if trend_due {
             self.late.clear();
             let mut live = lock(&self.inner.live);
-            for (id, hour) in flushed_ids {
-                if let Some(acc) = live.cur[id as usize].as_mut() {
-                    // Still the same hour: nothing was added since (same thread).
-                    if acc.hour == hour {
-                        acc.dirty = false;
-                    }
-                }
+            // Every dirty bucket was written above, and nothing was added
+            // since: samples are processed on this thread only.
+            for acc in live.cur.iter_mut().flatten() {
+                acc.dirty = false;
             }
             self.last_trend_flush = Instant::now();
         }
