@@ -254,7 +254,7 @@ fn host_block(id: &str, addr: SocketAddr, addresses: &[u16]) -> String {
 
 fn config_text(dir: &Path, hosts: &[String]) -> String {
     format!(
-        "[gateway]\nid = \"test-box\"\ndata_dir = \"{}\"\n\n[storage]\ncommit_interval = \"200ms\"\n\n{}",
+        "[gateway]\nid = \"test-box\"\ndata_dir = \"{}\"\n\n[storage]\ncommit_interval = \"200ms\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n{}",
         dir.join("data").display(),
         hosts.join("\n")
     )
@@ -491,7 +491,7 @@ fn log_lines_carry_syslog_priorities_only_when_stderr_is_the_journal() {
     write(
         &unusable,
         &format!(
-            "[gateway]\nid = \"test-box\"\ndata_dir = \"{}\"\n",
+            "[gateway]\nid = \"test-box\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("file/data").display()
         ),
     );
