@@ -541,7 +541,7 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
     std::fs::write(
         &path,
         format!(
-            "[gateway]\nid = \"box-1\"\ndata_dir = \"{}\"\n[storage]\ncommit_interval = \"200ms\"\n{}\n{hosts}",
+            "[gateway]\nid = \"box-1\"\ndata_dir = \"{}\"\n[storage]\ncommit_interval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}\n{hosts}",
             data_dir.display(),
             mqtt_section(&broker.url(false), "")
         ),
