@@ -4,6 +4,7 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker::{data_messages, eventually, signal, Broker, Data, Msg, Pki, Upstream};
-use modbridge::daemon::Gateway;
+use common::Running;
 use modbridge::model::Table;
 use modbridge::sim::{SimDevice, SimServer};
 use modbridge::store::Store;
@@ -142,36 +143,7 @@ impl Fixture {
     /// Writes the config file and starts the gateway on it.
     fn start(&self) -> Running {
         self.write();
-        start(&self.path)
-    }
-}
-
-/// The gateway running in this process.
-struct Running {
-    gateway: Gateway,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), modbridge::daemon::DaemonError>>,
-}
-
-fn start(path: &Path) -> Running {
-    let config = modbridge::config::load(path).expect("valid config");
-    let gateway = modbridge::daemon::open(config).expect("open");
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {
-        let _ = rx.await;
-    }));
-    Running {
-        gateway,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> Gateway {
-        let _ = self.stop.send(());
-        self.task.await.expect("join").expect("clean stop");
-        self.gateway
+        Running::start_file(&self.path)
     }
 }
 
