@@ -560,13 +560,12 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers every `write`/`ack` request carries.
 type ApiHeaders = Vec<(&'static str, String)>;
 
-/// Where the running gateway's API is, and the headers every request carries:
-/// the bearer token (if `token_file` is set) and the user, for the audit
-/// trail (`cli <user>`; the API trusts it from loopback peers only).
-fn api_target(
-    config: &crate::model::Config,
-    command: &str,
-) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
+/// Loads the config at `path` (reporting its problems) and gives where the
+/// running gateway's API is, and the headers every request carries: the
+/// bearer token (if `token_file` is set) and the user, for the audit trail
+/// (`cli <user>`; the API trusts it from loopback peers only).
+fn api_target(path: &Path, command: &str) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
+    let config = load_or_report(path)?;
     let addr = crate::api::client::connect_addr(config.api.listen);
     if addr.port() == 0 {
         eprintln!(
@@ -636,11 +635,7 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage(format!("--wait: {e}")),
     };
-    let config = match load_or_report(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (addr, headers) = match api_target(&config, "write") {
+    let (addr, headers) = match api_target(&args.config, "write") {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -747,11 +742,7 @@ async fn cmd_ack(path: &Path, event: u64, message: &str) -> ExitCode {
         eprintln!("modbridge ack: --message must not be empty");
         return ExitCode::from(2);
     }
-    let config = match load_or_report(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (addr, headers) = match api_target(&config, "ack") {
+    let (addr, headers) = match api_target(path, "ack") {
         Ok(t) => t,
         Err(code) => return code,
     };
