@@ -24,11 +24,6 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
             ValueType::I16,
         )
     };
-    let gateway = GatewaySpec {
-        id: "bench".into(),
-        name: "bench".into(),
-        data_dir: dir.to_path_buf(),
-    };
     let hosts = (0..hosts)
         .map(|h| HostSpec {
             poll_interval: Duration::from_secs(1),
@@ -40,7 +35,11 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
             )
         })
         .collect();
-    Config::new(dir.join("modbridge.toml"), gateway, hosts)
+    Config::new(
+        dir.join("modbridge.toml"),
+        GatewaySpec::new("bench", dir.to_path_buf()),
+        hosts,
+    )
 }
 
 struct Figures {

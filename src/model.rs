@@ -584,6 +584,17 @@ pub struct GatewaySpec {
     pub data_dir: PathBuf,
 }
 
+impl GatewaySpec {
+    /// A gateway named after its id (as when the config gives no `name`).
+    pub fn new(id: &str, data_dir: PathBuf) -> GatewaySpec {
+        GatewaySpec {
+            id: id.to_string(),
+            name: id.to_string(),
+            data_dir,
+        }
+    }
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSpec {

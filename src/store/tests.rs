@@ -15,11 +15,6 @@ pub(crate) fn item(key: &str) -> ItemSpec {
 
 /// A config with `hosts` hosts `h0..` of `items` items `k0..` each.
 pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Config {
-    let gateway = GatewaySpec {
-        id: "gw".into(),
-        name: "gw".into(),
-        data_dir: dir.join("data"),
-    };
     let hosts = (0..hosts)
         .map(|h| HostSpec {
             poll_interval: Duration::from_secs(1),
@@ -33,7 +28,11 @@ pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Conf
         .collect();
     Config {
         mqtt: mqtt.then(|| MqttSpec::new("mqtt://127.0.0.1:1883", "gw")),
-        ..Config::new(dir.join("modbridge.toml"), gateway, hosts)
+        ..Config::new(
+            dir.join("modbridge.toml"),
+            GatewaySpec::new("gw", dir.join("data")),
+            hosts,
+        )
     }
 }
 
