@@ -496,8 +496,6 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
         Err(e) => return usage(format!("--timeout: {e}")),
     };
     let host = HostSpec {
-        host: "probe".into(),
-        name: "probe".into(),
         serial: connection.is_serial().then_some(SerialSettings {
             baud: args.baud,
             parity,
@@ -505,17 +503,10 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
         }),
         connection,
         unit: args.unit,
-        model: "generic".into(),
-        poll_interval: Duration::from_secs(10),
         timeout,
         retries: 0,
-        max_read_registers: 125,
         max_gap: 0,
-        byte_order: crate::model::ByteOrder::Abcd,
-        kind: None,
-        tags: vec![],
-        write_expiry: Duration::from_secs(600),
-        items: vec![],
+        ..HostSpec::tcp("probe", "127.0.0.1", 502, Vec::new())
     };
     let buses = Buses::default();
     let mut link = Link::new(&host, &buses);
