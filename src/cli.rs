@@ -208,11 +208,12 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn load_or_report(path: &Path) -> Result<crate::model::Config, ExitCode> {
     config::load(path).map_err(|errors| {
+        let prefix = crate::logging::error_prefix();
         for d in &errors.0 {
-            eprintln!("{d}");
+            eprintln!("{prefix}{d}");
         }
         eprintln!(
-            "{}: {} problem{} found",
+            "{prefix}{}: {} problem{} found",
             path.display(),
             errors.0.len(),
             if errors.0.len() == 1 { "" } else { "s" }
@@ -230,7 +231,7 @@ async fn cmd_run(path: &Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway stopped with an error");
-            eprintln!("modbridge: {e}");
+            eprintln!("{}modbridge: {e}", crate::logging::error_prefix());
             ExitCode::from(1)
         }
     }

@@ -152,16 +152,19 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
 /// SIGHUP, then stops every task and commits everything before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let path = config.path.clone();
+    // Before anything else: from here on a SIGHUP is a reload, never fatal.
+    let hup = hangup_signals();
     // The API's port and token file are checked before anything else starts.
     let api = crate::api::Server::bind(&config.api).await?;
     let gateway = open(config)?;
     let reloader = gateway.clone();
     let hangups = async move {
-        let Some(mut hup) = hangup_signals() else {
+        let Some(mut hup) = hup else {
             return std::future::pending().await;
         };
         while hup.recv().await.is_some() {
-            reload_from_file(&reloader, &path);
+            crate::notify::reloading();
+            crate::notify::reloaded(reload_from_file(&reloader, &path));
         }
     };
     let run = run_gateway_with_api(gateway, Some(api), shutdown);
@@ -266,6 +269,12 @@ fn start_host(
     }
 }
 
+/// How long shutdown waits for host tasks (and the alarm task) to finish what
+/// they are in. With the uplink's goodbye and the store's final commit this
+/// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
+pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs an opened gateway until `shutdown` completes.
 /// Runs an opened gateway until `shutdown` completes, without the HTTP API.
 pub async fn run_gateway(
     gateway: Gateway,
@@ -326,6 +335,7 @@ pub async fn run_gateway_with_api(
         hosts = tasks.len(),
         "gateway running"
     );
+    let systemd = crate::notify::Service::start(&gateway);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -340,6 +350,7 @@ pub async fn run_gateway_with_api(
         }
     }
     tracing::info!("shutting down");
+    systemd.stopping();
     api_stop.cancel();
     if let Some(mut task) = api_task {
         // Requests under way get a moment to finish; the store is still open.
@@ -352,7 +363,15 @@ pub async fn run_gateway_with_api(
     }
     cancel.cancel();
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(HOST_DRAIN, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "a host or alarm task was still busy after {}s; stopping without waiting for it",
+            HOST_DRAIN.as_secs()
+        );
+    }
     // After the host tasks, before the store: publishes the offline status and
     // records the last deliveries, which the store's close then commits.
     mqtt.stop().await;

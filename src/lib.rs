@@ -12,6 +12,7 @@
 //! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
 //! - [`api`]: the local HTTP API, `/health`, `/metrics` and the status page.
 //! - [`daemon`]: wires the above together for `modbridge run`, with clean shutdown.
+//! - [`notify`]: systemd's readiness, watchdog and status notifications.
 //! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
 //! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
 
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
+pub mod notify;
 pub mod plan;
 pub mod poll;
 pub mod sim;

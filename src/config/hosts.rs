@@ -18,7 +18,7 @@ use crate::model::{
 use crate::units::format_duration;
 
 /// Keys of `[[hosts]]`.
-const HOST_KEYS: [&str; 20] = [
+pub(super) const HOST_KEYS: [&str; 20] = [
     "host",
     "name",
     "connection",
@@ -45,7 +45,7 @@ const HOST_KEYS: [&str; 20] = [
 const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
 
 /// Keys of `[[hosts.items]]` and of a profile's `[[items]]`.
-const ITEM_KEYS: [&str; 17] = [
+pub(super) const ITEM_KEYS: [&str; 17] = [
     "name",
     "table",
     "address",
@@ -66,7 +66,7 @@ const ITEM_KEYS: [&str; 17] = [
 ];
 
 /// Top-level keys of a profile file.
-const PROFILE_KEYS: [&str; 8] = [
+pub(super) const PROFILE_KEYS: [&str; 8] = [
     "model",
     "type",
     "byte_order",

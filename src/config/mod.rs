@@ -7,6 +7,7 @@
 //! walk, because the rest of the document cannot be trusted after it.
 
 mod hosts;
+pub mod schema;
 mod source;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +104,25 @@ pub(crate) fn load_str_without_expressions(
     }
 }
 
+/// Every key the loader accepts, per table: `""` is the top level, then
+/// `gateway`, `storage`, `mqtt`, `api`, `hosts`, `hosts.items` and `triggers`;
+/// `profile` and `profile.items` are a device profile's. `[severity]` takes
+/// numbers as keys and is not listed. The config schema is checked against this.
+pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", &SECTIONS),
+        ("gateway", &GATEWAY_KEYS),
+        ("storage", &STORAGE_KEYS),
+        ("mqtt", &MQTT_KEYS),
+        ("api", &API_KEYS),
+        ("hosts", &hosts::HOST_KEYS),
+        ("hosts.items", &hosts::ITEM_KEYS),
+        ("triggers", &TRIGGER_KEYS),
+        ("profile", &hosts::PROFILE_KEYS),
+        ("profile.items", &hosts::ITEM_KEYS),
+    ]
+}
+
 /// Parses TOML text, reporting every syntax error; None if there was any.
 pub(crate) fn parse_document<'i>(
     src: &'i Source,
@@ -130,6 +150,42 @@ pub(crate) fn parse_document<'i>(
     }
     None
 }
+
+/// Keys of `[gateway]`.
+const GATEWAY_KEYS: [&str; 3] = ["id", "name", "data_dir"];
+
+/// Keys of `[storage]`.
+const STORAGE_KEYS: [&str; 4] = [
+    "history_retention",
+    "trend_retention",
+    "max_size",
+    "commit_interval",
+];
+
+/// Keys of `[mqtt]`.
+const MQTT_KEYS: [&str; 9] = [
+    "url",
+    "client_id",
+    "username",
+    "password_file",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "topic_prefix",
+    "keep_alive",
+];
+
+/// Keys of `[api]`.
+const API_KEYS: [&str; 2] = ["listen", "token_file"];
+
+/// Keys of `[[triggers]]`.
+const TRIGGER_KEYS: [&str; 5] = [
+    "triggerid",
+    "description",
+    "severity",
+    "expression",
+    "recovery_expression",
+];
 
 /// The top-level sections.
 const SECTIONS: [&str; 7] = [
@@ -209,7 +265,6 @@ fn start_pos(src: &Source) -> SourcePos {
 
 /// `[gateway]`
 fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> GatewaySpec {
-    const KEYS: [&str; 3] = ["id", "name", "data_dir"];
     let mut gateway = GatewaySpec {
         id: String::new(),
         name: String::new(),
@@ -225,7 +280,7 @@ fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> Gateway
     let Some(section) = Section::of(src, value, "[gateway]", String::new(), report) else {
         return gateway;
     };
-    section.check_keys(report, "[gateway]", &KEYS);
+    section.check_keys(report, "[gateway]", &GATEWAY_KEYS);
     match section.string(report, "id") {
         Some(id) if is_name(&id.value, "_-", 64) => gateway.id = id.value,
         Some(id) => report.error(
@@ -252,17 +307,11 @@ fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> Gateway
 
 /// `[storage]`
 fn read_storage(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report) -> StorageSpec {
-    const KEYS: [&str; 4] = [
-        "history_retention",
-        "trend_retention",
-        "max_size",
-        "commit_interval",
-    ];
     let mut storage = StorageSpec::default();
     let Some(section) = Section::of(src, value, "[storage]", String::new(), report) else {
         return storage;
     };
-    section.check_keys(report, "[storage]", &KEYS);
+    section.check_keys(report, "[storage]", &STORAGE_KEYS);
     if let Some(d) = section.duration(report, "history_retention", false) {
         storage.history_retention = d.value;
     }
@@ -340,19 +389,8 @@ fn read_mqtt(
     gateway_id: &str,
     report: &mut Report,
 ) -> Option<MqttSpec> {
-    const KEYS: [&str; 9] = [
-        "url",
-        "client_id",
-        "username",
-        "password_file",
-        "ca_file",
-        "cert_file",
-        "key_file",
-        "topic_prefix",
-        "keep_alive",
-    ];
     let section = Section::of(src, value, "[mqtt]", String::new(), report)?;
-    section.check_keys(report, "[mqtt]", &KEYS);
+    section.check_keys(report, "[mqtt]", &MQTT_KEYS);
     let mut mqtt = MqttSpec::new("", gateway_id);
     let mut tls = None;
     match section.string(report, "url") {
@@ -474,12 +512,11 @@ fn valid_broker_address(address: &str) -> bool {
 
 /// `[api]`
 fn read_api(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report) -> ApiSpec {
-    const KEYS: [&str; 2] = ["listen", "token_file"];
     let mut api = ApiSpec::default();
     let Some(section) = Section::of(src, value, "[api]", String::new(), report) else {
         return api;
     };
-    section.check_keys(report, "[api]", &KEYS);
+    section.check_keys(report, "[api]", &API_KEYS);
     if let Some(listen) = section.string(report, "listen") {
         match listen.value.parse::<SocketAddr>() {
             Ok(address) => api.listen = address,
@@ -503,13 +540,6 @@ fn read_triggers(
     severity: &BTreeMap<u8, String>,
     report: &mut Report,
 ) -> Vec<TriggerSpec> {
-    const KEYS: [&str; 5] = [
-        "triggerid",
-        "description",
-        "severity",
-        "expression",
-        "recovery_expression",
-    ];
     let Some(list) = array_of_tables(src, value, "triggers", report) else {
         return Vec::new();
     };
@@ -525,7 +555,7 @@ fn read_triggers(
         let Some(section) = Section::of(src, element, "[[triggers]]", context, report) else {
             continue;
         };
-        section.check_keys(report, "[[triggers]]", &KEYS);
+        section.check_keys(report, "[[triggers]]", &TRIGGER_KEYS);
         let triggerid = match section.integer(report, "triggerid", 1, i64::MAX) {
             Some(id) => {
                 let id_value = id.value.unsigned_abs();

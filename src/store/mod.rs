@@ -275,6 +275,8 @@ pub(crate) struct Shared {
     /// The writer should stop at once without committing (tests: a crash).
     kill: bool,
     writer_alive: bool,
+    /// When the writer last finished a cycle (for the service watchdog).
+    last_cycle: std::time::Instant,
     /// Flush requests: the writer serves every request up to `req_gen` per cycle.
     req_gen: u64,
     done_gen: u64,
@@ -496,6 +498,7 @@ impl Store {
                 closing: false,
                 kill: false,
                 writer_alive: true,
+                last_cycle: std::time::Instant::now(),
                 req_gen: 0,
                 done_gen: 0,
                 done_result: Ok(()),
@@ -857,6 +860,14 @@ impl Store {
     /// The MQTT payload of a message.
     pub fn json_message(&self, msg: &OutboxMessage) -> String {
         msg.to_json()
+    }
+
+    /// When the writer thread last finished a cycle (whether its commit
+    /// worked or not: a failing commit is retried, not a hang); None once it
+    /// has stopped. The service watchdog tells a stuck writer by it.
+    pub fn writer_heartbeat(&self) -> Option<std::time::Instant> {
+        let s = lock(&self.inner.shared);
+        s.writer_alive.then_some(s.last_cycle)
     }
 
     /// Current figures.

@@ -309,6 +309,7 @@ impl Writer {
                     }
                 }
                 s.done_gen = s.done_gen.max(gen);
+                s.last_cycle = Instant::now();
                 s.done_result = result.map_err(|e| e.to_string());
                 if closing {
                     s.writer_alive = false;
