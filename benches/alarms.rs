@@ -156,6 +156,11 @@ fn cpu_ns() -> u64 {
             return ns;
         }
     }
+    process_cpu_ticks() * 10_000_000
+}
+
+/// User + system CPU time of this process, all threads, in clock ticks (1/100 s).
+fn process_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<u64> = after
@@ -163,7 +168,7 @@ fn cpu_ns() -> u64 {
         .map(|f| f.parse().unwrap_or(0))
         .collect();
     // utime and stime are fields 14 and 15 of stat; 12 and 13 after "pid (comm)".
-    (fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)) * 10_000_000
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -316,14 +321,7 @@ fn engine_part(args: &Args) {
 
 /// User + system CPU seconds of this process, all threads.
 fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    ticks as f64 / 100.0
+    process_cpu_ticks() as f64 / 100.0
 }
 
 struct ServiceRun {

@@ -24,43 +24,22 @@ fn config(dir: &Path, hosts: usize, items: usize) -> Config {
             ValueType::I16,
         )
     };
-    Config {
-        path: dir.join("modbridge.toml"),
-        gateway: GatewaySpec {
-            id: "bench".into(),
-            name: "bench".into(),
-            data_dir: dir.to_path_buf(),
-        },
-        storage: StorageSpec::default(),
-        severity: default_severity(),
-        mqtt: None,
-        api: ApiSpec::default(),
-        hosts: (0..hosts)
-            .map(|h| HostSpec {
-                host: format!("dev{h}"),
-                name: format!("dev{h}"),
-                connection: Connection::Tcp {
-                    host: "127.0.0.1".into(),
-                    port: 15020 + h as u16,
-                },
-                serial: None,
-                unit: 1,
-                model: "generic".into(),
-                poll_interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                retries: 1,
-                max_read_registers: 125,
-                max_gap: 8,
-                byte_order: ByteOrder::Abcd,
-                kind: None,
-                tags: Vec::new(),
-                write_expiry: Duration::from_secs(600),
-                items: (0..items / hosts).map(item).collect(),
-            })
-            .map(std::sync::Arc::new)
-            .collect(),
-        triggers: Vec::new(),
-    }
+    let hosts = (0..hosts)
+        .map(|h| HostSpec {
+            poll_interval: Duration::from_secs(1),
+            ..HostSpec::tcp(
+                &format!("dev{h}"),
+                "127.0.0.1",
+                15020 + h as u16,
+                (0..items / hosts).map(item).collect(),
+            )
+        })
+        .collect();
+    Config::new(
+        dir.join("modbridge.toml"),
+        GatewaySpec::new("bench", dir.to_path_buf()),
+        hosts,
+    )
 }
 
 struct Figures {

@@ -497,8 +497,6 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
         Err(e) => return usage(format!("--timeout: {e}")),
     };
     let host = HostSpec {
-        host: "probe".into(),
-        name: "probe".into(),
         serial: connection.is_serial().then_some(SerialSettings {
             baud: args.baud,
             parity,
@@ -506,17 +504,10 @@ async fn cmd_probe(args: ProbeArgs) -> ExitCode {
         }),
         connection,
         unit: args.unit,
-        model: "generic".into(),
-        poll_interval: Duration::from_secs(10),
         timeout,
         retries: 0,
-        max_read_registers: 125,
         max_gap: 0,
-        byte_order: crate::model::ByteOrder::Abcd,
-        kind: None,
-        tags: vec![],
-        write_expiry: Duration::from_secs(600),
-        items: vec![],
+        ..HostSpec::tcp("probe", "127.0.0.1", 502, Vec::new())
     };
     let buses = Buses::default();
     let mut link = Link::new(&host, &buses);
@@ -561,13 +552,12 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers every `write`/`ack` request carries.
 type ApiHeaders = Vec<(&'static str, String)>;
 
-/// Where the running gateway's API is, and the headers every request carries:
-/// the bearer token (if `token_file` is set) and the user, for the audit
-/// trail (`cli <user>`; the API trusts it from loopback peers only).
-fn api_target(
-    config: &crate::model::Config,
-    command: &str,
-) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
+/// Loads the config at `path` (reporting its problems) and gives where the
+/// running gateway's API is, and the headers every request carries: the
+/// bearer token (if `token_file` is set) and the user, for the audit trail
+/// (`cli <user>`; the API trusts it from loopback peers only).
+fn api_target(path: &Path, command: &str) -> Result<(std::net::SocketAddr, ApiHeaders), ExitCode> {
+    let config = load_or_report(path)?;
     let addr = crate::api::client::connect_addr(config.api.listen);
     if addr.port() == 0 {
         eprintln!(
@@ -637,11 +627,7 @@ async fn cmd_write(args: WriteArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage(format!("--wait: {e}")),
     };
-    let config = match load_or_report(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (addr, headers) = match api_target(&config, "write") {
+    let (addr, headers) = match api_target(&args.config, "write") {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -748,11 +734,7 @@ async fn cmd_ack(path: &Path, event: u64, message: &str) -> ExitCode {
         eprintln!("modbridge ack: --message must not be empty");
         return ExitCode::from(2);
     }
-    let config = match load_or_report(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (addr, headers) = match api_target(&config, "ack") {
+    let (addr, headers) = match api_target(path, "ack") {
         Ok(t) => t,
         Err(code) => return code,
     };

@@ -584,6 +584,17 @@ pub struct GatewaySpec {
     pub data_dir: PathBuf,
 }
 
+impl GatewaySpec {
+    /// A gateway named after its id (as when the config gives no `name`).
+    pub fn new(id: &str, data_dir: PathBuf) -> GatewaySpec {
+        GatewaySpec {
+            id: id.to_string(),
+            name: id.to_string(),
+            data_dir,
+        }
+    }
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageSpec {
@@ -619,6 +630,24 @@ pub struct MqttSpec {
     pub key_file: Option<PathBuf>,
     pub topic_prefix: String,
     pub keep_alive: Duration,
+}
+
+impl MqttSpec {
+    /// The defaults for a broker at `url`: client id `modbridge-<gateway id>`,
+    /// topic prefix `modbridge`, keep-alive 30 s, no credentials or TLS files.
+    pub fn new(url: &str, gateway_id: &str) -> MqttSpec {
+        MqttSpec {
+            url: url.to_string(),
+            client_id: format!("modbridge-{gateway_id}"),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            topic_prefix: "modbridge".to_string(),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[api]`
@@ -678,6 +707,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// A config with these hosts and the defaults for everything else:
+    /// default storage, API and severity table, no MQTT, no triggers.
+    pub fn new(path: PathBuf, gateway: GatewaySpec, hosts: Vec<HostSpec>) -> Config {
+        Config {
+            path,
+            gateway,
+            storage: StorageSpec::default(),
+            severity: default_severity(),
+            mqtt: None,
+            api: ApiSpec::default(),
+            hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
+            triggers: Vec::new(),
+        }
+    }
+
     /// Finds a host by id.
     pub fn host(&self, host: &str) -> Option<&std::sync::Arc<HostSpec>> {
         self.hosts.iter().find(|h| h.host == host)

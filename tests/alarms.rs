@@ -1,19 +1,20 @@
 //! Alarm triggers in the running daemon, against the simulated device:
 //! events, trigger states, acknowledgements, restarts, and the uplink queue.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::Running;
 use modbridge::alarm::{AckError, EventFilter, EventObject, MAX_ACK_BYTES};
-use modbridge::daemon::{self, Gateway};
+use modbridge::daemon;
 use modbridge::ledger::UplinkMessage;
 use modbridge::model::Table;
 use modbridge::poll::ItemState;
 use modbridge::sim::{SimDevice, SimServer};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modbridge");
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -99,37 +100,7 @@ impl Rig {
     }
 }
 
-/// A gateway running in this test's runtime.
-struct Running {
-    gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), daemon::DaemonError>>,
-}
-
 impl Running {
-    fn start(config: modbridge::model::Config) -> Running {
-        let gateway = daemon::open(config).expect("open");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(daemon::run_gateway(gateway.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            gateway,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task)
-            .await
-            .expect("join")
-            .expect("clean shutdown");
-    }
-
     fn value(&self, triggerid: u64) -> String {
         self.gateway
             .alarms

@@ -86,16 +86,16 @@ async fn every_error_is_json_with_a_fitting_status() {
     assert!(e.contains("nope"), "{e}");
     let e = gw.get("/hosts/pump/items/nope").await.assert_error(404);
     assert!(e.contains("nope"), "{e}");
-    gw.get("/hosts/nope/items/temp/history")
-        .await
-        .assert_error(404);
-    gw.get("/no/such/path").await.assert_error(404);
-    gw.get("/hosts/pump/items/temp/trend/median")
-        .await
-        .assert_error(404);
-    gw.get("/hosts/pump/items/temp/config")
-        .await
-        .assert_error(404);
+    gw.assert_get_errors(
+        404,
+        &[
+            "/hosts/nope/items/temp/history",
+            "/no/such/path",
+            "/hosts/pump/items/temp/trend/median",
+            "/hosts/pump/items/temp/config",
+        ],
+    )
+    .await;
     // Wrong method: 405 with Allow, as JSON.
     let r = gw.http("DELETE", "/hosts", &[], None).await;
     let e = r.assert_error(405);
@@ -113,35 +113,35 @@ async fn every_error_is_json_with_a_fitting_status() {
         .await
         .assert_error(400);
     assert!(e.contains("from"), "{e}");
-    gw.get("/hosts/pump/items/temp/history?to=1.5")
-        .await
-        .assert_error(400);
-    gw.get("/hosts/pump/items/temp/history?limit=-1")
-        .await
-        .assert_error(400);
-    gw.get("/hosts/pump/items/temp/history?from=20&to=10")
-        .await
-        .assert_error(400);
+    gw.assert_get_errors(
+        400,
+        &[
+            "/hosts/pump/items/temp/history?to=1.5",
+            "/hosts/pump/items/temp/history?limit=-1",
+            "/hosts/pump/items/temp/history?from=20&to=10",
+        ],
+    )
+    .await;
     let e = gw
         .get("/hosts/pump/items/temp/history?form=1")
         .await
         .assert_error(400);
     assert!(e.contains("form"), "{e}");
-    gw.get("/hosts/pump/items/temp/trend?limit=5")
-        .await
-        .assert_error(400);
-    gw.get("/hosts/pump/items/temp/history?from=1&from=2")
-        .await
-        .assert_error(400);
-    gw.get("/hosts/pump/items/temp/history?from=%ZZ")
-        .await
-        .assert_error(400);
-    gw.get("/events?from=yesterday").await.assert_error(400);
-    gw.get("/events/abc").await.assert_error(400);
-    gw.get("/triggers/x").await.assert_error(400);
-    gw.get("/hosts?verbose=1").await.assert_error(400);
-    // A path that is not valid UTF-8 once decoded.
-    gw.get("/hosts/%FF%FE").await.assert_error(400);
+    gw.assert_get_errors(
+        400,
+        &[
+            "/hosts/pump/items/temp/trend?limit=5",
+            "/hosts/pump/items/temp/history?from=1&from=2",
+            "/hosts/pump/items/temp/history?from=%ZZ",
+            "/events?from=yesterday",
+            "/events/abc",
+            "/triggers/x",
+            "/hosts?verbose=1",
+            // A path that is not valid UTF-8 once decoded.
+            "/hosts/%FF%FE",
+        ],
+    )
+    .await;
     // Malformed HTTP is answered by the server (400), not by a crash.
     let r = raw(gw.addr, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert_eq!(r.status, 400);
@@ -305,9 +305,7 @@ async fn config_requests_are_refused_with_the_right_status() {
     assert!(e.contains("application/json"), "{e}");
     // An oversized body: 413, JSON.
     let big = format!(r#"{{"target":20,"audit":["{}"]}}"#, "x".repeat(100_000));
-    gw.http("PUT", "/hosts/pump/items/setpoint/config", &[], Some(&big))
-        .await
-        .assert_error(413);
+    gw.put_config("setpoint", &big).await.assert_error(413);
     // Nothing was recorded.
     let config = gw.get("/hosts/pump/items/setpoint").await.json()["config"].clone();
     assert_eq!(config["lastclock"], serde_json::Value::Null, "{config}");
@@ -333,11 +331,9 @@ async fn settled_config(gw: &TestGateway, key: &str) -> serde_json::Value {
 async fn config_requests_are_carried_out_and_reported() {
     let gw = TestGateway::start("").await;
     let r = gw
-        .http(
-            "PUT",
-            "/hosts/pump/items/setpoint/config",
-            &[],
-            Some(r#"{"target":20,"audit":["ticket 7"],"id":"req-1"}"#),
+        .put_config(
+            "setpoint",
+            r#"{"target":20,"audit":["ticket 7"],"id":"req-1"}"#,
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -367,14 +363,7 @@ async fn config_requests_are_carried_out_and_reported() {
     assert_eq!(config, done);
 
     // Outside the bounds: recorded as FAILED (202), like on every channel.
-    let r = gw
-        .http(
-            "PUT",
-            "/hosts/pump/items/setpoint/config",
-            &[],
-            Some(r#"{"target":99}"#),
-        )
-        .await;
+    let r = gw.put_config("setpoint", r#"{"target":99}"#).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let c = r.json();
     assert_eq!(c["status"], "FAILED", "{c}");
@@ -387,12 +376,7 @@ async fn config_requests_are_carried_out_and_reported() {
 
     // `expected` that does not match what the device holds: FAILED with the found value.
     let r = gw
-        .http(
-            "PUT",
-            "/hosts/pump/items/setpoint/config",
-            &[],
-            Some(r#"{"target":30,"expected":25}"#),
-        )
+        .put_config("setpoint", r#"{"target":30,"expected":25}"#)
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let done = settled_config(&gw, "setpoint").await;
@@ -403,39 +387,17 @@ async fn config_requests_are_carried_out_and_reported() {
     // Well-formed JSON that is not a usable request: 400/422, nothing recorded.
     let before = gw.get("/hosts/pump/items/setpoint/config").await.json();
     let e = gw
-        .http(
-            "PUT",
-            "/hosts/pump/items/setpoint/config",
-            &[],
-            Some(r#"{"target":"abc"}"#),
-        )
+        .put_config("setpoint", r#"{"target":"abc"}"#)
         .await
         .assert_error(422);
     assert!(e.contains("target"), "{e}");
-    gw.http(
-        "PUT",
-        "/hosts/pump/items/setpoint/config",
-        &[],
-        Some(r#"{"expected":3}"#),
-    )
-    .await
-    .assert_error(400);
-    gw.http(
-        "PUT",
-        "/hosts/pump/items/setpoint/config",
-        &[],
-        Some(r#"{"target":20,"expexted":3}"#),
-    )
-    .await
-    .assert_error(400);
-    gw.http(
-        "PUT",
-        "/hosts/pump/items/setpoint/config",
-        &[],
-        Some("[1,2]"),
-    )
-    .await
-    .assert_error(400);
+    gw.put_config("setpoint", r#"{"expected":3}"#)
+        .await
+        .assert_error(400);
+    gw.put_config("setpoint", r#"{"target":20,"expexted":3}"#)
+        .await
+        .assert_error(400);
+    gw.put_config("setpoint", "[1,2]").await.assert_error(400);
     assert_eq!(
         gw.get("/hosts/pump/items/setpoint/config").await.json(),
         before

@@ -36,25 +36,28 @@ fn chromium() -> PathBuf {
     path
 }
 
+/// The flags every headless Chromium here runs with.
+const HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+];
+
 /// Runs headless Chromium on `url` with `extra` arguments; returns stdout.
 async fn run_chromium(url: &str, extra: &[String]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
-    let mut args: Vec<String> = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--virtual-time-budget=8000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = HEADLESS
+        .iter()
+        .chain(&["--virtual-time-budget=8000"])
+        .map(|s| s.to_string())
+        .collect();
     args.push(format!("--user-data-dir={}", profile.path().display()));
     args.extend(extra.iter().cloned());
     args.push(url.to_string());
@@ -239,17 +242,8 @@ impl Browser {
     async fn open(url: &str, window: &str) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = Command::new(chromium())
+            .args(HEADLESS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
                 "--remote-debugging-port=0",
                 &format!("--window-size={window}"),
                 &format!("--user-data-dir={}", profile.path().display()),

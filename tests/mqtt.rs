@@ -4,32 +4,34 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker::{data_messages, eventually, signal, Broker, Data, Msg, Pki, Upstream};
-use modbridge::daemon::Gateway;
+use common::Running;
 use modbridge::model::Table;
-use modbridge::sim::SimDevice;
+use modbridge::sim::{SimDevice, SimServer};
 use modbridge::store::Store;
+use tokio_rustls::rustls::ClientConfig;
 
 const ROOT: &str = "modbridge/box-1";
 
-struct Setup<'a> {
-    data: &'a Path,
+struct Setup {
+    data: PathBuf,
     device: SocketAddr,
     mqtt: String,
-    poll: &'a str,
+    poll: &'static str,
     /// Extra `[[hosts]]` blocks.
     hosts: String,
 }
 
-fn config_text(s: &Setup<'_>) -> String {
+fn config_text(s: &Setup) -> String {
     format!(
         r#"
 [gateway]
@@ -96,32 +98,52 @@ async fn device() -> (SimDevice, modbridge::sim::SimServer, SocketAddr) {
     (device, server, addr)
 }
 
-/// The gateway running in this process.
-struct Running {
-    gateway: Gateway,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), modbridge::daemon::DaemonError>>,
+/// A broker, an upstream client subscribed to everything below the root, the
+/// simulated device and, in a tempdir, the config file of a gateway talking to
+/// both (plain MQTT, poll interval 1 s, no extra hosts until `setup` changes).
+struct Fixture {
+    broker: Broker,
+    up: Upstream,
+    device: SimDevice,
+    _server: SimServer,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    setup: Setup,
 }
 
-fn start(path: &Path) -> Running {
-    let config = modbridge::config::load(path).expect("valid config");
-    let gateway = modbridge::daemon::open(config).expect("open");
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {
-        let _ = rx.await;
-    }));
-    Running {
-        gateway,
-        stop,
-        task,
+impl Fixture {
+    async fn new(broker: Broker, client: &str, tls: Option<ClientConfig>) -> Fixture {
+        let up = Upstream::connect(broker.port, client, tls, &[&format!("{ROOT}/#")], false).await;
+        let (device, server, addr) = device().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("modbridge.toml");
+        let setup = Setup {
+            data: dir.path().join("data"),
+            device: addr,
+            mqtt: mqtt_section(&broker.url(false), ""),
+            poll: "1s",
+            hosts: String::new(),
+        };
+        Fixture {
+            broker,
+            up,
+            device,
+            _server: server,
+            dir,
+            path,
+            setup,
+        }
     }
-}
 
-impl Running {
-    async fn stop(self) -> Gateway {
-        let _ = self.stop.send(());
-        self.task.await.expect("join").expect("clean stop");
-        self.gateway
+    /// Writes the config file from `setup`.
+    fn write(&self) {
+        std::fs::write(&self.path, config_text(&self.setup)).expect("write");
+    }
+
+    /// Writes the config file and starts the gateway on it.
+    fn start(&self) -> Running {
+        self.write();
+        Running::start_file(&self.path)
     }
 }
 
@@ -250,32 +272,16 @@ fn check_delivery(
 
 #[tokio::test]
 async fn samples_status_and_host_metadata_reach_the_upstream() {
-    let broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-1",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let (_device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
+    let mut fx = Fixture::new(Broker::start(), "upstream-1", None).await;
+    let addr = fx.setup.device;
     let boiler = format!(
         "\n[[hosts]]\nhost = \"boiler\"\nconnection = \"tcp://{addr}\"\nunit = 2\npoll_interval = \"1s\"\n\n[[hosts.items]]\nkey = \"t\"\ntable = \"input\"\naddress = 1\ntype = \"u16\"\n"
     );
-    let mut setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: mqtt_section(&broker.url(false), ""),
-        poll: "1s",
-        hosts: boiler,
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let run = start(&path);
+    fx.setup.hosts = boiler;
+    let run = fx.start();
 
-    let msgs = up
+    let msgs = fx
+        .up
         .wait(
             "status, both hosts' metadata and 3 pump data messages",
             Duration::from_secs(15),
@@ -328,7 +334,7 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
 
     // Retained: a client arriving later gets status and metadata at once.
     let mut late = Upstream::connect(
-        broker.port,
+        fx.broker.port,
         "late-1",
         None,
         &[&format!("{ROOT}/status"), &format!("{ROOT}/hosts/+")],
@@ -344,24 +350,25 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
 
     // A reload that removes a host clears its retained metadata; [mqtt] is
     // unchanged, so the connection stays.
-    setup.hosts = String::new();
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let before = up.messages().len();
-    assert!(modbridge::daemon::reload_from_file(&run.gateway, &path));
-    up.wait(
-        "boiler metadata cleared, pump republished",
-        Duration::from_secs(10),
-        |m| {
-            let new = &m[before.min(m.len())..];
-            new.iter()
-                .any(|m| m.topic == format!("{ROOT}/hosts/boiler") && m.payload.is_empty())
-                && new.iter().any(|m| m.topic == format!("{ROOT}/hosts/pump"))
-        },
-    )
-    .await;
+    fx.setup.hosts = String::new();
+    fx.write();
+    let before = fx.up.messages().len();
+    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path));
+    fx.up
+        .wait(
+            "boiler metadata cleared, pump republished",
+            Duration::from_secs(10),
+            |m| {
+                let new = &m[before.min(m.len())..];
+                new.iter()
+                    .any(|m| m.topic == format!("{ROOT}/hosts/boiler") && m.payload.is_empty())
+                    && new.iter().any(|m| m.topic == format!("{ROOT}/hosts/pump"))
+            },
+        )
+        .await;
     assert_eq!(run.gateway.mqtt.connects.load(Ordering::Relaxed), 1);
     let boiler_cleared = Upstream::connect(
-        broker.port,
+        fx.broker.port,
         "late-2",
         None,
         &[&format!("{ROOT}/hosts/+")],
@@ -383,43 +390,27 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
     assert!(snapshot.connected && snapshot.data_messages >= 3 && snapshot.data_samples >= 9);
     assert!(run.gateway.mqtt.delay_quantile(0.5).is_some());
     let gateway = run.stop().await;
-    up.wait("offline status", Duration::from_secs(5), |m| {
-        m.last().is_some_and(|m| is_status(m, "offline"))
-    })
-    .await;
+    fx.up
+        .wait("offline status", Duration::from_secs(5), |m| {
+            m.last().is_some_and(|m| is_status(m, "offline"))
+        })
+        .await;
     assert!(!gateway.mqtt.is_connected());
 }
 
 #[tokio::test]
 async fn a_broker_outage_loses_nothing() {
-    let mut broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-2",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let (device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: mqtt_section(&broker.url(false), ""),
-        poll: "500ms",
-        hosts: String::new(),
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let run = start(&path);
-    up.wait("first data", Duration::from_secs(10), |m| {
-        data_messages(m, ROOT).len() >= 2
-    })
-    .await;
+    let mut fx = Fixture::new(Broker::start(), "upstream-2", None).await;
+    fx.setup.poll = "500ms";
+    let run = fx.start();
+    fx.up
+        .wait("first data", Duration::from_secs(10), |m| {
+            data_messages(m, ROOT).len() >= 2
+        })
+        .await;
 
     // The broker goes away; polling and storage carry on.
-    broker.stop();
+    fx.broker.stop();
     let outage_start = modbridge::poll::unix_now();
     let status = run.gateway.mqtt.clone();
     eventually("the uplink notices", Duration::from_secs(10), || {
@@ -432,7 +423,7 @@ async fn a_broker_outage_loses_nothing() {
     let mut i = 0u16;
     while live.lock().items[1].clock.unwrap_or(0) < outage_start + 30 {
         i += 1;
-        device.set_register(Table::Input, 1, 100 + i);
+        fx.device.set_register(Table::Input, 1, 100 + i);
         tokio::time::timeout(Duration::from_secs(5), cycles.changed())
             .await
             .expect("polling goes on during the outage")
@@ -446,7 +437,7 @@ async fn a_broker_outage_loses_nothing() {
     assert!(status.connect_errors.load(Ordering::Relaxed) >= 1);
 
     // Back on the same port: the backlog drains.
-    broker.restart();
+    fx.broker.restart();
     let store = run.gateway.store.clone();
     // The reconnect backoff is at most 30 s (plus jitter).
     eventually("the backlog drains", Duration::from_secs(75), || {
@@ -455,7 +446,8 @@ async fn a_broker_outage_loses_nothing() {
     .await;
     assert_eq!(status.connects.load(Ordering::Relaxed), 2);
     let _ = run.stop().await;
-    let msgs = up
+    let msgs = fx
+        .up
         .wait(
             "offline status after the drain",
             Duration::from_secs(10),
@@ -463,7 +455,7 @@ async fn a_broker_outage_loses_nothing() {
         )
         .await;
     let received = data_messages(&msgs, ROOT);
-    let (history, pending) = stored(&path, "pump");
+    let (history, pending) = stored(&fx.path, "pump");
     check_delivery(&received, &pending, &history);
     // The values set during the outage all arrived, in order.
     let during: Vec<f64> = received
@@ -509,23 +501,11 @@ fn journal(db: &Path) -> (i64, i64, i64) {
 
 #[tokio::test]
 async fn sigkill_while_a_backlog_drains_loses_nothing() {
-    let mut broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-3",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let device = SimDevice::new();
-    let server = device.bind_tcp("127.0.0.1:0").await.expect("bind");
-    let addr = server.addr().expect("addr");
+    let mut fx = Fixture::new(Broker::start(), "upstream-3", None).await;
+    let addr = fx.setup.device;
     let values: Vec<u16> = (0..100).collect();
-    device.set_registers(Table::Input, 0, &values);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let log = dir.path().join("modbridge.log");
+    fx.device.set_registers(Table::Input, 0, &values);
+    let log = fx.dir.path().join("modbridge.log");
     // 20 hosts x 100 items: one data message per host and commit.
     let mut hosts = String::new();
     for h in 1..=20 {
@@ -538,34 +518,35 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
             ));
         }
     }
-    let data_dir = dir.path().join("data");
+    let data_dir = fx.dir.path().join("data");
     std::fs::write(
-        &path,
+        &fx.path,
         format!(
             "[gateway]\nid = \"box-1\"\ndata_dir = \"{}\"\n[storage]\ncommit_interval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}\n{hosts}",
             data_dir.display(),
-            mqtt_section(&broker.url(false), "")
+            mqtt_section(&fx.broker.url(false), "")
         ),
     )
     .expect("write");
     let db = data_dir.join("modbridge.db");
 
     // Build a backlog while the broker is away.
-    broker.stop();
-    let mut child = spawn_binary(&path, &log);
+    fx.broker.stop();
+    let mut child = spawn_binary(&fx.path, &log);
     eventually("a backlog of 150 messages", Duration::from_secs(60), || {
         db.exists() && journal(&db).0 >= 150
     })
     .await;
-    broker.restart();
-    up.wait("the drain to begin", Duration::from_secs(60), |m| {
-        !data_messages(m, ROOT).is_empty()
-    })
-    .await;
+    fx.broker.restart();
+    fx.up
+        .wait("the drain to begin", Duration::from_secs(60), |m| {
+            !data_messages(m, ROOT).is_empty()
+        })
+        .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let at_kill = up.messages().len();
-    let received_at_kill = data_messages(&up.messages(), ROOT).len();
+    let at_kill = fx.up.messages().len();
+    let received_at_kill = data_messages(&fx.up.messages(), ROOT).len();
     let (rows, points, _) = journal(&db);
     let max_seq: i64 = rusqlite::Connection::open(&db)
         .expect("db")
@@ -578,22 +559,23 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
     );
 
     // Restart: the rows not marked sent go out again, then everything else.
-    let mut child = spawn_binary(&path, &log);
-    up.wait(
-        "the restarted gateway online and every seq up to the kill",
-        Duration::from_secs(60),
-        |m| {
-            let after = &m[at_kill.min(m.len())..];
-            let seqs: BTreeSet<u64> = data_messages(m, ROOT)
-                .iter()
-                .filter_map(|d| d.seq)
-                .collect();
-            after.iter().any(|m| is_status(m, "online"))
-                && (1..=max_seq as u64).all(|s| seqs.contains(&s))
-                && data_messages(after, ROOT).len() >= rows as usize
-        },
-    )
-    .await;
+    let mut child = spawn_binary(&fx.path, &log);
+    fx.up
+        .wait(
+            "the restarted gateway online and every seq up to the kill",
+            Duration::from_secs(60),
+            |m| {
+                let after = &m[at_kill.min(m.len())..];
+                let seqs: BTreeSet<u64> = data_messages(m, ROOT)
+                    .iter()
+                    .filter_map(|d| d.seq)
+                    .collect();
+                after.iter().any(|m| is_status(m, "online"))
+                    && (1..=max_seq as u64).all(|s| seqs.contains(&s))
+                    && data_messages(after, ROOT).len() >= rows as usize
+            },
+        )
+        .await;
     signal(&child, "TERM");
     let status = child.wait().expect("wait");
     assert!(
@@ -601,7 +583,8 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
         "clean exit; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let msgs = up
+    let msgs = fx
+        .up
         .wait(
             "the explicit offline status",
             Duration::from_secs(10),
@@ -618,11 +601,11 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
         received.len(),
         distinct.len()
     );
-    let config = modbridge::config::load(&path).expect("config");
+    let config = modbridge::config::load(&fx.path).expect("config");
     let mut all_history = Series::new();
     let mut all_pending = Vec::new();
     for host in &config.hosts {
-        let (history, pending) = stored(&path, &host.host);
+        let (history, pending) = stored(&fx.path, &host.host);
         for (k, v) in history {
             all_history.insert(format!("{}/{k}", host.host), v);
         }
@@ -656,27 +639,14 @@ fn tls_section(broker: &Broker, pki: &Pki, ca: &str) -> String {
 #[tokio::test]
 async fn tls_with_client_certificates_and_a_wrong_ca() {
     let pki = Pki::new();
-    let broker = Broker::start_tls(&pki);
-    let mut up = Upstream::connect(
-        broker.port,
+    let mut fx = Fixture::new(
+        Broker::start_tls(&pki),
         "upstream-4",
         Some(pki.client("ca.pem")),
-        &[&format!("{ROOT}/#")],
-        false,
     )
     .await;
-    let (_device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let mut setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: tls_section(&broker, &pki, "wrong-ca.pem"),
-        poll: "1s",
-        hosts: String::new(),
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let run = start(&path);
+    fx.setup.mqtt = tls_section(&fx.broker, &pki, "wrong-ca.pem");
+    let run = fx.start();
     let status = run.gateway.mqtt.clone();
     eventually("two refused handshakes", Duration::from_secs(20), || {
         status.connect_errors.load(Ordering::Relaxed) >= 2
@@ -699,16 +669,17 @@ async fn tls_with_client_certificates_and_a_wrong_ca() {
     assert!(run.gateway.store.outbox_len() > 0);
 
     // The right CA (a changed [mqtt] section): it connects and the backlog drains.
-    setup.mqtt = tls_section(&broker, &pki, "ca.pem");
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    assert!(modbridge::daemon::reload_from_file(&run.gateway, &path));
-    up.wait(
-        "online status and data over TLS",
-        Duration::from_secs(15),
-        |m| m.iter().any(|m| is_status(m, "online")) && data_messages(m, ROOT).len() >= 2,
-    )
-    .await;
-    let received = data_messages(&up.messages(), ROOT);
+    fx.setup.mqtt = tls_section(&fx.broker, &pki, "ca.pem");
+    fx.write();
+    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path));
+    fx.up
+        .wait(
+            "online status and data over TLS",
+            Duration::from_secs(15),
+            |m| m.iter().any(|m| is_status(m, "online")) && data_messages(m, ROOT).len() >= 2,
+        )
+        .await;
+    let received = data_messages(&fx.up.messages(), ROOT);
     assert_eq!(
         received[0].seq,
         Some(1),
@@ -720,39 +691,22 @@ async fn tls_with_client_certificates_and_a_wrong_ca() {
 
 #[tokio::test]
 async fn bad_downlink_messages_are_refused_on_rejected() {
-    let broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-5",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let (_device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: mqtt_section(&broker.url(false), ""),
-        poll: "1s",
-        hosts: String::new(),
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
+    let mut fx = Fixture::new(Broker::start(), "upstream-5", None).await;
     // A retained command is waiting when the gateway subscribes.
-    up.publish(
-        &format!("{ROOT}/cmd/ack"),
-        r#"{"eventid":1,"message":"x"}"#,
-        true,
-    )
-    .await;
+    fx.up
+        .publish(
+            &format!("{ROOT}/cmd/ack"),
+            r#"{"eventid":1,"message":"x"}"#,
+            true,
+        )
+        .await;
     let now = modbridge::poll::unix_now();
-    let run = start(&path);
-    up.wait("online and data", Duration::from_secs(10), |m| {
-        m.iter().any(|m| is_status(m, "online")) && !data_messages(m, ROOT).is_empty()
-    })
-    .await;
+    let run = fx.start();
+    fx.up
+        .wait("online and data", Duration::from_secs(10), |m| {
+            m.iter().any(|m| is_status(m, "online")) && !data_messages(m, ROOT).is_empty()
+        })
+        .await;
     let big = format!("{{\"host\":\"pump\",\"pad\":\"{}\"}}", "x".repeat(1 << 20));
     let cases: Vec<(&str, String, bool, &str)> = vec![
         (
@@ -847,9 +801,10 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
     for (i, (cmd, payload, retain, want)) in cases.iter().enumerate() {
         let topic = format!("{ROOT}/{cmd}");
         if !payload.is_empty() {
-            up.publish(&topic, payload.as_bytes(), *retain).await;
+            fx.up.publish(&topic, payload.as_bytes(), *retain).await;
         }
-        let msgs = up
+        let msgs = fx
+            .up
             .wait(
                 &format!("rejection {i} ({cmd})"),
                 Duration::from_secs(10),
@@ -876,7 +831,8 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
         assert!(r["clock"].as_i64().unwrap() >= now, "case {i}");
     }
     // Clearing the retained command is not a command (and not refused).
-    up.publish(&format!("{ROOT}/cmd/ack"), Vec::new(), true)
+    fx.up
+        .publish(&format!("{ROOT}/cmd/ack"), Vec::new(), true)
         .await;
 
     // A good resend: the stored history again, told apart from live data.
@@ -890,16 +846,18 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
         .history(temp, now - 3600, to, None)
         .expect("history");
     assert!(!history.is_empty());
-    up.publish(
-        &format!("{ROOT}/cmd/resend"),
-        format!(
-            r#"{{"host":"pump","key":"temp","from":{},"to":{to}}}"#,
-            now - 3600
-        ),
-        false,
-    )
-    .await;
-    let msgs = up
+    fx.up
+        .publish(
+            &format!("{ROOT}/cmd/resend"),
+            format!(
+                r#"{{"host":"pump","key":"temp","from":{},"to":{to}}}"#,
+                now - 3600
+            ),
+            false,
+        )
+        .await;
+    let msgs = fx
+        .up
         .wait("the resend", Duration::from_secs(10), |m| {
             data_messages(m, ROOT).iter().any(|d| d.resend)
         })
@@ -928,49 +886,33 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
     assert_eq!(status.connects, 1, "no bad message broke the connection");
     assert!(status.connected);
     assert_eq!(status.rejected, cases.len() as u64);
-    let seen = data_messages(&up.messages(), ROOT).len();
-    up.wait("more live data", Duration::from_secs(10), |m| {
-        data_messages(m, ROOT).len() > seen
-    })
-    .await;
+    let seen = data_messages(&fx.up.messages(), ROOT).len();
+    fx.up
+        .wait("more live data", Duration::from_secs(10), |m| {
+            data_messages(m, ROOT).len() > seen
+        })
+        .await;
     let _ = run.stop().await;
 }
 
 #[tokio::test]
 async fn a_config_request_over_mqtt_reports_pending_then_success() {
-    let broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-6",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let (device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: mqtt_section(&broker.url(false), ""),
-        poll: "1s",
-        hosts: String::new(),
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let run = start(&path);
-    up.wait("online", Duration::from_secs(10), |m| {
-        m.iter().any(|m| is_status(m, "online"))
-    })
-    .await;
+    let mut fx = Fixture::new(Broker::start(), "upstream-6", None).await;
+    let run = fx.start();
+    fx.up
+        .wait("online", Duration::from_secs(10), |m| {
+            m.iter().any(|m| is_status(m, "online"))
+        })
+        .await;
     let topic = format!("{ROOT}/config/pump/setpoint");
-    up.publish(
+    fx.up.publish(
         &format!("{ROOT}/cmd/config"),
         r#"{"host":"pump","key":"setpoint","target":30,"expected":45,"audit":["alice"],"id":"r-1"}"#,
         false,
     )
     .await;
-    let msgs = up
+    let msgs = fx
+        .up
         .wait("PENDING then SUCCESS", Duration::from_secs(15), |m| {
             m.iter()
                 .any(|m| m.topic == topic && m.json()["config"]["status"] == "SUCCESS")
@@ -991,25 +933,27 @@ async fn a_config_request_over_mqtt_reports_pending_then_success() {
         done["config"]["audit"],
         serde_json::json!(["alice", "mqtt"])
     );
-    assert_eq!(device.register(Table::Holding, 0), 30);
+    assert_eq!(fx.device.register(Table::Holding, 0), 30);
     assert!(msgs.iter().all(|m| m.topic != format!("{ROOT}/rejected")));
 
     // Out of bounds: recorded and FAILED at once (a status, not a rejection).
-    up.publish(
-        &format!("{ROOT}/cmd/config"),
-        r#"{"host":"pump","key":"setpoint","target":99}"#,
-        false,
-    )
-    .await;
-    up.wait("FAILED", Duration::from_secs(10), |m| {
-        m.iter()
-            .any(|m| m.topic == topic && m.json()["config"]["status"] == "FAILED")
-    })
-    .await;
-    assert_eq!(device.register(Table::Holding, 0), 30);
+    fx.up
+        .publish(
+            &format!("{ROOT}/cmd/config"),
+            r#"{"host":"pump","key":"setpoint","target":99}"#,
+            false,
+        )
+        .await;
+    fx.up
+        .wait("FAILED", Duration::from_secs(10), |m| {
+            m.iter()
+                .any(|m| m.topic == topic && m.json()["config"]["status"] == "FAILED")
+        })
+        .await;
+    assert_eq!(fx.device.register(Table::Holding, 0), 30);
 
     // Retained: the latest status is there for a client arriving later.
-    let mut late = Upstream::connect(broker.port, "late-6", None, &[&topic], true).await;
+    let mut late = Upstream::connect(fx.broker.port, "late-6", None, &[&topic], true).await;
     let m = late
         .wait("retained config status", Duration::from_secs(5), |m| {
             !m.is_empty()
@@ -1027,43 +971,28 @@ async fn a_config_request_over_mqtt_reports_pending_then_success() {
 
 #[tokio::test]
 async fn alarm_events_and_acknowledgements_travel_over_mqtt() {
-    let broker = Broker::start();
-    let mut up = Upstream::connect(
-        broker.port,
-        "upstream-7",
-        None,
-        &[&format!("{ROOT}/#")],
-        false,
-    )
-    .await;
-    let (device, _server, addr) = device().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("modbridge.toml");
-    let setup = Setup {
-        data: &dir.path().join("data"),
-        device: addr,
-        mqtt: mqtt_section(&broker.url(false), ""),
-        poll: "200ms",
-        hosts: r#"
+    let mut fx = Fixture::new(Broker::start(), "upstream-7", None).await;
+    fx.setup.poll = "200ms";
+    fx.setup.hosts = r#"
 [[triggers]]
 triggerid = 7
 description = "Outdoor too warm"
 severity = 4
 expression = "last(/pump/temp) > 30"
 "#
-        .to_string(),
-    };
-    std::fs::write(&path, config_text(&setup)).expect("write");
-    let run = start(&path);
-    up.wait("online", Duration::from_secs(10), |m| {
-        m.iter().any(|m| is_status(m, "online"))
-    })
-    .await;
+    .to_string();
+    let run = fx.start();
+    fx.up
+        .wait("online", Duration::from_secs(10), |m| {
+            m.iter().any(|m| is_status(m, "online"))
+        })
+        .await;
     // 21.5 degC -> 35.0 degC: one problem event, and the trigger's state.
-    device.set_register(Table::Input, 0, 350);
+    fx.device.set_register(Table::Input, 0, 350);
     let events = format!("{ROOT}/events");
     let trigger = format!("{ROOT}/triggers/7");
-    let msgs = up
+    let msgs = fx
+        .up
         .wait("a problem event", Duration::from_secs(10), |m| {
             m.iter()
                 .any(|m| m.topic == events && m.json()["value"] == "problem")
@@ -1080,20 +1009,23 @@ expression = "last(/pump/temp) > 30"
     assert_eq!(event["severity"], serde_json::json!([4, "B-Larm"]));
     assert_eq!(event["acknowledgements"], serde_json::json!([]));
     let eventid = event["eventid"].as_u64().expect("eventid");
-    up.wait("the trigger in problem", Duration::from_secs(10), |m| {
-        m.iter()
-            .any(|m| m.topic == trigger && m.json()["value"] == "problem")
-    })
-    .await;
+    fx.up
+        .wait("the trigger in problem", Duration::from_secs(10), |m| {
+            m.iter()
+                .any(|m| m.topic == trigger && m.json()["value"] == "problem")
+        })
+        .await;
 
     // The acknowledgement comes down and the event goes up again with it.
-    up.publish(
-        &format!("{ROOT}/cmd/ack"),
-        format!(r#"{{"eventid":{eventid},"message":"technician on the way"}}"#),
-        false,
-    )
-    .await;
-    let msgs = up
+    fx.up
+        .publish(
+            &format!("{ROOT}/cmd/ack"),
+            format!(r#"{{"eventid":{eventid},"message":"technician on the way"}}"#),
+            false,
+        )
+        .await;
+    let msgs = fx
+        .up
         .wait(
             "the event again, acknowledged",
             Duration::from_secs(10),

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::Running;
 use modbridge::model::Table;
 use modbridge::poll::ItemState;
 use modbridge::sim::SimDevice;
@@ -80,10 +81,7 @@ async fn polled_values_become_history_and_trends() {
     let gateway = modbridge::daemon::open(config.clone()).expect("open");
     let live = gateway.host("pump").expect("host");
     let mut cycles = live.subscribe();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let run = Running::run(gateway);
 
     // Three cycles with changing values; "quiet" changes by less than its deadband.
     let mut seen = Vec::new();
@@ -119,8 +117,7 @@ async fn polled_values_become_history_and_trends() {
             .is_some_and(|e| e.contains("illegal data address")));
         assert_eq!(l.items[2].value, None);
     }
-    let _ = stop_tx.send(());
-    run.await.expect("join").expect("clean stop");
+    run.stop().await;
 
     let store = modbridge::store::Store::open(&config).expect("reopen");
     let temp = store.item_id("pump", "temp").expect("temp id");

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::Running;
 use modbridge::daemon::{self, Gateway};
 use modbridge::model::{Config, Table};
 use modbridge::sim::{SimDevice, SimServer};
@@ -125,8 +126,7 @@ struct Rig {
     dir: tempfile::TempDir,
     config: Config,
     gateway: Gateway,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    run: Option<tokio::task::JoinHandle<Result<(), daemon::DaemonError>>>,
+    running: Option<Running>,
 }
 
 impl Rig {
@@ -143,30 +143,19 @@ impl Rig {
             dir,
             config,
             gateway,
-            stop: None,
-            run: None,
+            running: None,
         };
         rig.start();
         rig
     }
 
     fn start(&mut self) {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        self.stop = Some(tx);
-        self.run = Some(tokio::spawn(daemon::run_gateway(
-            self.gateway.clone(),
-            async {
-                let _ = rx.await;
-            },
-        )));
+        self.running = Some(Running::run(self.gateway.clone()));
     }
 
     async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(run) = self.run.take() {
-            run.await.expect("join").expect("clean stop");
+        if let Some(running) = self.running.take() {
+            running.stop().await;
         }
     }
 

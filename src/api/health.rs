@@ -308,6 +308,21 @@ impl Exposition {
         self.sample(name, &[], value);
     }
 
+    /// A family with one sample per value of the label `label`.
+    pub fn by_label(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        values: &[(&str, f64)],
+    ) {
+        self.family(name, kind, help);
+        for (value, n) in values {
+            self.sample(name, &[(label, value)], *n);
+        }
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
@@ -498,18 +513,17 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
     );
 
     let writes = gateway.writes.stats();
-    m.family(
+    m.by_label(
         "modbridge_config_requests",
         "gauge",
         "Config requests (writes) kept in the database, by current status.",
+        "status",
+        &[
+            ("PENDING", writes.pending as f64),
+            ("SUCCESS", writes.success as f64),
+            ("FAILED", writes.failed as f64),
+        ],
     );
-    for (status, n) in [
-        ("PENDING", writes.pending),
-        ("SUCCESS", writes.success),
-        ("FAILED", writes.failed),
-    ] {
-        m.sample("modbridge_config_requests", &[("status", status)], n as f64);
-    }
     m.single(
         "modbridge_config_requests_refused_total",
         "counter",
@@ -523,14 +537,17 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         writes.unreachable as f64,
     );
     let alarms = gateway.alarms.stats();
-    m.family("modbridge_triggers", "gauge", "Triggers by current value.");
-    for (value, n) in [
-        ("OK", alarms.ok),
-        ("problem", alarms.problem),
-        ("unknown", alarms.unknown),
-    ] {
-        m.sample("modbridge_triggers", &[("value", value)], n as f64);
-    }
+    m.by_label(
+        "modbridge_triggers",
+        "gauge",
+        "Triggers by current value.",
+        "value",
+        &[
+            ("OK", alarms.ok as f64),
+            ("problem", alarms.problem as f64),
+            ("unknown", alarms.unknown as f64),
+        ],
+    );
     m.single(
         "modbridge_events_total",
         "counter",

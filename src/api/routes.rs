@@ -57,6 +57,33 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, HttpError> {
     })
 }
 
+/// Runs `f` on the blocking pool; 200 with the JSON it returns.
+async fn blocking_ok(
+    f: impl FnOnce() -> Result<Vec<u8>, HttpError> + Send + 'static,
+) -> Result<Response, HttpError> {
+    Ok(json_bytes(StatusCode::OK, blocking(f).await?))
+}
+
+/// Refuses (422) an answer of more than [`MAX_POINTS`] points or events.
+fn at_most_max_points(n: usize, what: &str) -> Result<(), HttpError> {
+    if n > MAX_POINTS {
+        return Err(HttpError::unprocessable(format!(
+            "{n} {what} in that range, more than the {MAX_POINTS} one answer carries; narrow from/to or give a limit"
+        )));
+    }
+    Ok(())
+}
+
+/// A JSON answer with a `Location` header (left out if `location` is not a
+/// valid header value).
+fn json_at(status: StatusCode, body: Vec<u8>, location: &str) -> Response {
+    let mut res = json_bytes(status, body);
+    if let Ok(loc) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    res
+}
+
 fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
     Ok(json_bytes(StatusCode::OK, to_json(value)?))
 }
@@ -141,13 +168,12 @@ pub async fn host(
     Params::parse(q, &[])?;
     let (spec, live) = find_host(&st.gateway.running(), &host)?;
     let gateway = st.gateway.clone();
-    let body = blocking(move || {
+    blocking_ok(move || {
         let items = item_objects(&gateway, &spec, &live, None);
         let object = host_object(&spec, &live.lock(), Some(items));
         to_json(&object)
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// `GET /hosts/{host}/items/{key}`
@@ -160,7 +186,7 @@ pub async fn item(
     Params::parse(q, &[])?;
     let (spec, live, index) = find_item(&st.gateway.running(), &host, &key)?;
     let gateway = st.gateway.clone();
-    let body = blocking(move || {
+    blocking_ok(move || {
         let items = item_objects(&gateway, &spec, &live, Some(index));
         match items.first() {
             Some(item) => to_json(item),
@@ -169,8 +195,7 @@ pub async fn item(
             ))),
         }
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// `GET /hosts/{host}/items/{key}/history?from=&to=&limit=`
@@ -188,20 +213,14 @@ pub async fn history(
     let Some(id) = store.item_id(&host, &key) else {
         return ok_json(&[] as &[(i64, f64)]);
     };
-    let body = blocking(move || {
+    blocking_ok(move || {
         let points = store
             .history(id, from, to, limit)
             .map_err(|e| HttpError::storage(&e))?;
-        if points.len() > MAX_POINTS {
-            return Err(HttpError::unprocessable(format!(
-                "{} points in that range, more than the {MAX_POINTS} one answer carries; narrow from/to or give a limit",
-                points.len()
-            )));
-        }
+        at_most_max_points(points.len(), "points")?;
         to_json(&points)
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// The trend buckets of an item, `[(hour, bucket)]`, current hour included.
@@ -375,13 +394,11 @@ pub async fn put_config(
     })
     .await?;
     tracing::info!(%host, %key, %peer, status = object.status.as_str(), "config request through the API");
-    let mut res = json_bytes(StatusCode::ACCEPTED, to_json(&object)?);
-    if let Ok(loc) =
-        HeaderValue::from_str(&format!("/hosts/{}/items/{}", encode(&host), encode(&key)))
-    {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+    Ok(json_at(
+        StatusCode::ACCEPTED,
+        to_json(&object)?,
+        &format!("/hosts/{}/items/{}", encode(&host), encode(&key)),
+    ))
 }
 
 /// `GET /hosts/{host}/items/{key}/config`: the item's config object.
@@ -399,15 +416,14 @@ pub async fn get_config(
         )));
     }
     let writes = st.gateway.writes.clone();
-    let body = blocking(move || {
+    blocking_ok(move || {
         to_json(
             &writes
                 .config_of(&host, &key)
                 .unwrap_or_else(ConfigObject::none),
         )
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// `GET /events?from=&to=&host=&key=&limit=`: ascending by `eventid`;
@@ -423,22 +439,16 @@ pub async fn events(State(st): State<AppState>, q: RawQuery) -> Result<Response,
         key: params.text("key").map(str::to_string),
     };
     let alarms = st.gateway.alarms.clone();
-    let body = blocking(move || {
+    blocking_ok(move || {
         let mut events = alarms.events(&filter).map_err(|e| HttpError::storage(&e))?;
         if let Some(limit) = limit {
             let drop = events.len().saturating_sub(limit);
             events.drain(..drop);
         }
-        if events.len() > MAX_POINTS {
-            return Err(HttpError::unprocessable(format!(
-                "{} events in that range, more than the {MAX_POINTS} one answer carries; narrow from/to or give a limit",
-                events.len()
-            )));
-        }
+        at_most_max_points(events.len(), "events")?;
         to_json(&events)
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// `GET /events/{eventid}`
@@ -450,13 +460,12 @@ pub async fn event(
     let eventid = params::id("eventid", &params::path(p)?)?;
     Params::parse(q, &[])?;
     let alarms = st.gateway.alarms.clone();
-    let body = blocking(move || match alarms.event(eventid) {
+    blocking_ok(move || match alarms.event(eventid) {
         Ok(Some(event)) => to_json(&event),
         Ok(None) => Err(HttpError::not_found(format!("no event {eventid}"))),
         Err(e) => Err(HttpError::storage(&e)),
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 /// `POST /events/{eventid}/acknowledgements` with `{"message"}`: 201 with the
@@ -496,19 +505,18 @@ pub async fn acknowledge(
     })
     .await?;
     tracing::info!(eventid, %peer, "event acknowledged through the API");
-    let mut res = json_bytes(StatusCode::CREATED, to_json(&event)?);
-    if let Ok(loc) = HeaderValue::from_str(&format!("/events/{eventid}")) {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+    Ok(json_at(
+        StatusCode::CREATED,
+        to_json(&event)?,
+        &format!("/events/{eventid}"),
+    ))
 }
 
 /// `GET /triggers`
 pub async fn triggers(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
     Params::parse(q, &[])?;
     let alarms = st.gateway.alarms.clone();
-    let body = blocking(move || to_json(&alarms.triggers())).await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    blocking_ok(move || to_json(&alarms.triggers())).await
 }
 
 /// `GET /triggers/{triggerid}`
@@ -520,12 +528,11 @@ pub async fn trigger(
     let triggerid = params::id("triggerid", &params::path(p)?)?;
     Params::parse(q, &[])?;
     let alarms = st.gateway.alarms.clone();
-    let body = blocking(move || match alarms.trigger(triggerid) {
+    blocking_ok(move || match alarms.trigger(triggerid) {
         Some(t) => to_json(&t),
         None => Err(HttpError::not_found(format!("no trigger {triggerid}"))),
     })
-    .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .await
 }
 
 #[cfg(test)]

@@ -391,17 +391,7 @@ fn read_mqtt(
 ) -> Option<MqttSpec> {
     let section = Section::of(src, value, "[mqtt]", String::new(), report)?;
     section.check_keys(report, "[mqtt]", &MQTT_KEYS);
-    let mut mqtt = MqttSpec {
-        url: String::new(),
-        client_id: format!("modbridge-{gateway_id}"),
-        username: None,
-        password_file: None,
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        topic_prefix: "modbridge".to_string(),
-        keep_alive: std::time::Duration::from_secs(30),
-    };
+    let mut mqtt = MqttSpec::new("", gateway_id);
     let mut tls = None;
     match section.string(report, "url") {
         Some(url) => {

@@ -303,15 +303,8 @@ mod tests {
 
     fn spec(url: &str) -> MqttSpec {
         MqttSpec {
-            url: url.into(),
-            client_id: "modbridge-t".into(),
-            username: None,
-            password_file: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            topic_prefix: "modbridge".into(),
             keep_alive: Duration::from_millis(300),
+            ..MqttSpec::new(url, "t")
         }
     }
 

@@ -15,52 +15,24 @@ pub(crate) fn item(key: &str) -> ItemSpec {
 
 /// A config with `hosts` hosts `h0..` of `items` items `k0..` each.
 pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Config {
+    let hosts = (0..hosts)
+        .map(|h| HostSpec {
+            poll_interval: Duration::from_secs(1),
+            ..HostSpec::tcp(
+                &format!("h{h}"),
+                "127.0.0.1",
+                502,
+                (0..items).map(|i| item(&format!("k{i}"))).collect(),
+            )
+        })
+        .collect();
     Config {
-        path: dir.join("modbridge.toml"),
-        gateway: GatewaySpec {
-            id: "gw".into(),
-            name: "gw".into(),
-            data_dir: dir.join("data"),
-        },
-        storage: StorageSpec::default(),
-        severity: default_severity(),
-        mqtt: mqtt.then(|| MqttSpec {
-            url: "mqtt://127.0.0.1:1883".into(),
-            client_id: "modbridge-gw".into(),
-            username: None,
-            password_file: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            topic_prefix: "modbridge".into(),
-            keep_alive: Duration::from_secs(30),
-        }),
-        api: ApiSpec::default(),
-        hosts: (0..hosts)
-            .map(|h| HostSpec {
-                host: format!("h{h}"),
-                name: format!("h{h}"),
-                connection: crate::model::Connection::Tcp {
-                    host: "127.0.0.1".into(),
-                    port: 502,
-                },
-                serial: None,
-                unit: 1,
-                model: "generic".into(),
-                poll_interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                retries: 1,
-                max_read_registers: 125,
-                max_gap: 8,
-                byte_order: ByteOrder::Abcd,
-                kind: None,
-                tags: Vec::new(),
-                write_expiry: Duration::from_secs(600),
-                items: (0..items).map(|i| item(&format!("k{i}"))).collect(),
-            })
-            .map(std::sync::Arc::new)
-            .collect(),
-        triggers: Vec::new(),
+        mqtt: mqtt.then(|| MqttSpec::new("mqtt://127.0.0.1:1883", "gw")),
+        ..Config::new(
+            dir.join("modbridge.toml"),
+            GatewaySpec::new("gw", dir.join("data")),
+            hosts,
+        )
     }
 }
 

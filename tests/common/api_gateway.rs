@@ -168,6 +168,21 @@ impl TestGateway {
         self.http("GET", path, &[], None).await
     }
 
+    /// PUTs `body` as a config request for item `key` of host `pump`.
+    pub async fn put_config(&self, key: &str, body: &str) -> Reply {
+        let path = format!("/hosts/pump/items/{key}/config");
+        self.http("PUT", &path, &[], Some(body)).await
+    }
+
+    /// GETs each path and checks it answers a JSON error with `status`.
+    pub async fn assert_get_errors(&self, status: u16, paths: &[&str]) {
+        for path in paths {
+            let reply = self.get(path).await;
+            assert_eq!(reply.status, status, "GET {path}: {}", reply.body);
+            reply.assert_error(status);
+        }
+    }
+
     /// Stops the gateway (and its API) cleanly.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

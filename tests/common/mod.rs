@@ -5,7 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use modbridge::model::{Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType};
+use modbridge::daemon::{self, DaemonError, Gateway};
+use modbridge::model::{Config, Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// An item with defaults: scale 1, no deadband, 1 s poll.
 pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
@@ -91,5 +94,44 @@ impl Drop for PtyPair {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A gateway running in the test's runtime until `stop`.
+pub struct Running {
+    pub gateway: Gateway,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), DaemonError>>,
+}
+
+impl Running {
+    /// Opens the gateway for `config` and runs it.
+    pub fn start(config: Config) -> Running {
+        Running::run(daemon::open(config).expect("open"))
+    }
+
+    /// Loads the config file at `path`, opens the gateway and runs it.
+    pub fn start_file(path: &std::path::Path) -> Running {
+        Running::start(modbridge::config::load(path).expect("valid config"))
+    }
+
+    /// Runs a gateway already opened.
+    pub fn run(gateway: Gateway) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon::run_gateway(gateway.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            gateway,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the gateway and checks it stopped cleanly; returns it.
+    pub async fn stop(self) -> Gateway {
+        let _ = self.stop.send(());
+        self.task.await.expect("join").expect("clean stop");
+        self.gateway
     }
 }
