@@ -680,6 +680,7 @@ pub async fn run_host_with_writes(
         if let Some(store) = &outputs.store {
             if !samples.is_empty() {
                 store.push(&samples);
+                store.wait_if_backlogged(Duration::from_millis(200)).await;
             }
         }
         outputs.live.cycle_done();

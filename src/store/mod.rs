@@ -390,6 +390,8 @@ pub(crate) struct Inner {
     reader: Mutex<Connection>,
     counters: Counters,
     commits_tx: tokio::sync::watch::Sender<u64>,
+    /// Bumped each time the writer takes the push buffer.
+    drained_tx: tokio::sync::watch::Sender<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -524,6 +526,7 @@ impl Store {
                 outbox: AtomicU64::new(outbox.max(0) as u64),
             },
             commits_tx,
+            drained_tx: tokio::sync::watch::Sender::new(0),
             thread: Mutex::new(None),
         });
         let w = writer::Writer::new(inner.clone(), conn, settings)?;
@@ -600,6 +603,21 @@ impl Store {
         if s.buf.len() >= inner.opts.high_water && !s.hw_notified {
             s.hw_notified = true;
             inner.wake.notify_one();
+        }
+    }
+
+    /// Waits (at most `limit`) until the writer has taken the push buffer, if
+    /// it holds more than four times `high_water` samples. Host tasks call this
+    /// after pushing, so a writer that falls behind (a slow disk, a busy CPU)
+    /// slows polling a little instead of letting the buffer grow.
+    pub async fn wait_if_backlogged(&self, limit: Duration) {
+        let mut drained = self.inner.drained_tx.subscribe();
+        let backlogged = {
+            let s = lock(&self.inner.shared);
+            !s.closed && s.buf.len() >= self.inner.opts.high_water.saturating_mul(4)
+        };
+        if backlogged {
+            let _ = tokio::time::timeout(limit, drained.changed()).await;
         }
     }
 

@@ -260,6 +260,7 @@ impl Writer {
                     let mut batch = std::mem::take(&mut self.spare);
                     std::mem::swap(&mut batch, &mut s.buf);
                     s.hw_notified = false;
+                    inner.drained_tx.send_modify(|n| *n += 1);
                     let commit_now =
                         s.closing || s.req_gen > s.done_gen || Instant::now() >= deadline;
                     (batch, commit_now)
