@@ -1274,3 +1274,90 @@ async fn the_demo_moves_to_a_free_port_when_8080_is_taken_and_says_where() {
         .unwrap();
     assert!(status.success());
 }
+
+/// Polls the API until `done` holds for the answer to `GET path`, or panics.
+async fn await_reply(
+    addr: std::net::SocketAddr,
+    path: &str,
+    what: &str,
+    done: impl Fn(&api_gateway::Reply) -> bool,
+) -> api_gateway::Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The raw client panics when nobody listens: look first.
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let reply = http(addr, "GET", path, &[], None).await;
+            if done(&reply) {
+                return reply;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pending_write_survives_kill_9_and_is_carried_out_after_the_restart() {
+    // The device does not answer yet: the request stays PENDING.
+    let device = modbridge::sim::SimDevice::new();
+    device.set_register(Table::Holding, 10, 45);
+    device.faults(|f| f.silent = true);
+    let server = device.bind_tcp("127.0.0.1:0").await.expect("bind");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let path = dir.path().join("modbridge.toml");
+    let text = api_gateway::config_text(server.addr().expect("addr"), &dir.path().join("data"), "")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+    std::fs::write(&path, text).expect("config");
+    let spawn = || {
+        std::process::Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run modbridge")
+    };
+    let config_path = "/hosts/pump/items/setpoint/config";
+    let mut child = spawn();
+    await_reply(addr, "/hosts", "the API", |r| r.status == 200).await;
+    let reply = http(
+        addr,
+        "PUT",
+        config_path,
+        &[],
+        Some(r#"{"target":33,"id":"k9"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.json()["status"], "PENDING", "{}", reply.body);
+
+    // kill -9 right after the receipt, then the device comes back.
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(device.register(Table::Holding, 10), 45, "not written yet");
+    device.faults(|f| f.silent = false);
+
+    let mut child = spawn();
+    let done = await_reply(addr, config_path, "SUCCESS after the restart", |r| {
+        r.status == 200 && r.json()["status"] == "SUCCESS"
+    })
+    .await;
+    let config = done.json();
+    assert_eq!(config["target"], 33.0);
+    assert_eq!(config["id"], "k9");
+    assert!(
+        config["audit"][0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("api 127.0.0.1:")),
+        "{config}"
+    );
+    assert_eq!(device.register(Table::Holding, 10), 33);
+    let _ = child.kill();
+    let _ = child.wait();
+}
