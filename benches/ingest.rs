@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 use modbridge::model::*;
 use modbridge::store::{Sample, Store, StoreOptions};
 
+/// A store for 10 hosts of `items` items each, and the items' ids.
+fn open_store(dir: &Path, items: usize) -> (Store, Vec<u32>) {
+    let cfg = config(dir, 10, items);
+    let store = Store::open_with(&cfg, StoreOptions::default()).expect("open");
+    let ids = cfg
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            h.items
+                .iter()
+                .map(|i| store.item_id(&h.host, &i.key).expect("id"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (store, ids)
+}
+
 fn config(dir: &Path, hosts: usize, items: usize) -> Config {
     let item = |k: usize| ItemSpec {
         scale: 0.1,
@@ -53,18 +70,7 @@ struct Figures {
 
 fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Option<i64>) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), 10, items);
-    let store = Store::open_with(&cfg, StoreOptions::default()).expect("open");
-    let ids: Vec<u32> = cfg
-        .hosts
-        .iter()
-        .flat_map(|h| {
-            h.items
-                .iter()
-                .map(|i| store.item_id(&h.host, &i.key).expect("id"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let (store, ids) = open_store(dir.path(), items);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -166,18 +172,7 @@ fn cpu_seconds() -> f64 {
 /// W1-like load: 1000 values pushed once a second (10 hosts x 100), for `secs` seconds.
 fn steady(secs: i64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), 10, 1000);
-    let store = Store::open_with(&cfg, StoreOptions::default()).expect("open");
-    let ids: Vec<u32> = cfg
-        .hosts
-        .iter()
-        .flat_map(|h| {
-            h.items
-                .iter()
-                .map(|i| store.item_id(&h.host, &i.key).expect("id"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let (store, ids) = open_store(dir.path(), 1000);
     let mut rng = fastrand::Rng::with_seed(1);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
