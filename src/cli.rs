@@ -52,32 +52,7 @@ pub enum Command {
         key: Option<String>,
     },
     /// Read raw registers and show every plausible decoding side by side.
-    Probe {
-        /// tcp://HOST:PORT or rtu:///dev/ttyUSB0
-        #[arg(long)]
-        connection: String,
-        /// Modbus unit id.
-        #[arg(long, default_value_t = 1)]
-        unit: u8,
-        /// holding, input, coil or discrete.
-        #[arg(long)]
-        table: String,
-        /// First 0-based address.
-        #[arg(long)]
-        address: u16,
-        /// How many registers (or bits).
-        #[arg(long, default_value_t = 10)]
-        count: u16,
-        /// Serial line speed (rtu only).
-        #[arg(long, default_value_t = 9600)]
-        baud: u32,
-        /// Serial parity: none, even or odd (rtu only).
-        #[arg(long, default_value = "none")]
-        parity: String,
-        /// Per request.
-        #[arg(long, default_value = "1s")]
-        timeout: String,
-    },
+    Probe(ProbeArgs),
     /// Ask the running gateway (through its HTTP API) to write a value to a
     /// configurable item, and wait for the device's answer.
     Write {
@@ -155,25 +130,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Read { config, host, key } => {
             runtime.block_on(cmd_read(&config, &host, key.as_deref()))
         }
-        Command::Probe {
-            connection,
-            unit,
-            table,
-            address,
-            count,
-            baud,
-            parity,
-            timeout,
-        } => runtime.block_on(cmd_probe(ProbeArgs {
-            connection,
-            unit,
-            table,
-            address,
-            count,
-            baud,
-            parity,
-            timeout,
-        })),
+        Command::Probe(args) => runtime.block_on(cmd_probe(args)),
         Command::Write {
             config,
             host,
@@ -453,14 +410,32 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
-struct ProbeArgs {
+/// `modbridge probe`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// tcp://HOST:PORT or rtu:///dev/ttyUSB0
+    #[arg(long)]
     connection: String,
+    /// Modbus unit id.
+    #[arg(long, default_value_t = 1)]
     unit: u8,
+    /// holding, input, coil or discrete.
+    #[arg(long)]
     table: String,
+    /// First 0-based address.
+    #[arg(long)]
     address: u16,
+    /// How many registers (or bits).
+    #[arg(long, default_value_t = 10)]
     count: u16,
+    /// Serial line speed (rtu only).
+    #[arg(long, default_value_t = 9600)]
     baud: u32,
+    /// Serial parity: none, even or odd (rtu only).
+    #[arg(long, default_value = "none")]
     parity: String,
+    /// Per request.
+    #[arg(long, default_value = "1s")]
     timeout: String,
 }
 
