@@ -373,6 +373,10 @@ pub struct ItemSpec {
     pub extra: Option<Box<ItemExtra>>,
 }
 
+// The budget above, held by the compiler (pointers are 8 bytes on 64-bit targets).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ItemSpec>() == 72);
+
 /// The rarely set part of an item.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ItemExtra {

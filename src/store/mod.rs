@@ -297,6 +297,15 @@ pub(crate) struct Shared {
 pub(crate) type Packed = (ItemId, u32, f64);
 
 /// None for a clock outside what history can hold (1970..2106).
+// The per-item budgets of ARCHITECTURE.md ("Memory per item is budgeted"),
+// held by the compiler: a packed sample, the writer's settings of an item, and
+// the live part (newest point + current trend bucket).
+const _: () = {
+    assert!(std::mem::size_of::<Packed>() == 16);
+    assert!(std::mem::size_of::<ItemSetting>() == 12);
+    assert!(std::mem::size_of::<(i64, f64)>() + std::mem::size_of::<Option<TrendAcc>>() == 56);
+};
+
 fn pack(s: &Sample) -> Option<Packed> {
     u32::try_from(s.clock).ok().map(|c| (s.item, c, s.value))
 }
