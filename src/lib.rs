@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod gateway;
 pub mod json;
 pub mod ledger;
 pub mod logging;

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
-use crate::daemon::Running;
+use crate::gateway::Running;
 use crate::json::HostObject;
 use crate::ledger::Ledger;
 use crate::model::Config;
@@ -327,7 +327,7 @@ impl Alarms {
 
     /// Takes over the triggers of the current config after a reload: kept
     /// triggers keep their state, new ones start `OK`, removed ones are
-    /// forgotten. Called by [`crate::daemon::Gateway::reload`] after the new
+    /// forgotten. Called by [`crate::gateway::Gateway::reload`] after the new
     /// config is in place; the alarm task then rebuilds its engine.
     pub fn reconfigure(&self) {
         let running = self.running();

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::service::{Alarms, PendingChange};
 use super::{Engine, ItemIndex, TriggerChange};
-use crate::daemon::{Gateway, Running};
+use crate::gateway::{Gateway, Running};
 use crate::poll::{unix_now, ItemState, SharedHost};
 
 /// What was last fed to the engine for one item.

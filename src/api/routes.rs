@@ -17,7 +17,7 @@ use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
 use super::State as AppState;
 use crate::alarm::EventFilter;
-use crate::daemon::{Gateway, Running};
+use crate::gateway::{Gateway, Running};
 use crate::json::{host_object, item_object, ItemObject};
 use crate::model::HostSpec;
 use crate::poll::{unix_now, SharedHost};

@@ -208,7 +208,7 @@ pub struct MqttService {
 /// goes, reconnects when the section changed, and otherwise republishes the
 /// retained host metadata.
 pub fn spawn(
-    gateway: crate::daemon::Gateway,
+    gateway: crate::gateway::Gateway,
     reloads: tokio::sync::watch::Receiver<u64>,
 ) -> MqttService {
     let cancel = CancellationToken::new();
