@@ -9,9 +9,9 @@ use std::sync::{Arc, RwLock};
 use crate::alarm::Alarms;
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec};
-use crate::mqtt::MqttStatus;
 use crate::poll::{HostShared, ItemState, SharedHost};
 use crate::store::{Store, StoreError};
+use crate::uplink_status::MqttStatus;
 use crate::writes::Writes;
 
 /// The part of the gateway a config reload replaces.

@@ -35,4 +35,5 @@ pub mod poll;
 pub mod sim;
 pub mod store;
 pub mod units;
+pub mod uplink_status;
 pub mod writes;
