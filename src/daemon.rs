@@ -204,7 +204,12 @@ pub async fn run_gateway_with_api(
     };
     sync_hosts(&mut tasks);
     let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads());
-    tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
+    tracker.spawn(crate::alarm::run(
+        gateway.alarms.clone(),
+        gateway.snapshot(),
+        gateway.reloads(),
+        cancel.clone(),
+    ));
     let api_stop = CancellationToken::new();
     let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
     tracing::info!(

@@ -1,25 +1,19 @@
-//! The handles a running gateway shares with its API, uplink, alarm task and
-//! service-manager notifier, and the config snapshot a reload replaces. It
-//! sits below every task so that each can take a `Gateway` without importing
-//! the supervisor in `daemon` that spawns them.
+//! The handles a running gateway shares with its API, uplink and
+//! service-manager notifier, and the config reload that replaces its
+//! [`Snapshot`]. It sits below every task so that each can take a `Gateway`
+//! without importing the supervisor in `daemon` that spawns them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::alarm::Alarms;
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec};
 use crate::poll::{HostShared, ItemState, SharedHost};
+use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{Store, StoreError};
 use crate::uplink_status::MqttStatus;
 use crate::writes::Writes;
-
-/// The part of the gateway a config reload replaces.
-pub struct Running {
-    pub config: Arc<Config>,
-    /// Live state per host id.
-    pub hosts: BTreeMap<String, SharedHost>,
-}
 
 /// Everything the running gateway shares with its API and uplink; cheap to clone.
 #[derive(Clone)]
@@ -29,17 +23,20 @@ pub struct Gateway {
     pub writes: Writes,
     pub alarms: Alarms,
     pub mqtt: Arc<MqttStatus>,
-    running: Arc<RwLock<Arc<Running>>>,
+    running: SnapshotHandle,
     reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl Gateway {
     /// The current config and live host states (replaced as a whole on reload).
-    pub fn running(&self) -> Arc<Running> {
-        self.running
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn running(&self) -> Arc<Snapshot> {
+        self.running.current()
+    }
+
+    /// The shared handle to the current config and live host states, for
+    /// tasks that need nothing else of the gateway.
+    pub fn snapshot(&self) -> SnapshotHandle {
+        self.running.clone()
     }
 
     /// The current config.
@@ -75,12 +72,11 @@ impl Gateway {
             let live = kept.unwrap_or_else(|| live_state(&self.store, host));
             hosts.insert(host.host.clone(), live);
         }
-        let running = Arc::new(Running {
-            config: Arc::new(config),
+        let config = Arc::new(config);
+        self.running.replace(Snapshot {
+            config: config.clone(),
             hosts,
         });
-        let config = running.config.clone();
-        *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
         self.alarms.reconfigure();
         if let Err(e) = self.writes.set_config(config) {
             tracing::error!(error = %e, "cannot fail the config requests of removed items");
@@ -119,10 +115,10 @@ pub fn open(config: Config) -> Result<Gateway, StoreError> {
         .map(|h| (h.host.clone(), live_state(&store, h)))
         .collect();
     let config = Arc::new(config);
-    let running = Arc::new(RwLock::new(Arc::new(Running {
+    let running = SnapshotHandle::new(Snapshot {
         config: config.clone(),
         hosts,
-    })));
+    });
     Ok(Gateway {
         writes: Writes::open(ledger.clone(), config.clone())?,
         alarms: Alarms::new(ledger.clone(), running.clone())?,

@@ -33,6 +33,7 @@ pub mod notify;
 pub mod plan;
 pub mod poll;
 pub mod sim;
+pub mod snapshot;
 pub mod store;
 pub mod units;
 pub mod uplink_status;
