@@ -1,5 +1,9 @@
-//! `modbridge run`: wires config, store and host tasks together, reloads the
-//! config on SIGHUP, and shuts down cleanly.
+//! `modbridge run`: the supervisor. It opens the [`Gateway`] (the shared
+//! handles, in `gateway`), starts and stops its tasks (one per host, the
+//! alarm task, the uplink, the API, the service-manager notifier), turns a
+//! SIGHUP into a reload of the config file, and shuts everything down in
+//! order so that the store commits last. What the tasks do lives in their own
+//! modules; this one only decides when they run.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -53,7 +57,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Loads and validates `path`; a bad config is logged and the running one kept.
-/// Returns whether the new config took effect.
+/// Returns whether the new config took effect. This is the supervisor's answer
+/// to SIGHUP: it decides whether a live reload can take the file (a moved
+/// `data_dir` needs a restart) and reports the verdict in the journal; the
+/// reload itself is [`Gateway::reload`].
 pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
     tracing::info!(path = %path.display(), "reloading config");
     match crate::config::load(path) {
@@ -151,7 +158,6 @@ fn start_host(
 /// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
 pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs an opened gateway until `shutdown` completes.
 /// Runs an opened gateway until `shutdown` completes, without the HTTP API.
 pub async fn run_gateway(
     gateway: Gateway,
