@@ -11,7 +11,7 @@
 //! the windows, then the measured window runs.
 //!
 //! Part 2, the service as the daemon runs it, in real time (W = 1m, N = 30s):
-//! `daemon::open` + `run_gateway` polling 100 in-process simulated devices of
+//! `gateway::open` + `run_gateway` polling 100 in-process simulated devices of
 //! 100 registers every second (10,000 samples/s into the store), the values
 //! moving so that thresholds are crossed, every 97th register refusing reads
 //! after the warm-up (nodata and unknown). Measured twice, without and with
@@ -385,7 +385,7 @@ async fn measure(
     for d in devices {
         d.faults(|f| f.exception_at.clear());
     }
-    let gateway = modbridge::daemon::open(config).expect("open the gateway");
+    let gateway = modbridge::gateway::open(config).expect("open the gateway");
     let stop = CancellationToken::new();
     let driver = tokio::spawn(drive(devices.to_vec(), stop.clone()));
     let until = stop.clone();
@@ -407,7 +407,7 @@ async fn measure(
         args.service_warmup - args.service_warmup / 2,
     ))
     .await;
-    let polls = |g: &modbridge::daemon::Gateway| -> u64 {
+    let polls = |g: &modbridge::gateway::Gateway| -> u64 {
         g.running().hosts.values().map(|h| h.lock().polls).sum()
     };
     let (cpu0, stats0, polls0, wall0) = (

@@ -88,12 +88,12 @@ fn config_text(
 async fn start(
     path: &Path,
 ) -> (
-    modbridge::daemon::Gateway,
+    modbridge::gateway::Gateway,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), modbridge::daemon::DaemonError>>,
 ) {
     let config = modbridge::config::load(path).expect("config");
-    let gateway = modbridge::daemon::open(config).expect("open");
+    let gateway = modbridge::gateway::open(config).expect("open");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {
         let _ = rx.await;

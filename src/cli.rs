@@ -816,7 +816,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     for host in &config.hosts {
         device.animate(&host.items);
     }
-    let gateway = daemon::open(config.clone())?;
+    let gateway = crate::gateway::open(config.clone())?;
     let host = config
         .hosts
         .first()

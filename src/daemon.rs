@@ -1,21 +1,22 @@
-//! `modbridge run`: wires config, store and host tasks together, reloads the
-//! config on SIGHUP, and shuts down cleanly.
+//! `modbridge run`: the supervisor. It opens the [`Gateway`] (the shared
+//! handles, in `gateway`), starts and stops its tasks (one per host, the
+//! alarm task, the uplink, the API, the service-manager notifier), turns a
+//! SIGHUP into a reload of the config file, and shuts everything down in
+//! order so that the store commits last. What the tasks do lives in their own
+//! modules; this one only decides when they run.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alarm::Alarms;
-use crate::ledger::Ledger;
+use crate::gateway::Gateway;
 use crate::modbus::Buses;
 use crate::model::{Config, HostSpec};
-use crate::mqtt::MqttStatus;
-use crate::poll::{self, HostReader, HostShared, ItemState, Outputs, SharedHost};
-use crate::store::{Store, StoreError};
-use crate::writes::Writes;
+use crate::poll::{self, HostReader, Outputs, SharedHost};
+use crate::store::StoreError;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -28,126 +29,6 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
 }
 
-/// The part of the gateway a config reload replaces.
-pub struct Running {
-    pub config: Arc<Config>,
-    /// Live state per host id.
-    pub hosts: BTreeMap<String, SharedHost>,
-}
-
-/// Everything the running gateway shares with its API and uplink; cheap to clone.
-#[derive(Clone)]
-pub struct Gateway {
-    pub store: Store,
-    pub ledger: Ledger,
-    pub writes: Writes,
-    pub alarms: Alarms,
-    pub mqtt: Arc<MqttStatus>,
-    running: Arc<RwLock<Arc<Running>>>,
-    reloads: tokio::sync::watch::Sender<u64>,
-}
-
-impl Gateway {
-    /// The current config and live host states (replaced as a whole on reload).
-    pub fn running(&self) -> Arc<Running> {
-        self.running
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The current config.
-    pub fn config(&self) -> Arc<Config> {
-        self.running().config.clone()
-    }
-
-    /// Bumped after every config reload that took effect.
-    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.reloads.subscribe()
-    }
-
-    /// The live state of a host.
-    pub fn host(&self, host: &str) -> Option<SharedHost> {
-        self.running().hosts.get(host).cloned()
-    }
-
-    /// Replaces the config of a running gateway: hosts whose settings changed
-    /// are restarted, new ones started, removed ones stopped; the others keep
-    /// polling undisturbed (and keep their live state). Pending writes, events
-    /// and the outbox are untouched. The caller has validated `config`.
-    pub fn reload(&self, config: Config) -> Result<(), DaemonError> {
-        self.store.reconfigure(&config)?;
-        self.ledger.set_uplink(config.mqtt.is_some());
-        let old = self.running();
-        let mut hosts = BTreeMap::new();
-        for host in &config.hosts {
-            let kept = old
-                .config
-                .host(&host.host)
-                .filter(|o| ***o == **host)
-                .and_then(|_| old.hosts.get(&host.host).cloned());
-            let live = kept.unwrap_or_else(|| live_state(&self.store, host));
-            hosts.insert(host.host.clone(), live);
-        }
-        let running = Arc::new(Running {
-            config: Arc::new(config),
-            hosts,
-        });
-        let config = running.config.clone();
-        *self.running.write().unwrap_or_else(|e| e.into_inner()) = running;
-        self.alarms.reconfigure();
-        if let Err(e) = self.writes.set_config(config) {
-            tracing::error!(error = %e, "cannot fail the config requests of removed items");
-        }
-        self.reloads.send_modify(|n| *n += 1);
-        tracing::info!("config reloaded");
-        Ok(())
-    }
-}
-
-/// A host's live state with every item's last value restored from history
-/// (state `unknown` until its first read).
-fn live_state(store: &Store, host: &HostSpec) -> SharedHost {
-    let shared = HostShared::new(host.items.len());
-    let mut live = shared.lock();
-    for (item, state) in host.items.iter().zip(live.items.iter_mut()) {
-        if let Some(id) = store.item_id(&host.host, &item.key) {
-            if let Ok(Some((clock, value))) = store.latest(id) {
-                state.clock = Some(clock);
-                state.value = Some(value);
-                state.state = ItemState::Unknown;
-            }
-        }
-    }
-    drop(live);
-    shared
-}
-
-/// Opens the store and the ledger and builds the live state.
-pub fn open(config: Config) -> Result<Gateway, DaemonError> {
-    let store = Store::open(&config)?;
-    let ledger = Ledger::open(store.path(), config.mqtt.is_some())?;
-    let hosts = config
-        .hosts
-        .iter()
-        .map(|h| (h.host.clone(), live_state(&store, h)))
-        .collect();
-    let config = Arc::new(config);
-    let running = Arc::new(RwLock::new(Arc::new(Running {
-        config: config.clone(),
-        hosts,
-    })));
-    Ok(Gateway {
-        writes: Writes::open(ledger.clone(), config.clone())?,
-        alarms: Alarms::new(ledger.clone(), running.clone())?,
-        mqtt: MqttStatus::new(),
-        store,
-        ledger,
-        running,
-        reloads: tokio::sync::watch::Sender::new(0),
-    })
-}
-
 /// Runs the gateway until `shutdown` completes, reloading `config.path` on
 /// SIGHUP, then stops every task and commits everything before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -156,7 +37,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hup = hangup_signals();
     // The API's port and token file are checked before anything else starts.
     let api = crate::api::Server::bind(&config.api).await?;
-    let gateway = open(config)?;
+    let gateway = crate::gateway::open(config)?;
     let reloader = gateway.clone();
     let hangups = async move {
         let Some(mut hup) = hup else {
@@ -176,7 +57,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Loads and validates `path`; a bad config is logged and the running one kept.
-/// Returns whether the new config took effect.
+/// Returns whether the new config took effect. This is the supervisor's answer
+/// to SIGHUP: it decides whether a live reload can take the file (a moved
+/// `data_dir` needs a restart) and reports the verdict in the journal; the
+/// reload itself is [`Gateway::reload`].
 pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
     tracing::info!(path = %path.display(), "reloading config");
     match crate::config::load(path) {
@@ -274,7 +158,6 @@ fn start_host(
 /// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
 pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs an opened gateway until `shutdown` completes.
 /// Runs an opened gateway until `shutdown` completes, without the HTTP API.
 pub async fn run_gateway(
     gateway: Gateway,
@@ -295,7 +178,7 @@ pub async fn run_gateway_with_api(
     let tracker = TaskTracker::new();
     let buses = Buses::default();
     let mut tasks: BTreeMap<String, HostTask> = BTreeMap::new();
-    let mut reloads = gateway.reloads.subscribe();
+    let mut reloads = gateway.reloads();
     let sync_hosts = |tasks: &mut BTreeMap<String, HostTask>| {
         let running = gateway.running();
         let (mut started, mut stopped) = (0, 0);
@@ -326,8 +209,13 @@ pub async fn run_gateway_with_api(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
-    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads.subscribe());
-    tracker.spawn(crate::alarm::run(gateway.clone(), cancel.clone()));
+    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads());
+    tracker.spawn(crate::alarm::run(
+        gateway.alarms.clone(),
+        gateway.snapshot(),
+        gateway.reloads(),
+        cancel.clone(),
+    ));
     let api_stop = CancellationToken::new();
     let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
     tracing::info!(

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::daemon::Gateway;
+use crate::gateway::Gateway;
 use crate::model::{Config, HostSpec};
 use crate::poll::SharedHost;
 
@@ -557,7 +557,7 @@ address = 0
         let store_limit = store_stall_limit(&c);
         assert_eq!(host_limit, Duration::from_secs(34));
         // No host task runs here, so the cycle counter never moves.
-        let gateway = crate::daemon::open(c).unwrap();
+        let gateway = crate::gateway::open(c).unwrap();
         let mut health = Health::default();
         let t0 = Instant::now();
         let first = health.check(&gateway, t0);

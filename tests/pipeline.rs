@@ -78,7 +78,7 @@ async fn polled_values_become_history_and_trends() {
     )
     .expect("write");
     let config = modbridge::config::load(&path).expect("valid config");
-    let gateway = modbridge::daemon::open(config.clone()).expect("open");
+    let gateway = modbridge::gateway::open(config.clone()).expect("open");
     let live = gateway.host("pump").expect("host");
     let mut cycles = live.subscribe();
     let run = Running::run(gateway);
@@ -149,7 +149,7 @@ async fn polled_values_become_history_and_trends() {
     assert_eq!(max, 103.0);
     // Restart continuity: the last value is restored into the live state.
     store.close().expect("close");
-    let again = modbridge::daemon::open(config).expect("open again");
+    let again = modbridge::gateway::open(config).expect("open again");
     let l = again.host("pump").expect("host").lock().clone();
     assert_eq!(l.items[0].value, Some(-1.0));
     assert_eq!(l.items[0].state, ItemState::Unknown);

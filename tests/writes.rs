@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Running;
-use modbridge::daemon::{self, Gateway};
+use modbridge::daemon;
+use modbridge::gateway::{self, Gateway};
 use modbridge::model::{Config, Table};
 use modbridge::sim::{SimDevice, SimServer};
 use modbridge::writes::{self, Channel, ConfigObject, ConfigRequest, Status, SubmitError};
@@ -136,7 +137,7 @@ impl Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = server.addr().expect("addr").to_string();
         let config = config(&addr, &dir.path().join("data"), &opts);
-        let gateway = daemon::open(config.clone()).expect("open");
+        let gateway = gateway::open(config.clone()).expect("open");
         let mut rig = Rig {
             device,
             _server: server,
@@ -554,7 +555,7 @@ async fn an_unreachable_device_is_retried_until_expiry() {
             ..Opts::default()
         },
     );
-    let gateway = daemon::open(config).expect("open");
+    let gateway = gateway::open(config).expect("open");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(daemon::run_gateway(gateway.clone(), async {
         let _ = rx.await;
@@ -585,7 +586,7 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
         &Opts::default(),
     );
     // Received, but the gateway goes away before any host task runs.
-    let gateway = daemon::open(config.clone()).expect("open");
+    let gateway = gateway::open(config.clone()).expect("open");
     let pending = gateway
         .writes
         .submit(request("setpoint", 22.5, None), Channel::Mqtt)
@@ -604,7 +605,7 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
     assert_eq!(pending.status, Status::Pending);
     drop(gateway);
 
-    let gateway = daemon::open(config.clone()).expect("reopen");
+    let gateway = gateway::open(config.clone()).expect("reopen");
     assert_eq!(
         gateway.writes.config_of("pump", "setpoint"),
         Some(pending.clone())
@@ -626,7 +627,7 @@ async fn a_pending_request_survives_a_restart_and_is_carried_out() {
         })
         .expect("age");
     drop(gateway);
-    let gateway = daemon::open(config).expect("reopen");
+    let gateway = gateway::open(config).expect("reopen");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(daemon::run_gateway(gateway.clone(), async {
         let _ = rx.await;
@@ -861,7 +862,7 @@ type = "u16"
         port = pty.a,
     );
     let config = modbridge::config::load_str(&data.join("modbridge.toml"), &text).expect("config");
-    let gateway = daemon::open(config).expect("open");
+    let gateway = gateway::open(config).expect("open");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(daemon::run_gateway(gateway.clone(), async {
         let _ = rx.await;

@@ -12,17 +12,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
-use crate::daemon::Running;
 use crate::json::HostObject;
 use crate::ledger::Ledger;
 use crate::model::Config;
 use crate::poll::unix_now;
+use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{lock, StoreError};
 
 /// An acknowledgement of an event.
@@ -149,7 +149,7 @@ struct Counters {
 
 struct Inner {
     catalog: Mutex<Catalog>,
-    running: Arc<RwLock<Arc<Running>>>,
+    running: SnapshotHandle,
     counters: Counters,
 }
 
@@ -178,7 +178,7 @@ impl Alarms {
     /// their stored states. A trigger seen for the first time gets an `OK`
     /// state row and its retained message; the state of a trigger no longer
     /// configured is deleted and its retained message cleared.
-    pub fn new(ledger: Ledger, running: Arc<RwLock<Arc<Running>>>) -> Result<Alarms, StoreError> {
+    pub fn new(ledger: Ledger, running: SnapshotHandle) -> Result<Alarms, StoreError> {
         let alarms = Alarms {
             ledger,
             inner: Arc::new(Inner {
@@ -233,12 +233,8 @@ impl Alarms {
         Ok(alarms)
     }
 
-    fn running(&self) -> Arc<Running> {
-        self.inner
-            .running
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn running(&self) -> Arc<Snapshot> {
+        self.inner.running.current()
     }
 
     /// The triggers of `config`, with their state from `state` (default `OK`, never changed).
@@ -327,7 +323,7 @@ impl Alarms {
 
     /// Takes over the triggers of the current config after a reload: kept
     /// triggers keep their state, new ones start `OK`, removed ones are
-    /// forgotten. Called by [`crate::daemon::Gateway::reload`] after the new
+    /// forgotten. Called by [`crate::gateway::Gateway::reload`] after the new
     /// config is in place; the alarm task then rebuilds its engine.
     pub fn reconfigure(&self) {
         let running = self.running();
@@ -711,7 +707,7 @@ fn load_acknowledgements(
 
 /// A trigger object with the given value, its hosts' live state from `running`.
 fn trigger_object(
-    running: &Running,
+    running: &Snapshot,
     e: &Entry,
     value: TriggerValue,
     lastchange: i64,

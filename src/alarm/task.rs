@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::service::{Alarms, PendingChange};
 use super::{Engine, ItemIndex, TriggerChange};
-use crate::daemon::{Gateway, Running};
 use crate::poll::{unix_now, ItemState, SharedHost};
+use crate::snapshot::{Snapshot, SnapshotHandle};
 
 /// What was last fed to the engine for one item.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -67,12 +67,17 @@ struct State {
     _forwarders: JoinSet<()>,
 }
 
-/// Runs the alarm evaluation of `gateway` until `shutdown` is cancelled.
-pub async fn run(gateway: Gateway, shutdown: CancellationToken) {
-    let alarms = gateway.alarms.clone();
+/// Runs the alarm evaluation of `alarms` over the hosts of `snapshot` until
+/// `shutdown` is cancelled; every change of `reloads` rebuilds the engine for
+/// the then current snapshot.
+pub async fn run(
+    alarms: Alarms,
+    snapshot: SnapshotHandle,
+    mut reloads: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     let wake = Arc::new(Notify::new());
-    let mut reloads = gateway.reloads();
-    let mut state = build(&alarms, &gateway.running(), None, &wake);
+    let mut state = build(&alarms, &snapshot.current(), None, &wake);
     let mut pending: Vec<PendingChange> = Vec::new();
     let mut retry_at: Option<Instant> = None;
     tracing::info!(
@@ -91,7 +96,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) {
                     break;
                 }
                 let started = std::time::Instant::now();
-                state = build(&alarms, &gateway.running(), Some(state), &wake);
+                state = build(&alarms, &snapshot.current(), Some(state), &wake);
                 alarms.add_busy(started.elapsed());
                 tracing::info!(
                     triggers = state.engine.triggers().len(),
@@ -138,7 +143,7 @@ pub async fn run(gateway: Gateway, shutdown: CancellationToken) {
 
 /// Builds the engine for the current triggers, resuming from their stored
 /// states (or from `old`'s engine), and starts watching the hosts.
-fn build(alarms: &Alarms, running: &Running, old: Option<State>, wake: &Arc<Notify>) -> State {
+fn build(alarms: &Alarms, running: &Snapshot, old: Option<State>, wake: &Arc<Notify>) -> State {
     let setup = alarms.engine_setup();
     let mut engine = Engine::new(setup.iter().map(|(c, _, _)| c.clone()).collect());
     for (c, value, lastchange) in &setup {

@@ -1,15 +1,20 @@
 //! A small HTTP/1.1 client for `modbridge write` and `modbridge ack`: one
 //! request per connection, JSON bodies, a deadline for the whole exchange.
+//! The protocol is hyper's client; this module only adds the headers, the
+//! deadline and the error texts the command line shows.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The largest answer read.
-const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -95,95 +100,70 @@ async fn exchange(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Response, ClientError> {
-    let io = |source| ClientError::Io { addr, source };
-    let mut stream = TcpStream::connect(addr)
+    let malformed = |what: String| ClientError::Malformed { addr, what };
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect { addr, source })?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: modbridge/{}\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONNECTION, "close")
+        .header(hyper::header::ACCEPT, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("modbridge/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| malformed(format!("request header {name:?}: {e}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| malformed(format!("request header {name}: {e}")))?;
+        builder = builder.header(name, value);
     }
-    if let Some(body) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.map_err(io)?;
-    if let Some(body) = body {
-        stream.write_all(body).await.map_err(io)?;
-    }
-    stream.flush().await.map_err(io)?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE_BYTES)
-        .read_to_end(&mut raw)
+    let request = builder
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .map_err(|e| malformed(format!("the request: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(io)?;
-    parse_response(&raw).map_err(|what| ClientError::Malformed { addr, what })
-}
-
-/// Parses a complete HTTP/1.1 answer (the connection was closed after it).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not text")?;
-    let rest = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        }
-    }
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("the answer is shorter than its Content-Length")?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
+        .map_err(|e| hyper_error(addr, e))?;
+    // Drives the connection; it ends with the answer (`Connection: close`),
+    // or is dropped with this future at the deadline.
+    let connection = tokio::spawn(connection);
+    let answer = sender
+        .send_request(request)
+        .await
+        .map_err(|e| hyper_error(addr, e))?;
+    let status = answer.status().as_u16();
+    let body = Limited::new(answer.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(e) => hyper_error(addr, *e),
+            Err(e) => malformed(e.to_string()),
+        })?
+        .to_bytes()
+        .to_vec();
+    connection.abort();
     Ok(Response { status, body })
 }
 
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
+/// An HTTP failure as the error the command line shows: an answer hyper
+/// cannot parse is malformed, anything else a transport problem.
+fn hyper_error(addr: SocketAddr, e: hyper::Error) -> ClientError {
+    if e.is_parse() || e.is_incomplete_message() {
+        ClientError::Malformed {
+            addr,
+            what: e.to_string(),
         }
-        let chunk = data.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        data = data.get(size + 2..).ok_or("truncated chunk")?;
+    } else {
+        ClientError::Io {
+            addr,
+            source: io::Error::other(e),
+        }
     }
 }
 
@@ -191,19 +171,39 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_with_length_or_chunks_are_read() {
-        let r =
-            parse_response(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}extra").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (202, &b"{}"[..]));
-        let r = parse_response(
+    /// Serves each of `answers` verbatim to one connection, after reading its request.
+    async fn serve(answers: Vec<&'static [u8]>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                stream.write_all(answer).await.unwrap();
+                let _ = stream.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_with_length_or_chunks_are_read() {
+        let addr = serve(vec![
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 401 Unauthorized\r\n\r\n{\"error\":\"wrong token\"}",
+        ])
+        .await;
+        let get = || request(addr, "GET", "/x", &[], None, Duration::from_secs(5));
+        let r = get().await.unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (202, &b"{}"[..]));
+        let r = get().await.unwrap();
         assert_eq!(r.body, b"abcde");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        let e = parse_response(b"HTTP/1.1 401 Unauthorized\r\n\r\n{\"error\":\"wrong token\"}")
-            .unwrap();
+        assert!(matches!(get().await, Err(ClientError::Malformed { .. })));
+        let e = get().await.unwrap();
         assert_eq!(e.error_message(), "wrong token");
     }
 

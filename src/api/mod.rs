@@ -37,7 +37,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Gateway;
+use crate::gateway::Gateway;
 use crate::model::ApiSpec;
 
 pub use auth::TokenError;

@@ -17,10 +17,11 @@ use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
 use super::State as AppState;
 use crate::alarm::EventFilter;
-use crate::daemon::{Gateway, Running};
+use crate::gateway::Gateway;
 use crate::json::{host_object, item_object, ItemObject};
 use crate::model::HostSpec;
 use crate::poll::{unix_now, SharedHost};
+use crate::snapshot::Snapshot;
 use crate::writes::{self, Channel, ConfigObject};
 
 /// The most history points (or events) one answer carries; more is a 422
@@ -91,7 +92,7 @@ fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
 type HostPath = Result<Path<String>, PathRejection>;
 type ItemPath = Result<Path<(String, String)>, PathRejection>;
 
-fn find_host(running: &Running, host: &str) -> Result<(Arc<HostSpec>, SharedHost), HttpError> {
+fn find_host(running: &Snapshot, host: &str) -> Result<(Arc<HostSpec>, SharedHost), HttpError> {
     match (running.config.host(host), running.hosts.get(host)) {
         (Some(spec), Some(live)) => Ok((spec.clone(), live.clone())),
         _ => Err(HttpError::not_found(format!("unknown host {host:?}"))),
@@ -99,7 +100,7 @@ fn find_host(running: &Running, host: &str) -> Result<(Arc<HostSpec>, SharedHost
 }
 
 fn find_item(
-    running: &Running,
+    running: &Snapshot,
     host: &str,
     key: &str,
 ) -> Result<(Arc<HostSpec>, SharedHost, usize), HttpError> {

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::daemon::Gateway;
+use crate::gateway::Gateway;
 use crate::store::{MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE};
 use crate::writes::{self, Channel};
 

@@ -30,7 +30,7 @@ use super::connect::{self, CHANNEL_CAPACITY, MAX_OUTGOING_PACKET, WINDOW};
 use super::downlink::{self, Outcome, COMMAND_TOPICS, MAX_RESEND_POINTS};
 use super::window::{Tag, Window};
 use super::MqttStatus;
-use crate::daemon::Gateway;
+use crate::gateway::Gateway;
 use crate::modbus::Backoff;
 use crate::model::{Config, MqttSpec};
 use crate::poll::unix_now;

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use modbridge::daemon::{DaemonError, Gateway};
+use modbridge::daemon::DaemonError;
+use modbridge::gateway::Gateway;
 use modbridge::model::Table;
 use modbridge::sim::{SimDevice, SimServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,7 +115,7 @@ impl TestGateway {
             .await
             .expect("bind API");
         let addr = api.local_addr();
-        let gateway = modbridge::daemon::open(config).expect("open");
+        let gateway = modbridge::gateway::open(config).expect("open");
         let live = gateway.host("pump").expect("host");
         let mut cycles = live.subscribe();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

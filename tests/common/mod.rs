@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use modbridge::daemon::{self, DaemonError, Gateway};
+use modbridge::daemon::{self, DaemonError};
+use modbridge::gateway::{self, Gateway};
 use modbridge::model::{Config, Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -107,7 +108,7 @@ pub struct Running {
 impl Running {
     /// Opens the gateway for `config` and runs it.
     pub fn start(config: Config) -> Running {
-        Running::run(daemon::open(config).expect("open"))
+        Running::run(gateway::open(config).expect("open"))
     }
 
     /// Loads the config file at `path`, opens the gateway and runs it.
