@@ -49,7 +49,6 @@
 //! so hysteresis survives an outage.
 
 mod engine;
-pub mod expr;
 pub mod service;
 mod task;
 #[cfg(test)]
@@ -57,15 +56,15 @@ mod tests;
 
 use std::collections::HashMap;
 
+pub use crate::expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
 pub use engine::{Engine, ItemIndex, TriggerChange};
-pub use expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
 pub use service::{
     AckError, Acknowledgement, AlarmStats, Alarms, EventFilter, EventObject, TriggerObject,
     EVENTS_LIMIT, MAX_ACK_BYTES,
 };
 pub use task::run;
 
-use crate::config::Diagnostic;
+use crate::diag::{suggest, Diagnostic};
 use crate::model::{Config, SourcePos};
 
 /// The value of a trigger, spelled as in the JSON (`OK`, `problem`, `unknown`).
@@ -302,30 +301,4 @@ fn short_list(names: &[&str]) -> String {
     } else {
         format!("{}, ...", names[..8].join(", "))
     }
-}
-
-/// The known word closest to `word`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase();
-    known
-        .iter()
-        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
-        .filter(|(d, k)| *d <= (k.chars().count() / 4).clamp(1, 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

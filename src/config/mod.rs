@@ -22,31 +22,7 @@ use crate::model::{
 };
 use source::{did_you_mean, is_name, At, Report, Section, Source};
 
-/// One problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The file the problem is in (the config file or a profile it names).
-    pub file: std::path::PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub col: usize,
-    /// A sentence for the technician.
-    pub message: String,
-}
-
-impl std::fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
+pub use crate::diag::Diagnostic;
 
 /// Every problem found in a config file (and the profiles it names).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
