@@ -1,3 +1,4 @@
+use crate::config::triggers::check_triggers;
 use std::path::Path;
 
 use super::*;

@@ -9,6 +9,7 @@
 mod hosts;
 pub mod schema;
 mod source;
+pub mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigEr
     let config = load_str_without_expressions(path_for_messages, text)?;
     // Trigger expressions name hosts and items, so they are checked against
     // the otherwise valid config.
-    let problems = crate::alarm::check_triggers(&config);
+    let problems = triggers::check_triggers(&config);
     if problems.is_empty() {
         Ok(config)
     } else {
