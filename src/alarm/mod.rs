@@ -1,10 +1,10 @@
-//! The alarm engine: trigger expressions, their check against the config, and
-//! their evaluation.
+//! The alarm engine: the evaluation of trigger expressions and the events it
+//! records.
 //!
 //! - [`crate::expr`]: Zabbix-style expressions (`max(/pump/temp,5m) < -20 and last(/pump/run) = 1`)
-//!   -> an [`Expr`] AST; every error has a character offset.
-//! - [`compile`]: every trigger of a [`Config`] parsed and
-//!   checked (hosts, keys, windows), errors as `FILE:LINE:COL: message`.
+//!   -> an [`Expr`] AST; the config loader parses and checks them (hosts,
+//!   keys, windows) into the config's [`crate::model::TriggerSpec`]s.
+//! - [`compile`]: the triggers of a loaded [`Config`] as [`CompiledTrigger`]s.
 //! - [`Engine`]: pure evaluation; samples and errors in, [`TriggerChange`]s out.
 //! - [`run`]: the daemon's alarm task (samples from the hosts' live state,
 //!   evaluation on samples and once per second, events stored with retries).
@@ -62,8 +62,7 @@ pub use service::{
 };
 pub use task::run;
 
-use crate::diag::Diagnostic;
-use crate::model::{Config, SourcePos};
+use crate::model::{Config, TriggerSpec};
 
 /// The value of a trigger, spelled as in the JSON (`OK`, `problem`, `unknown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -126,14 +125,45 @@ impl CompiledTrigger {
         expression: Expr,
         recovery: Option<Expr>,
     ) -> Result<CompiledTrigger, ExprError> {
-        let first_item = expression
-            .first_item()
-            .map(|i| (i.host.clone(), i.key.clone()))
-            .ok_or_else(|| ExprError {
+        if expression.first_item().is_none() {
+            return Err(ExprError {
                 offset: 0,
                 message: "the expression names no item; use at least one function such as last(/host/key)"
                     .to_string(),
-            })?;
+            });
+        }
+        Ok(CompiledTrigger::build(
+            triggerid,
+            description.into(),
+            severity,
+            expression,
+            recovery,
+        ))
+    }
+
+    /// The trigger of a loaded config's `[[triggers]]` table (whose expression
+    /// the loader has checked to name an item).
+    pub fn from_spec(spec: &TriggerSpec) -> CompiledTrigger {
+        CompiledTrigger::build(
+            spec.triggerid,
+            spec.description.clone(),
+            spec.severity,
+            spec.expression.clone(),
+            spec.recovery_expression.clone(),
+        )
+    }
+
+    fn build(
+        triggerid: u64,
+        description: String,
+        severity: u8,
+        expression: Expr,
+        recovery: Option<Expr>,
+    ) -> CompiledTrigger {
+        let first_item = expression
+            .first_item()
+            .map(|i| (i.host.clone(), i.key.clone()))
+            .unwrap_or_default();
         let mut hosts: Vec<String> = Vec::new();
         for e in std::iter::once(&expression).chain(recovery.as_ref()) {
             for (_, item, _) in e.functions() {
@@ -142,15 +172,15 @@ impl CompiledTrigger {
                 }
             }
         }
-        Ok(CompiledTrigger {
+        CompiledTrigger {
             triggerid,
-            description: description.into(),
+            description,
             severity,
             expression,
             recovery,
             first_item,
             hosts,
-        })
+        }
     }
 
     /// The distinct host ids the expressions name, in first-mention order
@@ -160,56 +190,12 @@ impl CompiledTrigger {
     }
 }
 
-use crate::config::triggers::check_one;
-pub use crate::config::triggers::MAX_WINDOW_SAMPLES;
-
-/// Parses and checks every trigger, or returns every problem found.
-pub fn compile(config: &Config) -> Result<Vec<CompiledTrigger>, Vec<Diagnostic>> {
-    let mut diagnostics = Vec::new();
-    let mut compiled = Vec::new();
-    for spec in &config.triggers {
-        let at = |pos: &SourcePos, e: ExprError| Diagnostic {
-            file: if pos.file.as_os_str().is_empty() {
-                config.path.clone()
-            } else {
-                pos.file.clone()
-            },
-            line: pos.line.max(1),
-            col: pos.col.max(1) + e.offset,
-            message: format!("trigger {}: {}", spec.triggerid, e.message),
-        };
-        let before = diagnostics.len();
-        let expression = check_one(config, &spec.expression, true)
-            .map_err(|es| diagnostics.extend(es.into_iter().map(|e| at(&spec.expression_pos, e))))
-            .ok();
-        let recovery = match &spec.recovery_expression {
-            Some(text) => check_one(config, text, false)
-                .map(Some)
-                .map_err(|es| {
-                    diagnostics.extend(es.into_iter().map(|e| at(&spec.recovery_expression_pos, e)))
-                })
-                .ok(),
-            None => Some(None),
-        };
-        if diagnostics.len() != before {
-            continue;
-        }
-        if let (Some(expression), Some(recovery)) = (expression, recovery) {
-            match CompiledTrigger::new(
-                spec.triggerid,
-                spec.description.clone(),
-                spec.severity,
-                expression,
-                recovery,
-            ) {
-                Ok(t) => compiled.push(t),
-                Err(e) => diagnostics.push(at(&spec.expression_pos, e)),
-            }
-        }
-    }
-    if diagnostics.is_empty() {
-        Ok(compiled)
-    } else {
-        Err(diagnostics)
-    }
+/// The triggers of a loaded config, ready for the [`Engine`] (the loader has
+/// parsed and checked their expressions).
+pub fn compile(config: &Config) -> Vec<CompiledTrigger> {
+    config
+        .triggers
+        .iter()
+        .map(CompiledTrigger::from_spec)
+        .collect()
 }

@@ -9,7 +9,7 @@
 mod hosts;
 pub mod schema;
 mod source;
-pub mod triggers;
+mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,11 +19,13 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::model::{
-    default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec, TriggerSpec,
+    default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec,
 };
 use source::{did_you_mean, is_name, At, Report, Section, Source};
+use triggers::TriggerText;
 
 pub use crate::diag::Diagnostic;
+pub use triggers::MAX_WINDOW_SAMPLES;
 
 /// Every problem found in a config file (and the profiles it names).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,23 +53,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates config text as if it had been read from `path_for_messages`:
 /// messages name that path, and profiles are read relative to its directory.
 pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let config = load_str_without_expressions(path_for_messages, text)?;
+    let (mut config, texts) = load_str_without_expressions(path_for_messages, text)?;
     // Trigger expressions name hosts and items, so they are checked against
     // the otherwise valid config.
-    let problems = triggers::check_triggers(&config);
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(problems))
-    }
+    config.triggers = triggers::check_triggers(&config, &texts).map_err(ConfigErrors)?;
+    Ok(config)
 }
 
-/// Like [`load_str`], but trigger expressions are left unchecked (for tests
-/// of the expression checker itself).
+/// Like [`load_str`], but trigger expressions are left unchecked: the config
+/// has no triggers, and the `[[triggers]]` tables come back as text (for
+/// tests of the expression checker itself).
 pub(crate) fn load_str_without_expressions(
     path_for_messages: &Path,
     text: &str,
-) -> Result<Config, ConfigErrors> {
+) -> Result<(Config, Vec<TriggerText>), ConfigErrors> {
     let mut report = Report::default();
     report.add_file(path_for_messages);
     let src = Source::new(path_for_messages, text.to_string());
@@ -175,7 +174,7 @@ fn build_config(
     src: &Source,
     document: &Spanned<DeTable<'_>>,
     report: &mut Report,
-) -> Option<Config> {
+) -> Option<(Config, Vec<TriggerText>)> {
     let top = document.get_ref();
     for (key, value) in top.iter() {
         let name = key.get_ref().as_ref();
@@ -223,7 +222,7 @@ fn build_config(
         Some(v) => read_triggers(src, v, &severity, report),
         None => Vec::new(),
     };
-    Some(Config {
+    let config = Config {
         path: src.path.clone(),
         gateway,
         storage,
@@ -231,8 +230,9 @@ fn build_config(
         mqtt,
         api,
         hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
-        triggers,
-    })
+        triggers: Vec::new(),
+    };
+    Some((config, triggers))
 }
 
 /// The position of a table header given a top-level key, or the file start.
@@ -516,7 +516,7 @@ fn read_triggers(
     value: &Spanned<DeValue<'_>>,
     severity: &BTreeMap<u8, String>,
     report: &mut Report,
-) -> Vec<TriggerSpec> {
+) -> Vec<TriggerText> {
     let Some(list) = array_of_tables(src, value, "triggers", report) else {
         return Vec::new();
     };
@@ -605,7 +605,7 @@ fn read_triggers(
             Some(e) => (Some(e.value), e.pos),
             None => (None, SourcePos::default()),
         };
-        triggers.push(TriggerSpec {
+        triggers.push(TriggerText {
             triggerid,
             description,
             severity: severity_number,

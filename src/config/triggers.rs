@@ -6,18 +6,38 @@ use std::collections::HashMap;
 
 use crate::diag::{suggest, Diagnostic};
 use crate::expr::{parse, Expr, ExprError, Func, Window};
-use crate::model::{Config, SourcePos};
+use crate::model::{Config, SourcePos, TriggerSpec};
 
 /// The most samples one window may hold (window / the item's poll interval).
 pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
 
+/// One `[[triggers]]` table as written: the expressions still text, with the
+/// position of each in the file, because they can only be checked once the
+/// hosts and items they name are known.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TriggerText {
+    pub triggerid: u64,
+    pub description: String,
+    pub severity: u8,
+    pub expression: String,
+    /// Where the expression string's first character is in the config file.
+    pub expression_pos: SourcePos,
+    pub recovery_expression: Option<String>,
+    pub recovery_expression_pos: SourcePos,
+}
+
 /// Parses and checks every trigger's expressions (syntax, hosts, keys,
-/// windows); one diagnostic per problem, at the expression's position in the
-/// file plus the problem's character offset (expressions are single-line; a
-/// TOML escape such as `\"` before the problem shifts the column by its length).
-pub fn check_triggers(config: &Config) -> Vec<Diagnostic> {
+/// windows) into [`TriggerSpec`]s, or returns one diagnostic per problem, at
+/// the expression's position in the file plus the problem's character offset
+/// (expressions are single-line; a TOML escape such as `\"` before the
+/// problem shifts the column by its length).
+pub(crate) fn check_triggers(
+    config: &Config,
+    texts: &[TriggerText],
+) -> Result<Vec<TriggerSpec>, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
-    for spec in &config.triggers {
+    let mut specs = Vec::new();
+    for text in texts {
         let at = |pos: &SourcePos, e: ExprError| Diagnostic {
             file: if pos.file.as_os_str().is_empty() {
                 config.path.clone()
@@ -26,26 +46,39 @@ pub fn check_triggers(config: &Config) -> Vec<Diagnostic> {
             },
             line: pos.line.max(1),
             col: pos.col.max(1) + e.offset,
-            message: format!("trigger {}: {}", spec.triggerid, e.message),
+            message: format!("trigger {}: {}", text.triggerid, e.message),
         };
-        if let Err(es) = check_one(config, &spec.expression, true) {
-            diagnostics.extend(es.into_iter().map(|e| at(&spec.expression_pos, e)));
-        }
-        if let Some(text) = &spec.recovery_expression {
-            if let Err(es) = check_one(config, text, false) {
-                diagnostics.extend(es.into_iter().map(|e| at(&spec.recovery_expression_pos, e)));
-            }
+        let expression = check_one(config, &text.expression, true)
+            .map_err(|es| diagnostics.extend(es.into_iter().map(|e| at(&text.expression_pos, e))))
+            .ok();
+        let recovery = match &text.recovery_expression {
+            Some(r) => check_one(config, r, false)
+                .map(Some)
+                .map_err(|es| {
+                    diagnostics.extend(es.into_iter().map(|e| at(&text.recovery_expression_pos, e)))
+                })
+                .ok(),
+            None => Some(None),
+        };
+        if let (Some(expression), Some(recovery_expression)) = (expression, recovery) {
+            specs.push(TriggerSpec {
+                triggerid: text.triggerid,
+                description: text.description.clone(),
+                severity: text.severity,
+                expression,
+                recovery_expression,
+            });
         }
     }
-    diagnostics
+    if diagnostics.is_empty() {
+        Ok(specs)
+    } else {
+        Err(diagnostics)
+    }
 }
 
 /// Parses one expression and checks its items and windows against the config.
-pub(crate) fn check_one(
-    config: &Config,
-    text: &str,
-    needs_item: bool,
-) -> Result<Expr, Vec<ExprError>> {
+fn check_one(config: &Config, text: &str, needs_item: bool) -> Result<Expr, Vec<ExprError>> {
     let expr = parse(text).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let hosts: HashMap<&str, _> = config.hosts.iter().map(|h| (h.host.as_str(), h)).collect();
