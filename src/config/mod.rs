@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::diag::{did_you_mean, suggest_key};
 use crate::model::{
     default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec,
 };
-use source::{did_you_mean, is_name, At, Report, Section, Source};
+use source::{is_name, At, Report, Section, Source};
 use triggers::TriggerText;
 
 pub use crate::diag::Diagnostic;
@@ -182,7 +183,7 @@ fn build_config(
             continue;
         }
         let message = if value.get_ref().is_table() {
-            match source::suggestion(name, &SECTIONS) {
+            match suggest_key(name, &SECTIONS) {
                 Some(known) => format!("unknown section [{name}]; did you mean [{known}]?"),
                 None => format!(
                     "unknown section [{name}]; the sections are [{}]",

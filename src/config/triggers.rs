@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::diag::{suggest, Diagnostic};
+use crate::diag::{suggest_name, Diagnostic};
 use crate::expr::{parse, Expr, ExprError, Func, Window};
 use crate::model::{Config, SourcePos, TriggerSpec};
 
@@ -94,7 +94,7 @@ fn check_one(config: &Config, text: &str, needs_item: bool) -> Result<Expr, Vec<
     for (func, item, window) in functions {
         let Some(host) = hosts.get(item.host.as_str()) else {
             let names: Vec<&str> = config.hosts.iter().map(|h| h.host.as_str()).collect();
-            let hint = match suggest(&item.host, &names) {
+            let hint = match suggest_name(&item.host, &names) {
                 Some(s) => format!("; did you mean \"{s}\"?"),
                 None if names.is_empty() => "; the config has no hosts".to_string(),
                 None => format!("; hosts: {}", short_list(&names)),
@@ -107,7 +107,7 @@ fn check_one(config: &Config, text: &str, needs_item: bool) -> Result<Expr, Vec<
         };
         let Some(spec) = host.item(&item.key) else {
             let keys: Vec<&str> = host.items.iter().map(|i| i.key.as_str()).collect();
-            let hint = match suggest(&item.key, &keys) {
+            let hint = match suggest_name(&item.key, &keys) {
                 Some(s) => format!("; did you mean \"{s}\"?"),
                 None if keys.is_empty() => " (it has no items)".to_string(),
                 None => String::new(),

@@ -169,7 +169,7 @@ impl Parser {
         let (paren_at, paren, paren_end) = self.peek()?;
         let known = Func::ALL.map(Func::name).join(", ");
         let Some(func) = Func::parse(name) else {
-            let hint = match crate::diag::suggest(name, &Func::ALL.map(Func::name)) {
+            let hint = match crate::diag::suggest_name(name, &Func::ALL.map(Func::name)) {
                 Some(s) => format!("; did you mean \"{s}\"?"),
                 None => String::new(),
             };
