@@ -6,6 +6,19 @@
 //! reports a problem in a config file (or suggests a known name for a typo)
 //! can use it without importing the layer that found the problem.
 
+/// A position in a config file, for messages about things found after parsing
+/// (e.g. a trigger expression's errors).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourcePos {
+    /// The file (the config file or a profile it names); empty when not
+    /// known, which readers take as the config file.
+    pub file: std::path::PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+}
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {

@@ -668,16 +668,8 @@ impl Default for ApiSpec {
     }
 }
 
-/// A position in a config file, for messages about things found after parsing
-/// (e.g. a trigger expression's errors).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SourcePos {
-    pub file: PathBuf,
-    /// 1-based.
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-}
+/// Kept here too for the config readers that name it with the model types.
+pub use crate::diag::SourcePos;
 
 /// `[[triggers]]`, with its expressions parsed and already checked against
 /// the config's hosts and items by the loader, so nothing downstream parses

@@ -18,10 +18,8 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::diag::{did_you_mean, suggest_key};
-use crate::model::{
-    default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec,
-};
+use crate::diag::{did_you_mean, suggest_key, SourcePos};
+use crate::model::{default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, StorageSpec};
 use source::{is_name, At, Report, Section, Source};
 use triggers::TriggerText;
 

@@ -9,8 +9,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::Diagnostic;
-use crate::diag::did_you_mean;
-use crate::model::SourcePos;
+use crate::diag::{did_you_mean, SourcePos};
 use crate::units;
 
 /// One file's text, with the byte offsets where its lines start.

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use crate::diag::{suggest_name, Diagnostic};
+use crate::diag::{suggest_name, Diagnostic, SourcePos};
 use crate::expr::{parse, Expr, ExprError, Func, Window};
-use crate::model::{Config, SourcePos, TriggerSpec};
+use crate::model::{Config, TriggerSpec};
 
 /// The most samples one window may hold (window / the item's poll interval).
 pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
