@@ -266,15 +266,7 @@ fn engine_part(args: &Args) {
             std::process::exit(1);
         }
     };
-    let triggers = match compile(&config) {
-        Ok(t) => t,
-        Err(diagnostics) => {
-            for d in diagnostics {
-                eprintln!("{d}");
-            }
-            std::process::exit(1);
-        }
-    };
+    let triggers = compile(&config);
     println!(
         "config: {} items, {} triggers, loaded and compiled in {:.0} ms",
         HOSTS * ITEMS_PER_HOST,

@@ -22,6 +22,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod diag;
+pub mod expr;
 pub mod gateway;
 pub mod json;
 pub mod ledger;

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::expr::Expr;
+
 /// A Modbus data table. The four tables have separate address spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -670,29 +672,21 @@ impl Default for ApiSpec {
     }
 }
 
-/// A position in a config file, for messages about things found after parsing
-/// (e.g. a trigger expression's errors).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SourcePos {
-    pub file: PathBuf,
-    /// 1-based.
-    pub line: usize,
-    /// 1-based, in characters.
-    pub col: usize,
-}
+/// Kept here too for the config readers that name it with the model types.
+pub use crate::diag::SourcePos;
 
-/// `[[triggers]]`, with the expressions still as text (the alarm module parses them).
+/// `[[triggers]]`, with its expressions parsed and already checked against
+/// the config's hosts and items by the loader, so nothing downstream parses
+/// them again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriggerSpec {
     pub triggerid: u64,
     pub description: String,
     /// 3..=5 by default; any key of the severity table.
     pub severity: u8,
-    pub expression: String,
-    /// Where the expression string's first character is in the config file.
-    pub expression_pos: SourcePos,
-    pub recovery_expression: Option<String>,
-    pub recovery_expression_pos: SourcePos,
+    /// Names at least one item.
+    pub expression: Expr,
+    pub recovery_expression: Option<Expr>,
 }
 
 /// The whole validated configuration.

@@ -9,8 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::expr::{BinOp, Expr, Func, Window};
 use super::{CompiledTrigger, TriggerValue};
+use crate::expr::{BinOp, Expr, Func, Window};
 
 /// A dense index of an item the triggers reference (see [`Engine::item_index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,10 +1,10 @@
-//! The alarm engine: trigger expressions, their check against the config, and
-//! their evaluation.
+//! The alarm engine: the evaluation of trigger expressions and the events it
+//! records.
 //!
-//! - [`expr`]: Zabbix-style expressions (`max(/pump/temp,5m) < -20 and last(/pump/run) = 1`)
-//!   -> an [`Expr`] AST; every error has a character offset.
-//! - [`check_triggers`] / [`compile`]: every trigger of a [`Config`] parsed and
-//!   checked (hosts, keys, windows), errors as `FILE:LINE:COL: message`.
+//! - [`crate::expr`]: Zabbix-style expressions (`max(/pump/temp,5m) < -20 and last(/pump/run) = 1`)
+//!   -> an [`Expr`] AST; the config loader parses and checks them (hosts,
+//!   keys, windows) into the config's [`crate::model::TriggerSpec`]s.
+//! - [`compile`]: the triggers of a loaded [`Config`] as [`CompiledTrigger`]s.
 //! - [`Engine`]: pure evaluation; samples and errors in, [`TriggerChange`]s out.
 //! - [`run`]: the daemon's alarm task (samples from the hosts' live state,
 //!   evaluation on samples and once per second, events stored with retries).
@@ -49,24 +49,20 @@
 //! so hysteresis survives an outage.
 
 mod engine;
-pub mod expr;
 pub mod service;
 mod task;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-
+pub use crate::expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
 pub use engine::{Engine, ItemIndex, TriggerChange};
-pub use expr::{parse, BinOp, Expr, ExprError, Func, ItemRef, Window};
 pub use service::{
     AckError, Acknowledgement, AlarmStats, Alarms, EventFilter, EventObject, TriggerObject,
     EVENTS_LIMIT, MAX_ACK_BYTES,
 };
 pub use task::run;
 
-use crate::config::Diagnostic;
-use crate::model::{Config, SourcePos};
+use crate::model::{Config, TriggerSpec};
 
 /// The value of a trigger, spelled as in the JSON (`OK`, `problem`, `unknown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -129,14 +125,45 @@ impl CompiledTrigger {
         expression: Expr,
         recovery: Option<Expr>,
     ) -> Result<CompiledTrigger, ExprError> {
-        let first_item = expression
-            .first_item()
-            .map(|i| (i.host.clone(), i.key.clone()))
-            .ok_or_else(|| ExprError {
+        if expression.first_item().is_none() {
+            return Err(ExprError {
                 offset: 0,
                 message: "the expression names no item; use at least one function such as last(/host/key)"
                     .to_string(),
-            })?;
+            });
+        }
+        Ok(CompiledTrigger::build(
+            triggerid,
+            description.into(),
+            severity,
+            expression,
+            recovery,
+        ))
+    }
+
+    /// The trigger of a loaded config's `[[triggers]]` table (whose expression
+    /// the loader has checked to name an item).
+    pub fn from_spec(spec: &TriggerSpec) -> CompiledTrigger {
+        CompiledTrigger::build(
+            spec.triggerid,
+            spec.description.clone(),
+            spec.severity,
+            spec.expression.clone(),
+            spec.recovery_expression.clone(),
+        )
+    }
+
+    fn build(
+        triggerid: u64,
+        description: String,
+        severity: u8,
+        expression: Expr,
+        recovery: Option<Expr>,
+    ) -> CompiledTrigger {
+        let first_item = expression
+            .first_item()
+            .map(|i| (i.host.clone(), i.key.clone()))
+            .unwrap_or_default();
         let mut hosts: Vec<String> = Vec::new();
         for e in std::iter::once(&expression).chain(recovery.as_ref()) {
             for (_, item, _) in e.functions() {
@@ -145,15 +172,15 @@ impl CompiledTrigger {
                 }
             }
         }
-        Ok(CompiledTrigger {
+        CompiledTrigger {
             triggerid,
-            description: description.into(),
+            description,
             severity,
             expression,
             recovery,
             first_item,
             hosts,
-        })
+        }
     }
 
     /// The distinct host ids the expressions name, in first-mention order
@@ -163,169 +190,12 @@ impl CompiledTrigger {
     }
 }
 
-/// The most samples one window may hold (window / the item's poll interval).
-pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
-
-/// Parses and checks every trigger's expressions (syntax, hosts, keys,
-/// windows); one diagnostic per problem, at the expression's position in the
-/// file plus the problem's character offset (expressions are single-line; a
-/// TOML escape such as `\"` before the problem shifts the column by its length).
-pub fn check_triggers(config: &Config) -> Vec<Diagnostic> {
-    match compile(config) {
-        Ok(_) => Vec::new(),
-        Err(diagnostics) => diagnostics,
-    }
-}
-
-/// Parses and checks every trigger, or returns every problem found.
-pub fn compile(config: &Config) -> Result<Vec<CompiledTrigger>, Vec<Diagnostic>> {
-    let mut diagnostics = Vec::new();
-    let mut compiled = Vec::new();
-    for spec in &config.triggers {
-        let at = |pos: &SourcePos, e: ExprError| Diagnostic {
-            file: if pos.file.as_os_str().is_empty() {
-                config.path.clone()
-            } else {
-                pos.file.clone()
-            },
-            line: pos.line.max(1),
-            col: pos.col.max(1) + e.offset,
-            message: format!("trigger {}: {}", spec.triggerid, e.message),
-        };
-        let before = diagnostics.len();
-        let expression = check_one(config, &spec.expression, true)
-            .map_err(|es| diagnostics.extend(es.into_iter().map(|e| at(&spec.expression_pos, e))))
-            .ok();
-        let recovery = match &spec.recovery_expression {
-            Some(text) => check_one(config, text, false)
-                .map(Some)
-                .map_err(|es| {
-                    diagnostics.extend(es.into_iter().map(|e| at(&spec.recovery_expression_pos, e)))
-                })
-                .ok(),
-            None => Some(None),
-        };
-        if diagnostics.len() != before {
-            continue;
-        }
-        if let (Some(expression), Some(recovery)) = (expression, recovery) {
-            match CompiledTrigger::new(
-                spec.triggerid,
-                spec.description.clone(),
-                spec.severity,
-                expression,
-                recovery,
-            ) {
-                Ok(t) => compiled.push(t),
-                Err(e) => diagnostics.push(at(&spec.expression_pos, e)),
-            }
-        }
-    }
-    if diagnostics.is_empty() {
-        Ok(compiled)
-    } else {
-        Err(diagnostics)
-    }
-}
-
-/// Parses one expression and checks its items and windows against the config.
-fn check_one(config: &Config, text: &str, needs_item: bool) -> Result<Expr, Vec<ExprError>> {
-    let expr = parse(text).map_err(|e| vec![e])?;
-    let mut errors = Vec::new();
-    let hosts: HashMap<&str, _> = config.hosts.iter().map(|h| (h.host.as_str(), h)).collect();
-    let functions = expr.functions();
-    if needs_item && functions.is_empty() {
-        errors.push(ExprError {
-            offset: 0,
-            message:
-                "the expression names no item; use at least one function such as last(/host/key)"
-                    .to_string(),
-        });
-    }
-    for (func, item, window) in functions {
-        let Some(host) = hosts.get(item.host.as_str()) else {
-            let names: Vec<&str> = config.hosts.iter().map(|h| h.host.as_str()).collect();
-            let hint = match suggest(&item.host, &names) {
-                Some(s) => format!("; did you mean \"{s}\"?"),
-                None if names.is_empty() => "; the config has no hosts".to_string(),
-                None => format!("; hosts: {}", short_list(&names)),
-            };
-            errors.push(ExprError {
-                offset: item.host_pos(),
-                message: format!("unknown host \"{}\"{hint}", item.host),
-            });
-            continue;
-        };
-        let Some(spec) = host.item(&item.key) else {
-            let keys: Vec<&str> = host.items.iter().map(|i| i.key.as_str()).collect();
-            let hint = match suggest(&item.key, &keys) {
-                Some(s) => format!("; did you mean \"{s}\"?"),
-                None if keys.is_empty() => " (it has no items)".to_string(),
-                None => String::new(),
-            };
-            errors.push(ExprError {
-                offset: item.key_pos(),
-                message: format!("host \"{}\" has no item \"{}\"{hint}", item.host, item.key),
-            });
-            continue;
-        };
-        let interval = spec.poll_interval.as_secs().max(1);
-        let held = match window {
-            Some(Window::Time(s)) if func != Func::Nodata => {
-                u64::try_from(s).unwrap_or(0) / interval
-            }
-            Some(Window::Count(n)) => u64::from(n),
-            _ => 0,
-        };
-        if held > MAX_WINDOW_SAMPLES {
-            let w = window.map(|w| w.to_string()).unwrap_or_default();
-            errors.push(ExprError {
-                offset: item.pos,
-                message: format!(
-                    "window {w} would hold about {held} samples of \"{}\" (polled every {interval}s); \
-                     the limit is {MAX_WINDOW_SAMPLES}",
-                    item.key
-                ),
-            });
-        }
-    }
-    if errors.is_empty() {
-        Ok(expr)
-    } else {
-        Err(errors)
-    }
-}
-
-fn short_list(names: &[&str]) -> String {
-    if names.len() <= 8 {
-        names.join(", ")
-    } else {
-        format!("{}, ...", names[..8].join(", "))
-    }
-}
-
-/// The known word closest to `word`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase();
-    known
+/// The triggers of a loaded config, ready for the [`Engine`] (the loader has
+/// parsed and checked their expressions).
+pub fn compile(config: &Config) -> Vec<CompiledTrigger> {
+    config
+        .triggers
         .iter()
-        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
-        .filter(|(d, k)| *d <= (k.chars().count() / 4).clamp(1, 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+        .map(CompiledTrigger::from_spec)
+        .collect()
 }

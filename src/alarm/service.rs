@@ -243,16 +243,7 @@ impl Alarms {
         config: &Config,
         state: impl Fn(u64) -> Option<(TriggerValue, i64)>,
     ) -> Catalog {
-        let compiled = match compile(config) {
-            Ok(c) => c,
-            Err(diagnostics) => {
-                // A loaded config has passed this check; this is a program error.
-                for d in diagnostics {
-                    tracing::error!("{d}");
-                }
-                Vec::new()
-            }
-        };
+        let compiled = compile(config);
         let mut catalog = Catalog::default();
         for c in compiled {
             let (value, lastchange) = state(c.triggerid).unwrap_or((TriggerValue::Ok, 0));

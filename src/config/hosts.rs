@@ -9,8 +9,9 @@ use std::time::Duration;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::source::{did_you_mean, is_name, At, Report, Section, Source};
+use super::source::{is_name, At, Report, Section, Source};
 use super::{array_of_tables, parse_document};
+use crate::diag::did_you_mean;
 use crate::model::{
     default_key, ByteOrder, Connection, HostSpec, ItemExtra, ItemSpec, Parity, SerialSettings,
     SourcePos, Table, ValueType,

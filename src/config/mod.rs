@@ -9,6 +9,7 @@
 mod hosts;
 pub mod schema;
 mod source;
+mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,36 +18,13 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::model::{
-    default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, SourcePos, StorageSpec, TriggerSpec,
-};
-use source::{did_you_mean, is_name, At, Report, Section, Source};
+use crate::diag::{did_you_mean, suggest_key, SourcePos};
+use crate::model::{default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, StorageSpec};
+use source::{is_name, At, Report, Section, Source};
+use triggers::TriggerText;
 
-/// One problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The file the problem is in (the config file or a profile it names).
-    pub file: std::path::PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub col: usize,
-    /// A sentence for the technician.
-    pub message: String,
-}
-
-impl std::fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.col,
-            self.message
-        )
-    }
-}
+pub use crate::diag::Diagnostic;
+pub use triggers::MAX_WINDOW_SAMPLES;
 
 /// Every problem found in a config file (and the profiles it names).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,23 +52,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates config text as if it had been read from `path_for_messages`:
 /// messages name that path, and profiles are read relative to its directory.
 pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let config = load_str_without_expressions(path_for_messages, text)?;
+    let (mut config, texts) = load_str_without_expressions(path_for_messages, text)?;
     // Trigger expressions name hosts and items, so they are checked against
     // the otherwise valid config.
-    let problems = crate::alarm::check_triggers(&config);
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(problems))
-    }
+    config.triggers = triggers::check_triggers(&config, &texts).map_err(ConfigErrors)?;
+    Ok(config)
 }
 
-/// Like [`load_str`], but trigger expressions are left unchecked (for tests
-/// of the expression checker itself).
+/// Like [`load_str`], but trigger expressions are left unchecked: the config
+/// has no triggers, and the `[[triggers]]` tables come back as text (for
+/// tests of the expression checker itself).
 pub(crate) fn load_str_without_expressions(
     path_for_messages: &Path,
     text: &str,
-) -> Result<Config, ConfigErrors> {
+) -> Result<(Config, Vec<TriggerText>), ConfigErrors> {
     let mut report = Report::default();
     report.add_file(path_for_messages);
     let src = Source::new(path_for_messages, text.to_string());
@@ -198,7 +173,7 @@ fn build_config(
     src: &Source,
     document: &Spanned<DeTable<'_>>,
     report: &mut Report,
-) -> Option<Config> {
+) -> Option<(Config, Vec<TriggerText>)> {
     let top = document.get_ref();
     for (key, value) in top.iter() {
         let name = key.get_ref().as_ref();
@@ -206,7 +181,7 @@ fn build_config(
             continue;
         }
         let message = if value.get_ref().is_table() {
-            match source::suggestion(name, &SECTIONS) {
+            match suggest_key(name, &SECTIONS) {
                 Some(known) => format!("unknown section [{name}]; did you mean [{known}]?"),
                 None => format!(
                     "unknown section [{name}]; the sections are [{}]",
@@ -246,7 +221,7 @@ fn build_config(
         Some(v) => read_triggers(src, v, &severity, report),
         None => Vec::new(),
     };
-    Some(Config {
+    let config = Config {
         path: src.path.clone(),
         gateway,
         storage,
@@ -254,8 +229,9 @@ fn build_config(
         mqtt,
         api,
         hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
-        triggers,
-    })
+        triggers: Vec::new(),
+    };
+    Some((config, triggers))
 }
 
 /// The position of a table header given a top-level key, or the file start.
@@ -539,7 +515,7 @@ fn read_triggers(
     value: &Spanned<DeValue<'_>>,
     severity: &BTreeMap<u8, String>,
     report: &mut Report,
-) -> Vec<TriggerSpec> {
+) -> Vec<TriggerText> {
     let Some(list) = array_of_tables(src, value, "triggers", report) else {
         return Vec::new();
     };
@@ -628,7 +604,7 @@ fn read_triggers(
             Some(e) => (Some(e.value), e.pos),
             None => (None, SourcePos::default()),
         };
-        triggers.push(TriggerSpec {
+        triggers.push(TriggerText {
             triggerid,
             description,
             severity: severity_number,

@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::Diagnostic;
-use crate::model::SourcePos;
+use crate::diag::{did_you_mean, SourcePos};
 use crate::units;
 
 /// One file's text, with the byte offsets where its lines start.
@@ -157,52 +157,6 @@ pub(crate) fn number_value(value: &DeValue<'_>) -> Option<f64> {
             digits.parse().ok()
         }
         _ => None,
-    }
-}
-
-/// The edit distance between two short strings, counting a swap of two
-/// neighbouring characters as one edit (optimal string alignment).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-/// The known word closest to `word`, if it is close enough to be a likely typo.
-pub(crate) fn suggestion<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase();
-    known
-        .iter()
-        .map(|k| (edit_distance(&lower, k), *k))
-        .filter(|(distance, k)| *distance <= (k.chars().count() / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, k)| k)
-}
-
-/// `; did you mean "x"?` or nothing.
-pub(crate) fn did_you_mean(word: &str, known: &[&str]) -> String {
-    match suggestion(word, known) {
-        Some(k) => format!("; did you mean \"{k}\"?"),
-        None => String::new(),
     }
 }
 
@@ -574,14 +528,5 @@ mod tests {
         assert_eq!((src.pos(quote).line, src.pos(quote).col), (2, 6));
         let end = src.text.len();
         assert_eq!((src.pos(end).line, src.pos(end).col), (3, 1));
-    }
-
-    #[test]
-    fn suggestions() {
-        let known = ["address", "table", "type", "scale"];
-        assert_eq!(suggestion("adress", &known), Some("address"));
-        assert_eq!(suggestion("Table", &known), Some("table"));
-        assert_eq!(suggestion("tpye", &known), Some("type"));
-        assert_eq!(suggestion("colour", &known), None);
     }
 }

@@ -8,8 +8,13 @@ use super::*;
 use crate::model::{ByteOrder, Connection, Parity, SerialSettings, Table, ValueType};
 
 fn load_text(text: &str) -> Config {
+    load_text_and_triggers(text).0
+}
+
+/// The config without triggers, and its `[[triggers]]` tables unchecked.
+fn load_text_and_triggers(text: &str) -> (Config, Vec<TriggerText>) {
     match super::load_str_without_expressions(Path::new("test.toml"), text) {
-        Ok(config) => config,
+        Ok(loaded) => loaded,
         Err(errors) => panic!("unexpected errors:\n{errors}"),
     }
 }
@@ -100,7 +105,7 @@ address = 12000
 
 #[test]
 fn every_option_is_read() {
-    let config = load_text(
+    let (config, triggers) = load_text_and_triggers(
         r#"
 [gateway]
 id = "box_2"
@@ -238,7 +243,7 @@ expression = "last(/line/energy:total) > 1"
     assert_eq!(flag.byte_order, ByteOrder::Cdab);
     assert!(flag.configurable);
 
-    let trigger = &config.triggers[0];
+    let trigger = &triggers[0];
     assert_eq!(trigger.triggerid, 1);
     assert_eq!(trigger.severity, 5);
     assert_eq!(trigger.recovery_expression, None);
@@ -304,10 +309,10 @@ fn host_settings_win_over_the_profile() {
 
 #[test]
 fn expression_positions_point_inside_the_quotes() {
-    let config = load_text(
+    let (_, triggers) = load_text_and_triggers(
         "[gateway]\nid = \"g\"\n\n[[triggers]]\ntriggerid = 1\nseverity = 3\nexpression = \"last(/a/b) > 1\"\nrecovery_expression = '''\n  last(/a/b) < 1'''\n\n[[triggers]]\ntriggerid = 2\nseverity = 4\n  expression =   'x'\n",
     );
-    let first = &config.triggers[0];
+    let first = &triggers[0];
     assert_eq!(
         (first.expression_pos.line, first.expression_pos.col),
         (7, 15)
@@ -324,7 +329,7 @@ fn expression_positions_point_inside_the_quotes() {
         ),
         (9, 1)
     );
-    let second = &config.triggers[1];
+    let second = &triggers[1];
     assert_eq!(
         (second.expression_pos.line, second.expression_pos.col),
         (14, 19)
@@ -361,4 +366,98 @@ fn missing_file_is_one_error() {
     };
     assert_eq!(errors.len(), 1);
     assert!(errors[0].message.starts_with("cannot read the config file"));
+}
+
+// ---------------------------------------------------------------- trigger expressions
+
+const TRIGGER_CONFIG_HEAD: &str = r#"[gateway]
+id = "box"
+
+[[hosts]]
+host = "pump"
+connection = "tcp://127.0.0.1:502"
+poll_interval = "1s"
+
+[[hosts.items]]
+name = "outdoor"
+table = "input"
+address = 3
+type = "i16"
+key = "temp.outdoor"
+
+[[hosts.items]]
+name = "run"
+table = "coil"
+address = 0
+type = "bool"
+key = "run"
+"#;
+
+#[test]
+fn check_triggers_reports_positions() {
+    let text = format!(
+        "{TRIGGER_CONFIG_HEAD}\n{}",
+        r#"[[triggers]]
+triggerid = 1
+description = "Frost"
+severity = 5
+expression = "max(/pump/temp.outdor,5m) < -20 and last(/pmp/run) = 1"
+recovery_expression = "min(/pump/temp.outdoor,5x) > -18"
+
+[[triggers]]
+triggerid = 2
+description = "ok"
+severity = 3
+expression = "nodata(/pump/run,10m)=1 or maxx(/pump/run,5m) > 1"
+
+[[triggers]]
+triggerid = 3
+description = "good"
+severity = 3
+expression = "avg(/pump/temp.outdoor,5m) > 30"
+
+[[triggers]]
+triggerid = 4
+description = "too long"
+severity = 3
+expression = "avg(/pump/temp.outdoor,30d) > 30"
+
+[[triggers]]
+triggerid = 5
+description = "no item"
+severity = 3
+expression = "1 > 0"
+"#
+    );
+    let (c, texts) = load_text_and_triggers(&text);
+    let line = |n: usize| TRIGGER_CONFIG_HEAD.lines().count() + 1 + n;
+    let got: Vec<String> = match triggers::check_triggers(&c, &texts) {
+        Ok(_) => panic!("expected errors"),
+        Err(diagnostics) => diagnostics.iter().map(|d| d.to_string()).collect(),
+    };
+    let want = vec![
+        format!(
+            "test.toml:{}:25: trigger 1: host \"pump\" has no item \"temp.outdor\"; did you mean \"temp.outdoor\"?",
+            line(5)
+        ),
+        format!("test.toml:{}:57: trigger 1: unknown host \"pmp\"; did you mean \"pump\"?", line(5)),
+        format!(
+            "test.toml:{}:47: trigger 1: window \"5x\": expected a number with s, m, h or d (e.g. 5m), or #N for the newest N samples",
+            line(6)
+        ),
+        format!(
+            "test.toml:{}:42: trigger 2: unknown function \"maxx\"; known: last, min, max, avg, sum, count, change, nodata; did you mean \"max\"?",
+            line(12)
+        ),
+        format!(
+            "test.toml:{}:19: trigger 4: window 30d would hold about 2592000 samples of \"temp.outdoor\" (polled every 1s); the limit is 100000",
+            line(24)
+        ),
+        format!(
+            "test.toml:{}:15: trigger 5: the expression names no item; use at least one function such as last(/host/key)",
+            line(30)
+        ),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(errors_of(&text), want);
 }
