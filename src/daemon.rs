@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alarm::Alarms;
+use crate::config_requests::ConfigRequests;
 use crate::ledger::Ledger;
 use crate::modbus::Buses;
 use crate::model::{Config, HostSpec};
 use crate::mqtt::MqttStatus;
 use crate::poll::{self, HostReader, HostShared, ItemState, Outputs, SharedHost};
 use crate::store::{Store, StoreError};
-use crate::writes::Writes;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub struct Running {
 pub struct Gateway {
     pub store: Store,
     pub ledger: Ledger,
-    pub writes: Writes,
+    pub writes: ConfigRequests,
     pub alarms: Alarms,
     pub mqtt: Arc<MqttStatus>,
     running: Arc<RwLock<Arc<Running>>>,
@@ -138,7 +138,7 @@ pub fn open(config: Config) -> Result<Gateway, DaemonError> {
         hosts,
     })));
     Ok(Gateway {
-        writes: Writes::open(ledger.clone(), config.clone())?,
+        writes: ConfigRequests::open(ledger.clone(), config.clone())?,
         alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
         store,
