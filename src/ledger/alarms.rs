@@ -321,3 +321,90 @@ fn load_acknowledgements(
 fn to_sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(value: &str, clock: i64, update_state: bool) -> NewEvent<'_> {
+        NewEvent {
+            triggerid: 7,
+            host: "pump",
+            key: "k",
+            value,
+            clock,
+            description: "hot",
+            severity: 3,
+            severity_text: "Average",
+            update_state,
+        }
+    }
+
+    #[test]
+    fn an_event_its_state_and_messages_are_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = super::super::tests::open(dir.path(), true);
+        l.sync_trigger_states(
+            &[NewTriggerState {
+                triggerid: 7,
+                value: "OK",
+                lastchange: 0,
+            }],
+            &[],
+            &[(7, "{}".into())],
+        )
+        .unwrap();
+        let events = l
+            .record_events(
+                &[change("problem", 100, true), change("OK", 101, false)],
+                &[(7, "state".into())],
+                |e| format!("event {}", e.eventid),
+            )
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        let states = l.trigger_states().unwrap();
+        assert_eq!(states.len(), 1);
+        assert_eq!(
+            (states[0].value.as_str(), states[0].lastchange),
+            ("problem", 100)
+        );
+        let topics: Vec<String> = l
+            .uplink_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| format!("{} {}", m.topic, m.payload))
+            .collect();
+        assert_eq!(
+            topics,
+            vec![
+                "triggers/7 {}".to_string(),
+                format!("events event {}", events[0].eventid),
+                format!("events event {}", events[1].eventid),
+                "triggers/7 state".to_string(),
+            ]
+        );
+        let acked = l
+            .acknowledge_event(events[0].eventid, 102, "seen", |e| {
+                format!("acks {}", e.acknowledgements.len())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(acked.acknowledgements[0].message, "seen");
+        assert!(l
+            .acknowledge_event(999, 103, "x", |_| String::new())
+            .unwrap()
+            .is_none());
+        assert_eq!(l.uplink_len(), 5, "an unknown event queues nothing");
+        let query = EventQuery {
+            host: Some("pump"),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        let listed = l.events(&query).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].acknowledgements.len(), 1);
+        assert_eq!(l.event(events[1].eventid).unwrap().unwrap().value, "OK");
+        l.sync_trigger_states(&[], &[7], &[]).unwrap();
+        assert!(l.trigger_states().unwrap().is_empty());
+    }
+}

@@ -220,3 +220,85 @@ impl Ledger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(target: f64, lastclock: i64) -> NewConfigRequest<'a> {
+        NewConfigRequest {
+            host: "pump",
+            key: "k",
+            target,
+            expected: None,
+            audit: "[\"mqtt\"]",
+            id: None,
+            status: "PENDING",
+            lastclock,
+            reason: None,
+            expires_ms: i64::MAX,
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn a_newer_request_supersedes_the_pending_one_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = super::super::tests::open(dir.path(), true);
+        let first = l
+            .insert_config_request(&request(1.0, 10), "superseded", Some("old"), "first")
+            .unwrap();
+        let second = l
+            .insert_config_request(&request(2.0, 11), "superseded", Some("old"), "second")
+            .unwrap();
+        assert!(second > first);
+        let msgs: Vec<(String, String)> = l
+            .uplink_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.topic, m.payload))
+            .collect();
+        let topic = "config/pump/k".to_string();
+        assert_eq!(
+            msgs,
+            vec![
+                (topic.clone(), "first".into()),
+                (topic.clone(), "old".into()),
+                (topic, "second".into())
+            ]
+        );
+        let stored = l.load_config_requests().unwrap();
+        assert_eq!(stored.newest.len(), 1);
+        assert_eq!(stored.newest[0].rid, second);
+        let mut counts = stored.counts;
+        counts.sort();
+        assert_eq!(counts, vec![("FAILED".into(), 1), ("PENDING".into(), 1)]);
+    }
+
+    #[test]
+    fn only_a_pending_request_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = super::super::tests::open(dir.path(), true);
+        let rid = l
+            .insert_config_request(&request(1.0, 10), "superseded", None, "new")
+            .unwrap();
+        let change = StatusChange {
+            status: "SUCCESS",
+            reason: None,
+            finished: 12,
+            payload: "done",
+        };
+        assert!(l.finish_config_request("pump", "k", rid, &change).unwrap());
+        assert!(!l.finish_config_request("pump", "k", rid, &change).unwrap());
+        assert_eq!(
+            l.uplink_len(),
+            2,
+            "no message for a change that did not happen"
+        );
+        l.mark_config_request_written(rid).unwrap();
+        let stored = l.load_config_requests().unwrap();
+        assert_eq!(stored.newest[0].status, "SUCCESS");
+        assert!(stored.newest[0].written);
+        assert_eq!(l.tidy_config_requests("superseded", 20, 100).unwrap(), 0);
+    }
+}

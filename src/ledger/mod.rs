@@ -133,7 +133,8 @@ impl Ledger {
 mod tests {
     use super::*;
 
-    fn open(dir: &Path, uplink: bool) -> Ledger {
+    /// A ledger on a fresh database in `dir`, as the daemon opens it.
+    pub(super) fn open(dir: &Path, uplink: bool) -> Ledger {
         let cfg = crate::config::load_str(
             &dir.join("c.toml"),
             &format!(

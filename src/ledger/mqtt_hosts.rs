@@ -37,3 +37,18 @@ impl Ledger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_host_topic_not_published_again_is_stale_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = super::super::tests::open(dir.path(), true);
+        let both = ["R/hosts/a".to_string(), "R/hosts/b".to_string()];
+        assert!(l.remember_host_topics(&both).unwrap().is_empty());
+        let stale = l.remember_host_topics(&both[..1]).unwrap();
+        assert_eq!(stale, vec!["R/hosts/b".to_string()]);
+        l.forget_host_topics(&stale).unwrap();
+        assert!(l.remember_host_topics(&both[..1]).unwrap().is_empty());
+    }
+}
