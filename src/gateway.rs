@@ -13,14 +13,14 @@ use crate::poll::{HostShared, ItemState, SharedHost};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{Store, StoreError};
 use crate::uplink_status::MqttStatus;
-use crate::writes::Writes;
+use crate::config_requests::ConfigRequests;
 
 /// Everything the running gateway shares with its API and uplink; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     pub store: Store,
     pub ledger: Ledger,
-    pub writes: Writes,
+    pub writes: ConfigRequests,
     pub alarms: Alarms,
     pub mqtt: Arc<MqttStatus>,
     running: SnapshotHandle,
@@ -120,7 +120,7 @@ pub fn open(config: Config) -> Result<Gateway, StoreError> {
         hosts,
     });
     Ok(Gateway {
-        writes: Writes::open(ledger.clone(), config.clone())?,
+        writes: ConfigRequests::open(ledger.clone(), config.clone())?,
         alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
         store,

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
+use crate::config_requests::ConfigObject;
 use crate::model::HostSpec;
 use crate::poll::{HostLive, ItemLive};
-use crate::writes::ConfigObject;
 
 /// A host; `items` is left out where the contract says "hosts without items".
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config_requests::{CarriedOut, HostConfigRequests};
 use crate::decode;
 use crate::modbus::{Backoff, Buses, Link, Operation, Priority, ReadData, RequestError};
 use crate::model::{HostSpec, Table};
 use crate::plan::{self, ReadRequest};
 use crate::store::{ItemId, Sample, Store};
-use crate::writes::{HostWrites, Written};
 
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
@@ -523,7 +523,7 @@ pub async fn run_host(reader: HostReader, outputs: Outputs, shutdown: Cancellati
 }
 
 /// Waits for a new config request, forever without a write queue.
-async fn write_arrived(writes: &mut Option<HostWrites>) {
+async fn write_arrived(writes: &mut Option<HostConfigRequests>) {
     match writes {
         Some(w) => w.arrived().await,
         None => std::future::pending().await,
@@ -535,7 +535,7 @@ async fn write_arrived(writes: &mut Option<HostWrites>) {
 /// History holds at most one point per item and second, in clock order: a
 /// value read back within the second of the item's last sample is stamped one
 /// second after it, so that the written value is a history point.
-fn apply_written(outputs: &Outputs, written: Written) {
+fn apply_written(outputs: &Outputs, written: CarriedOut) {
     let sample = {
         let mut live = outputs.live.lock();
         let Some(item) = live.items.get_mut(written.index) else {
@@ -568,7 +568,7 @@ fn apply_written(outputs: &Outputs, written: Written) {
 pub async fn run_host_with_writes(
     mut reader: HostReader,
     outputs: Outputs,
-    mut writes: Option<HostWrites>,
+    mut writes: Option<HostConfigRequests>,
     shutdown: CancellationToken,
 ) {
     let host = reader.host().clone();
@@ -590,7 +590,7 @@ pub async fn run_host_with_writes(
         if let Some((at, _)) = &retry {
             wake = wake.min(*at);
         }
-        if let Some(at) = writes.as_ref().and_then(HostWrites::next_wake) {
+        if let Some(at) = writes.as_ref().and_then(HostConfigRequests::next_wake) {
             wake = wake.min(at);
         }
         tokio::select! {

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Running;
+use modbridge::config_requests::{self, Channel, ConfigObject, ConfigRequest, Status, SubmitError};
 use modbridge::daemon;
 use modbridge::gateway::{self, Gateway};
 use modbridge::model::{Config, Table};
 use modbridge::sim::{SimDevice, SimServer};
-use modbridge::writes::{self, Channel, ConfigObject, ConfigRequest, Status, SubmitError};
 use tokio::time::Instant;
 
 const ITEMS: &str = r#"
@@ -429,7 +429,7 @@ async fn refused_requests_change_nothing() {
     let e = refuse(request("setpoint", 1.0, Some(f64::INFINITY)));
     assert_eq!(e.http_status(), 422);
     // Over MQTT: a target that is not a number never reaches submit.
-    let e = writes::parse_request(br#"{"host":"pump","key":"setpoint","target":"abc"}"#)
+    let e = config_requests::parse_request(br#"{"host":"pump","key":"setpoint","target":"abc"}"#)
         .expect_err("refused");
     assert_eq!(e.http_status(), 422);
     assert!(e.to_string().contains("\"abc\""), "{e}");
@@ -676,7 +676,7 @@ async fn a_newer_request_supersedes_a_pending_one() {
         uplink_statuses(&rig.gateway, "setpoint"),
         vec![
             ("PENDING".into(), None),
-            ("FAILED".into(), Some(writes::SUPERSEDED.into())),
+            ("FAILED".into(), Some(config_requests::SUPERSEDED.into())),
             ("PENDING".into(), None),
             ("SUCCESS".into(), None),
         ]
@@ -694,7 +694,7 @@ async fn a_newer_request_supersedes_a_pending_one() {
         .expect("first row");
     assert_eq!(
         (target, status.as_str(), reason.as_deref()),
-        (21.0, "FAILED", Some(writes::SUPERSEDED))
+        (21.0, "FAILED", Some(config_requests::SUPERSEDED))
     );
     let stats = rig.gateway.writes.stats();
     assert_eq!((stats.pending, stats.success, stats.failed), (0, 1, 1));
@@ -780,7 +780,7 @@ async fn a_reload_fails_requests_of_removed_items_and_keeps_the_others() {
         .config_of("pump", "setpoint")
         .expect("config");
     assert_eq!(c.status, Status::Failed);
-    assert_eq!(c.reason.as_deref(), Some(writes::REMOVED));
+    assert_eq!(c.reason.as_deref(), Some(config_requests::REMOVED));
     assert_eq!(
         rig.gateway
             .writes

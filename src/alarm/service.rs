@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
 use crate::json::HostObject;
+use crate::ledger::alarms::{EventQuery, NewEvent, NewTriggerState, StoredEvent};
 use crate::ledger::Ledger;
 use crate::model::Config;
 use crate::poll::unix_now;
@@ -187,30 +187,18 @@ impl Alarms {
                 counters: Counters::default(),
             }),
         };
-        let stored = alarms.ledger.read(|conn| {
-            let mut st = conn.prepare("SELECT triggerid, value, lastchange FROM trigger_states")?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            let mut out = HashMap::new();
-            for row in rows {
-                let (id, value, lastchange) = row?;
-                let value = TriggerValue::parse(&value).unwrap_or_else(|| {
-                    tracing::warn!(
-                        triggerid = id,
-                        value,
-                        "unreadable stored trigger value; taken as unknown"
-                    );
-                    TriggerValue::Unknown
-                });
-                out.insert(id as u64, (value, lastchange));
-            }
-            Ok(out)
-        })?;
+        let mut stored = HashMap::new();
+        for row in alarms.ledger.trigger_states()? {
+            let value = TriggerValue::parse(&row.value).unwrap_or_else(|| {
+                tracing::warn!(
+                    triggerid = row.triggerid,
+                    value = row.value,
+                    "unreadable stored trigger value; taken as unknown"
+                );
+                TriggerValue::Unknown
+            });
+            stored.insert(row.triggerid, (value, row.lastchange));
+        }
         let catalog = alarms.entries(&alarms.running().config, |id| stored.get(&id).copied());
         let stale: Vec<u64> = stored
             .keys()
@@ -285,31 +273,18 @@ impl Alarms {
                 Some((*id, to_json(&object)))
             })
             .collect();
-        self.ledger.transaction(|tx, up| {
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO trigger_states(triggerid, value, lastchange) VALUES (?1, ?2, ?3)",
-                )?;
-                for id in fresh {
-                    if let Some(e) = catalog.get(*id) {
-                        insert.execute(params![
-                            to_sql_id(*id),
-                            e.value.as_str(),
-                            e.lastchange
-                        ])?;
-                    }
-                }
-                let mut delete = tx.prepare_cached("DELETE FROM trigger_states WHERE triggerid = ?1")?;
-                for id in stale {
-                    delete.execute([to_sql_id(*id)])?;
-                    up.push(format!("triggers/{id}"), "", true);
-                }
-            }
-            for (id, payload) in &payloads {
-                up.push(format!("triggers/{id}"), payload.as_str(), true);
-            }
-            Ok(())
-        })
+        let fresh: Vec<NewTriggerState<'_>> = fresh
+            .iter()
+            .filter_map(|id| {
+                let e = catalog.get(*id)?;
+                Some(NewTriggerState {
+                    triggerid: *id,
+                    value: e.value.as_str(),
+                    lastchange: e.lastchange,
+                })
+            })
+            .collect();
+        self.ledger.sync_trigger_states(&fresh, stale, &payloads)
     }
 
     /// Takes over the triggers of the current config after a reload: kept
@@ -428,49 +403,27 @@ impl Alarms {
                 .map(|p| catalog.get(p.triggerid).is_some())
                 .collect()
         };
-        let events = self.ledger.transaction(|tx, up| {
-            let mut events = Vec::with_capacity(batch.len());
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events(triggerid, host, key, value, clock, description, severity, severity_text) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let mut state = tx.prepare_cached(
-                "INSERT INTO trigger_states(triggerid, value, lastchange) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(triggerid) DO UPDATE SET value = excluded.value, lastchange = excluded.lastchange",
-            )?;
-            for (p, configured) in batch.iter().zip(&configured) {
-                insert.execute(params![
-                    to_sql_id(p.triggerid),
-                    p.host,
-                    p.key,
-                    p.value.as_str(),
-                    p.clock,
-                    p.description,
-                    p.severity,
-                    p.severity_text
-                ])?;
-                let event = EventObject {
-                    eventid: tx.last_insert_rowid().max(0) as u64,
-                    triggerid: p.triggerid,
-                    host: p.host.clone(),
-                    key: p.key.clone(),
-                    value: p.value.as_str().to_string(),
-                    clock: p.clock,
-                    description: p.description.clone(),
-                    severity: (p.severity, p.severity_text.clone()),
-                    acknowledgements: Vec::new(),
-                };
-                if *configured {
-                    state.execute(params![to_sql_id(p.triggerid), p.value.as_str(), p.clock])?;
-                }
-                up.push("events", to_json(&event), false);
-                events.push(event);
-            }
-            for (id, payload) in payloads {
-                up.push(format!("triggers/{id}"), payload.as_str(), true);
-            }
-            Ok(events)
-        })?;
+        let rows: Vec<NewEvent<'_>> = batch
+            .iter()
+            .zip(&configured)
+            .map(|(p, configured)| NewEvent {
+                triggerid: p.triggerid,
+                host: &p.host,
+                key: &p.key,
+                value: p.value.as_str(),
+                clock: p.clock,
+                description: &p.description,
+                severity: p.severity,
+                severity_text: &p.severity_text,
+                update_state: *configured,
+            })
+            .collect();
+        let events: Vec<EventObject> = self
+            .ledger
+            .record_events(&rows, payloads, announce)?
+            .into_iter()
+            .map(EventObject::from)
+            .collect();
         let mut catalog = lock(&self.inner.catalog);
         for p in batch {
             if let Some(&i) = catalog.by_id.get(&p.triggerid) {
@@ -550,24 +503,11 @@ impl Alarms {
                 "message must not contain NUL characters".to_string(),
             ));
         }
-        let Ok(id) = i64::try_from(eventid) else {
-            return Err(AckError::UnknownEvent(eventid));
-        };
         let clock = unix_now();
-        let event = self.ledger.transaction(|tx, up| {
-            let Some(mut event) = load_event(tx, id)? else {
-                return Ok(None);
-            };
-            tx.execute(
-                "INSERT INTO acknowledgements(eventid, clock, message) VALUES (?1, ?2, ?3)",
-                params![id, clock, message],
-            )?;
-            event.acknowledgements = load_acknowledgements(tx, id, id)?
-                .remove(&eventid)
-                .unwrap_or_default();
-            up.push("events", to_json(&event), false);
-            Ok(Some(event))
-        })?;
+        let event = self
+            .ledger
+            .acknowledge_event(eventid, clock, message, announce)?
+            .map(EventObject::from);
         match event {
             Some(event) => {
                 tracing::info!(eventid, triggerid = event.triggerid, "event acknowledged");
@@ -580,50 +520,24 @@ impl Alarms {
     /// Stored events matching the filter (`from`/`to` inclusive, on `clock`),
     /// ascending by `eventid`; at most [`EVENTS_LIMIT`], the newest.
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<EventObject>, StoreError> {
-        self.ledger.read(|conn| {
-            let mut st = conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE (?1 IS NULL OR clock >= ?1) AND (?2 IS NULL OR clock <= ?2) \
-                 AND (?3 IS NULL OR host = ?3) AND (?4 IS NULL OR key = ?4) \
-                 ORDER BY eventid DESC LIMIT ?5"
-            ))?;
-            let rows = st.query_map(
-                params![
-                    filter.from,
-                    filter.to,
-                    filter.host,
-                    filter.key,
-                    EVENTS_LIMIT as i64
-                ],
-                event_row,
-            )?;
-            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
-            events.reverse();
-            if let (Some(first), Some(last)) = (events.first(), events.last()) {
-                let mut acks =
-                    load_acknowledgements(conn, to_sql_id(first.eventid), to_sql_id(last.eventid))?;
-                for e in &mut events {
-                    e.acknowledgements = acks.remove(&e.eventid).unwrap_or_default();
-                }
-            }
-            Ok(events)
-        })
+        let query = EventQuery {
+            from: filter.from,
+            to: filter.to,
+            host: filter.host.as_deref(),
+            key: filter.key.as_deref(),
+            limit: EVENTS_LIMIT,
+        };
+        Ok(self
+            .ledger
+            .events(&query)?
+            .into_iter()
+            .map(EventObject::from)
+            .collect())
     }
 
     /// One stored event.
     pub fn event(&self, eventid: u64) -> Result<Option<EventObject>, StoreError> {
-        let Ok(id) = i64::try_from(eventid) else {
-            return Ok(None);
-        };
-        self.ledger.read(|conn| {
-            let Some(mut event) = load_event(conn, id)? else {
-                return Ok(None);
-            };
-            event.acknowledgements = load_acknowledgements(conn, id, id)?
-                .remove(&eventid)
-                .unwrap_or_default();
-            Ok(Some(event))
-        })
+        Ok(self.ledger.event(eventid)?.map(EventObject::from))
     }
 
     /// Every configured trigger with its current value, in config order.
@@ -645,55 +559,32 @@ impl Alarms {
     }
 }
 
-const EVENT_COLUMNS: &str =
-    "eventid, triggerid, host, key, value, clock, description, severity, severity_text";
-
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventObject> {
-    Ok(EventObject {
-        eventid: r.get::<_, i64>(0)?.max(0) as u64,
-        triggerid: r.get::<_, i64>(1)?.max(0) as u64,
-        host: r.get(2)?,
-        key: r.get(3)?,
-        value: r.get(4)?,
-        clock: r.get(5)?,
-        description: r.get(6)?,
-        severity: (r.get(7)?, r.get(8)?),
-        acknowledgements: Vec::new(),
-    })
-}
-
-fn load_event(conn: &Connection, eventid: i64) -> Result<Option<EventObject>, StoreError> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE eventid = ?1"
-    ))?;
-    Ok(st.query_row([eventid], event_row).optional()?)
-}
-
-/// Acknowledgements of the events `from..=to`, per event, oldest first.
-fn load_acknowledgements(
-    conn: &Connection,
-    from: i64,
-    to: i64,
-) -> Result<HashMap<u64, Vec<Acknowledgement>>, StoreError> {
-    let mut st = conn.prepare_cached(
-        "SELECT eventid, clock, message FROM acknowledgements \
-         WHERE eventid BETWEEN ?1 AND ?2 ORDER BY rowid",
-    )?;
-    let rows = st.query_map([from, to], |r| {
-        Ok((
-            r.get::<_, i64>(0)?.max(0) as u64,
-            Acknowledgement {
-                clock: r.get(1)?,
-                message: r.get(2)?,
-            },
-        ))
-    })?;
-    let mut out: HashMap<u64, Vec<Acknowledgement>> = HashMap::new();
-    for row in rows {
-        let (id, ack) = row?;
-        out.entry(id).or_default().push(ack);
+impl From<StoredEvent> for EventObject {
+    fn from(e: StoredEvent) -> EventObject {
+        EventObject {
+            eventid: e.eventid,
+            triggerid: e.triggerid,
+            host: e.host,
+            key: e.key,
+            value: e.value,
+            clock: e.clock,
+            description: e.description,
+            severity: (e.severity, e.severity_text),
+            acknowledgements: e
+                .acknowledgements
+                .into_iter()
+                .map(|a| Acknowledgement {
+                    clock: a.clock,
+                    message: a.message,
+                })
+                .collect(),
+        }
     }
-    Ok(out)
+}
+
+/// The `events` message of a stored event: its API object.
+fn announce(event: &StoredEvent) -> String {
+    to_json(&EventObject::from(event.clone()))
 }
 
 /// A trigger object with the given value, its hosts' live state from `running`.
@@ -727,10 +618,6 @@ fn trigger_object(
         value: value.as_str().to_string(),
         severity: (e.compiled.severity, e.severity_text.clone()),
     }
-}
-
-fn to_sql_id(id: u64) -> i64 {
-    i64::try_from(id).unwrap_or(i64::MAX)
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::AckError;
+use crate::config_requests::SubmitError;
 use crate::store::StoreError;
-use crate::writes::SubmitError;
 
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::json::{host_object, item_object, ItemObject};
 use crate::model::HostSpec;
 use crate::poll::{unix_now, SharedHost};
 use crate::snapshot::Snapshot;
-use crate::writes::{self, Channel, ConfigObject};
+use crate::config_requests::{self, Channel, ConfigObject};
 
 /// The most history points (or events) one answer carries; more is a 422
 /// asking for a narrower range or a `limit`.
@@ -386,7 +386,8 @@ pub async fn put_config(
     check_json_body(&headers)?;
     let body = body(b)?;
     let channel = channel(peer, &headers)?;
-    let request = writes::parse_body(&host, &key, &body).map_err(|e| HttpError::submit(&e))?;
+    let request =
+        config_requests::parse_body(&host, &key, &body).map_err(|e| HttpError::submit(&e))?;
     let writes = st.gateway.writes.clone();
     let object = blocking(move || {
         writes

@@ -6,9 +6,9 @@
 
 use serde_json::Value;
 
+use crate::config_requests::{self, Channel};
 use crate::gateway::Gateway;
 use crate::store::{MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE};
-use crate::writes::{self, Channel};
 
 /// Largest command payload accepted; larger ones are refused on `R/rejected`.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -48,7 +48,7 @@ pub(crate) fn handle(
     }
     match command {
         "cmd/config" => {
-            let request = writes::parse_request(payload).map_err(|e| e.to_string())?;
+            let request = config_requests::parse_request(payload).map_err(|e| e.to_string())?;
             gateway
                 .writes
                 .submit(request, Channel::Mqtt)

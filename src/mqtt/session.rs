@@ -534,13 +534,7 @@ impl<'a> Session<'a> {
         }
         if !self.cleared_hosts.is_empty() {
             let topics = std::mem::take(&mut self.cleared_hosts);
-            let r = self.gateway.ledger.transaction(|tx, _| {
-                let mut st = tx.prepare_cached("DELETE FROM mqtt_hosts WHERE topic = ?1")?;
-                for t in &topics {
-                    st.execute([t])?;
-                }
-                Ok(())
-            });
+            let r = self.gateway.ledger.forget_host_topics(&topics);
             if let Err(e) = r {
                 tracing::warn!(error = %e, "mqtt: cannot forget cleared host topics");
             }
@@ -659,21 +653,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        let stale = self.gateway.ledger.transaction(|tx, _| {
-            let mut add =
-                tx.prepare_cached("INSERT OR IGNORE INTO mqtt_hosts(topic) VALUES (?1)")?;
-            for t in &topics {
-                add.execute([t])?;
-            }
-            let mut st = tx.prepare_cached("SELECT topic FROM mqtt_hosts ORDER BY topic")?;
-            let all = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(all
-                .into_iter()
-                .filter(|t| !topics.contains(t))
-                .collect::<Vec<_>>())
-        });
+        let stale = self.gateway.ledger.remember_host_topics(&topics);
         match stale {
             Ok(stale) => {
                 for topic in stale {

@@ -1,5 +1,12 @@
 //! The control side of the database: config requests, trigger states, events,
-//! acknowledgements, and the queue of durable non-data MQTT messages.
+//! acknowledgements, the queue of durable non-data MQTT messages and the
+//! topics of retained host metadata.
+//!
+//! Every SQL statement on these tables is in this module, next to their
+//! schema (`schema.sql`, applied by the store's migration as schema version
+//! 2), one file per group of tables: [`config_requests`], [`alarms`],
+//! [`uplink`], [`mqtt_hosts`]. The services above (the config requests, the
+//! alarms, the MQTT session) call these functions and keep no SQL of their own.
 //!
 //! Unlike samples (batched by the store's writer thread), every change here is
 //! committed before the call returns: a config request is durable before it
@@ -9,24 +16,21 @@
 //! Invariant: a state change and the uplink message announcing it are
 //! written in one transaction, so after a crash either both exist or neither.
 
+pub mod alarms;
+pub mod config_requests;
+pub mod mqtt_hosts;
+pub mod uplink;
+
+pub use uplink::UplinkMessage;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::store::{lock, StoreError};
-
-/// One queued durable MQTT message (not data: those are journal rows).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UplinkMessage {
-    pub id: u64,
-    /// Below the gateway's root `R/`, e.g. `events`, `triggers/17`, `config/pump/k`.
-    pub topic: String,
-    pub payload: String,
-    pub retained: bool,
-}
 
 /// Messages queued inside a [`Ledger::transaction`]; written with it.
 pub struct Uplink {
@@ -71,15 +75,13 @@ impl Ledger {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.pragma_update(None, "cache_size", -256).map_err(err)?;
-        let len: i64 = conn
-            .query_row("SELECT count(*) FROM uplink", [], |r| r.get(0))
-            .map_err(err)?;
+        let len = uplink::count(&conn).map_err(err)?;
         let (changes, _) = tokio::sync::watch::channel(0);
         Ok(Ledger {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 uplink_enabled: AtomicBool::new(uplink),
-                uplink_len: AtomicU64::new(len.max(0) as u64),
+                uplink_len: AtomicU64::new(len),
                 changes,
             }),
         })
@@ -91,7 +93,9 @@ impl Ledger {
     }
 
     /// Runs `f` in one immediate transaction and commits it, together with the
-    /// uplink messages it queued. Nothing is written if `f` fails.
+    /// uplink messages it queued. Nothing is written if `f` fails. The
+    /// statements of the services live in this module's files, which build on
+    /// this; it is public so that tests can inspect and age rows.
     pub fn transaction<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>, &mut Uplink) -> Result<T, StoreError>,
@@ -103,14 +107,7 @@ impl Ledger {
             queued: Vec::new(),
         };
         let out = f(&tx, &mut uplink)?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO uplink(topic, payload, retained) VALUES (?1, ?2, ?3)",
-            )?;
-            for (topic, payload, retained) in &uplink.queued {
-                st.execute(params![topic, payload, *retained as i64])?;
-            }
-        }
+        uplink::insert(&tx, &uplink.queued)?;
         tx.commit()?;
         drop(conn);
         if !uplink.queued.is_empty() {
@@ -122,7 +119,7 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Runs a read-only query.
+    /// Runs a read-only query (the counterpart of [`Ledger::transaction`]).
     pub fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
@@ -130,66 +127,14 @@ impl Ledger {
         let conn = lock(&self.inner.conn);
         f(&conn)
     }
-
-    /// Queued uplink messages with `id > after`, oldest first, at most `max`.
-    pub fn uplink_after(&self, after: u64, max: usize) -> Result<Vec<UplinkMessage>, StoreError> {
-        self.read(|conn| {
-            let mut st = conn.prepare_cached(
-                "SELECT id, topic, payload, retained FROM uplink WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = st.query_map(
-                params![after.min(i64::MAX as u64) as i64, max.min(i64::MAX as usize) as i64],
-                |r| {
-                    Ok(UplinkMessage {
-                        id: r.get::<_, i64>(0)? as u64,
-                        topic: r.get(1)?,
-                        payload: r.get(2)?,
-                        retained: r.get::<_, i64>(3)? != 0,
-                    })
-                },
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    /// Removes delivered messages (after the broker's PUBACK).
-    pub fn uplink_done(&self, ids: &[u64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let removed = self.transaction(|tx, _| {
-            let mut st = tx.prepare_cached("DELETE FROM uplink WHERE id = ?1")?;
-            let mut n = 0u64;
-            for id in ids {
-                n += st.execute([(*id).min(i64::MAX as u64) as i64])? as u64;
-            }
-            Ok(n)
-        })?;
-        let _ = self
-            .inner
-            .uplink_len
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(removed))
-            });
-        Ok(())
-    }
-
-    /// Queued uplink messages not yet acknowledged by the broker.
-    pub fn uplink_len(&self) -> u64 {
-        self.inner.uplink_len.load(Ordering::Relaxed)
-    }
-
-    /// Bumped whenever messages are queued.
-    pub fn uplink_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.changes.subscribe()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn open(dir: &Path, uplink: bool) -> Ledger {
+    /// A ledger on a fresh database in `dir`, as the daemon opens it.
+    pub(super) fn open(dir: &Path, uplink: bool) -> Ledger {
         let cfg = crate::config::load_str(
             &dir.join("c.toml"),
             &format!(

@@ -1,0 +1,54 @@
+//! The `mqtt_hosts` table: topics of the retained host metadata published on
+//! MQTT (`R/hosts/<host>`), so that a host removed from the config gets its
+//! retained message cleared, also across restarts.
+
+use super::Ledger;
+use crate::store::StoreError;
+
+impl Ledger {
+    /// Records the host topics just published and returns the recorded ones
+    /// not among them (hosts gone from the config), sorted, in one transaction.
+    pub fn remember_host_topics(&self, topics: &[String]) -> Result<Vec<String>, StoreError> {
+        self.transaction(|tx, _| {
+            let mut add =
+                tx.prepare_cached("INSERT OR IGNORE INTO mqtt_hosts(topic) VALUES (?1)")?;
+            for t in topics {
+                add.execute([t])?;
+            }
+            let mut st = tx.prepare_cached("SELECT topic FROM mqtt_hosts ORDER BY topic")?;
+            let all = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(all
+                .into_iter()
+                .filter(|t| !topics.contains(t))
+                .collect::<Vec<_>>())
+        })
+    }
+
+    /// Forgets host topics whose retained message the broker has cleared.
+    pub fn forget_host_topics(&self, topics: &[String]) -> Result<(), StoreError> {
+        self.transaction(|tx, _| {
+            let mut st = tx.prepare_cached("DELETE FROM mqtt_hosts WHERE topic = ?1")?;
+            for t in topics {
+                st.execute([t])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_host_topic_not_published_again_is_stale_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = super::super::tests::open(dir.path(), true);
+        let both = ["R/hosts/a".to_string(), "R/hosts/b".to_string()];
+        assert!(l.remember_host_topics(&both).unwrap().is_empty());
+        let stale = l.remember_host_topics(&both[..1]).unwrap();
+        assert_eq!(stale, vec!["R/hosts/b".to_string()]);
+        l.forget_host_topics(&stale).unwrap();
+        assert!(l.remember_host_topics(&both[..1]).unwrap().is_empty());
+    }
+}
