@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::alarm::Alarms;
+use crate::config_requests::ConfigRequests;
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec};
 use crate::poll::{HostShared, ItemState, SharedHost};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{Store, StoreError};
 use crate::uplink_status::MqttStatus;
-use crate::config_requests::ConfigRequests;
 
 /// Everything the running gateway shares with its API and uplink; cheap to clone.
 #[derive(Clone)]

@@ -32,7 +32,7 @@ fn strip(text: &str) -> String {
         let brace = after.find('{');
         let semi = after.find(';');
         match (is_mod, brace) {
-            (true, Some(b)) if semi.is_none_or(|s| s > b) => {
+            (true, Some(b)) if semi.map_or(true, |s| s > b) => {
                 let mut depth = 0usize;
                 let mut end = after.len();
                 for (i, c) in after[b..].char_indices() {

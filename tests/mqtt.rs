@@ -177,7 +177,7 @@ fn stored(config_path: &Path, host: &str) -> (Series, Vec<Data>) {
             host: m.host.clone(),
             resend: false,
             items: m.items.iter().cloned().collect(),
-            raw: m.to_json().into_bytes(),
+            raw: modbridge::wire::data_message(&m).into_bytes(),
         })
         .collect();
     store.close().expect("close");

@@ -297,7 +297,7 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
     let live = rig.gateway.host("pump").expect("host").lock().clone();
     assert_eq!(live.items[0].value, Some(22.5));
     let spec = rig.gateway.config().host("pump").expect("spec").clone();
-    let item = modbridge::json::item_object(
+    let item = modbridge::wire::item_object(
         &spec,
         0,
         &live,

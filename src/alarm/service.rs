@@ -17,48 +17,13 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
-use crate::json::HostObject;
 use crate::ledger::alarms::{EventQuery, NewEvent, NewTriggerState, StoredEvent};
 use crate::ledger::Ledger;
 use crate::model::Config;
 use crate::poll::unix_now;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{lock, StoreError};
-
-/// An acknowledgement of an event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Acknowledgement {
-    pub clock: i64,
-    pub message: String,
-}
-
-/// An alarm event: the seed's shape plus `triggerid`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventObject {
-    pub eventid: u64,
-    pub triggerid: u64,
-    pub host: String,
-    pub key: String,
-    /// `problem`, `OK` or `unknown`.
-    pub value: String,
-    pub clock: i64,
-    pub description: String,
-    /// `[n, "text"]`.
-    pub severity: (u8, String),
-    pub acknowledgements: Vec<Acknowledgement>,
-}
-
-/// A trigger: the seed's shape.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TriggerObject {
-    pub triggerid: u64,
-    pub description: String,
-    /// Every host its expressions name, without items.
-    pub hosts: Vec<HostObject>,
-    pub lastchange: Option<i64>,
-    pub value: String,
-    pub severity: (u8, String),
-}
+pub use crate::wire::{Acknowledgement, EventObject, TriggerObject};
 
 /// Which events to list.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -601,8 +566,8 @@ fn trigger_object(
         .filter_map(|h| {
             let spec = running.config.host(h)?;
             Some(match running.hosts.get(h) {
-                Some(live) => crate::json::host_object(spec, &live.lock(), None),
-                None => crate::json::host_object(
+                Some(live) => crate::wire::host_object(spec, &live.lock(), None),
+                None => crate::wire::host_object(
                     spec,
                     &crate::poll::HostLive::new(spec.items.len()),
                     None,

@@ -17,12 +17,12 @@ use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
 use super::State as AppState;
 use crate::alarm::EventFilter;
+use crate::config_requests::{self, Channel, ConfigObject};
 use crate::gateway::Gateway;
-use crate::json::{host_object, item_object, ItemObject};
 use crate::model::HostSpec;
 use crate::poll::{unix_now, SharedHost};
 use crate::snapshot::Snapshot;
-use crate::config_requests::{self, Channel, ConfigObject};
+use crate::wire::{host_object, item_object, ItemObject};
 
 /// The most history points (or events) one answer carries; more is a 422
 /// asking for a narrower range or a `limit`.

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::device::HostConfigRequests;
@@ -24,69 +23,12 @@ use crate::ledger::config_requests::{NewConfigRequest, StatusChange};
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec, ItemSpec};
 use crate::store::StoreError;
+pub use crate::wire::{ConfigObject, Status};
 
 /// The reason of a request failed by a newer one for the same item.
 pub const SUPERSEDED: &str = "superseded by a newer request";
 /// The reason of a request whose item left the config (or is no longer configurable).
 pub const REMOVED: &str = "item removed from config";
-
-/// A request's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Status {
-    #[serde(rename = "PENDING")]
-    Pending,
-    #[serde(rename = "SUCCESS")]
-    Success,
-    #[serde(rename = "FAILED")]
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::Success => "SUCCESS",
-            Status::Failed => "FAILED",
-        }
-    }
-
-    fn parse(s: &str) -> Status {
-        match s {
-            "PENDING" => Status::Pending,
-            "SUCCESS" => Status::Success,
-            _ => Status::Failed,
-        }
-    }
-}
-
-/// The item's `config` object: the seed's fields plus `reason` and `id`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConfigObject {
-    pub audit: Vec<String>,
-    pub target: Option<f64>,
-    /// When the request was received.
-    pub lastclock: Option<i64>,
-    pub status: Status,
-    pub expected: Option<f64>,
-    /// Why it failed (or what was found), in engineering units.
-    pub reason: Option<String>,
-    pub id: Option<serde_json::Value>,
-}
-
-impl ConfigObject {
-    /// The seed's object for an item that never received a request.
-    pub fn none() -> ConfigObject {
-        ConfigObject {
-            audit: Vec::new(),
-            target: None,
-            lastclock: None,
-            status: Status::Success,
-            expected: None,
-            reason: None,
-            id: None,
-        }
-    }
-}
 
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -105,9 +105,6 @@ impl Endpoint {
     }
 }
 
-/// The payload of the retained Last Will on `R/status`.
-pub(crate) const WILL: &str = r#"{"state":"offline"}"#;
-
 /// rumqttc options for one connection attempt. Files (password, CA,
 /// certificate, key) are read here, at every attempt, so a fixed file is
 /// picked up without a restart.
@@ -133,7 +130,7 @@ pub(crate) fn options(
     o.set_keep_alive(keep_alive);
     o.set_last_will(LastWill::new(
         format!("{root}/status"),
-        WILL,
+        crate::wire::status::LAST_WILL,
         QoS::AtLeastOnce,
         true,
     ));
@@ -320,7 +317,7 @@ mod tests {
         let will = o.last_will().unwrap();
         assert_eq!(will.topic, "modbridge/t/status");
         assert!(will.retain);
-        assert_eq!(&will.message[..], WILL.as_bytes());
+        assert_eq!(&will.message[..], crate::wire::status::LAST_WILL.as_bytes());
     }
 
     #[test]

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::config_requests::{self, Channel};
 use crate::gateway::Gateway;
-use crate::store::{MAX_MESSAGE_JSON_BYTES, MAX_POINTS_PER_MESSAGE};
 
 /// Largest command payload accepted; larger ones are refused on `R/rejected`.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -72,11 +71,6 @@ pub(crate) fn handle(
             COMMAND_TOPICS.map(|t| format!("{root}/{t}")).join(", ")
         )),
     }
-}
-
-/// The `R/rejected` payload: `{"clock","topic","error"}`.
-pub(crate) fn rejection(clock: i64, topic: &str, error: &str) -> String {
-    serde_json::json!({"clock": clock, "topic": topic, "error": error}).to_string()
 }
 
 fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, String> {
@@ -189,7 +183,7 @@ fn plan_resend(
             "the range may hold up to {estimate} points, more than the {MAX_RESEND_POINTS} one resend may cover; ask for a shorter range or one key"
         ));
     }
-    let mut builder = ResendBuilder::new(&r.host, r.from, r.to);
+    let mut builder = crate::wire::ResendBuilder::new(&r.host, r.from, r.to);
     if from <= to {
         for item in items {
             let Some(id) = gateway.store.item_id(&r.host, &item.key) else {
@@ -203,98 +197,6 @@ fn plan_resend(
         }
     }
     Ok(builder.finish())
-}
-
-/// Builds resend messages: `{"host","resend":true,"from","to","items":{...}}`,
-/// no `seq` (they are not part of the live sequence).
-struct ResendBuilder {
-    host: String,
-    from: i64,
-    to: i64,
-    out: Vec<(String, String, u64)>,
-    cur: String,
-    cur_points: u64,
-    cur_items: usize,
-}
-
-impl ResendBuilder {
-    fn new(host: &str, from: i64, to: i64) -> ResendBuilder {
-        let mut b = ResendBuilder {
-            host: host.to_string(),
-            from,
-            to,
-            out: Vec::new(),
-            cur: String::new(),
-            cur_points: 0,
-            cur_items: 0,
-        };
-        b.start();
-        b
-    }
-
-    fn start(&mut self) {
-        self.cur = format!(
-            "{{\"host\":{},\"resend\":true,\"from\":{},\"to\":{},\"items\":{{",
-            json_str(&self.host),
-            self.from,
-            self.to
-        );
-        self.cur_points = 0;
-        self.cur_items = 0;
-    }
-
-    fn close(&mut self) {
-        if self.cur_items > 0 {
-            self.cur.push_str("]}}");
-        } else {
-            self.cur.push_str("}}");
-        }
-        let payload = std::mem::take(&mut self.cur);
-        self.out.push((self.host.clone(), payload, self.cur_points));
-    }
-
-    fn add(&mut self, key: &str, points: &[(i64, f64)]) {
-        let mut open = false;
-        for &(clock, value) in points {
-            if self.cur_points as usize >= MAX_POINTS_PER_MESSAGE
-                || self.cur.len() + key.len() + 64 >= MAX_MESSAGE_JSON_BYTES
-            {
-                self.close();
-                self.start();
-                open = false;
-            }
-            if !open {
-                if self.cur_items > 0 {
-                    self.cur.push_str("],");
-                }
-                self.cur.push_str(&json_str(key));
-                self.cur.push_str(":[");
-                self.cur_items += 1;
-                open = true;
-            } else {
-                self.cur.push(',');
-            }
-            self.cur.push('[');
-            self.cur.push_str(&clock.to_string());
-            self.cur.push(',');
-            crate::store::push_json_num(&mut self.cur, value);
-            self.cur.push(']');
-            self.cur_points += 1;
-        }
-    }
-
-    /// The messages; one with empty `items` when nothing is stored in the range,
-    /// so the requester hears back either way.
-    fn finish(mut self) -> Vec<(String, String, u64)> {
-        if self.cur_points > 0 || self.out.is_empty() {
-            self.close();
-        }
-        self.out
-    }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 #[cfg(test)]
@@ -345,41 +247,5 @@ mod tests {
             let e = parse_resend(bad).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
-    }
-
-    #[test]
-    fn resend_messages_are_cut_like_live_ones_and_carry_no_seq() {
-        let mut b = ResendBuilder::new("pump", 0, 9999);
-        let points: Vec<(i64, f64)> = (0..4500).map(|i| (i, i as f64 * 0.5)).collect();
-        b.add("a", &points[..10]);
-        b.add("b", &points);
-        let out = b.finish();
-        assert_eq!(out.len(), 3);
-        let mut total = 0;
-        for (host, payload, n) in &out {
-            assert_eq!(host, "pump");
-            let v: Value = serde_json::from_str(payload).unwrap();
-            assert!(v.get("seq").is_none());
-            assert_eq!(v["resend"], true);
-            assert_eq!(v["from"], 0);
-            let count: usize = v["items"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|p| p.as_array().unwrap().len())
-                .sum();
-            assert_eq!(count as u64, *n);
-            assert!(count <= MAX_POINTS_PER_MESSAGE);
-            total += count;
-        }
-        assert_eq!(total, 4510);
-        let v: Value = serde_json::from_str(&out[0].1).unwrap();
-        assert_eq!(v["items"]["a"][3], serde_json::json!([3, 1.5]));
-        assert_eq!(v["items"]["b"][0], serde_json::json!([0, 0]));
-        let empty = ResendBuilder::new("pump", 5, 6).finish();
-        assert_eq!(empty.len(), 1);
-        let v: Value = serde_json::from_str(&empty[0].1).unwrap();
-        assert_eq!(v["items"], serde_json::json!({}));
-        assert!(rejection(1, "r/cmd/ack", "no event 9").contains("\"error\":\"no event 9\""));
     }
 }

@@ -283,12 +283,8 @@ impl<'a> Session<'a> {
         s.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(url = %url, root = %self.target.root, session_present, "mqtt: connected");
         self.subscribe();
-        let online = serde_json::json!({
-            "state": "online",
-            "clock": unix_now(),
-            "version": env!("CARGO_PKG_VERSION"),
-        });
-        self.push_ctrl("status", online.to_string().into_bytes(), true, Tag::Other);
+        let online = crate::wire::status::online(unix_now());
+        self.push_ctrl("status", online.into_bytes(), true, Tag::Other);
         self.queue_hosts();
         for (topic, error) in std::mem::take(&mut self.keep.rejections) {
             self.reject(&topic, &error);
@@ -422,12 +418,12 @@ impl<'a> Session<'a> {
             }
             self.flush_releases();
         }
-        let offline = serde_json::json!({"state": "offline", "clock": unix_now()});
+        let offline = crate::wire::status::offline(unix_now());
         let topic = format!("{}/status", self.target.root);
         self.window.queue(Tag::Other);
         if self
             .client
-            .try_publish(topic, QoS::AtLeastOnce, true, offline.to_string())
+            .try_publish(topic, QoS::AtLeastOnce, true, offline)
             .is_err()
         {
             self.window.unqueue_last();
@@ -560,7 +556,7 @@ impl<'a> Session<'a> {
     fn reject(&mut self, topic: &str, error: &str) {
         tracing::warn!(topic, error, "mqtt: downlink message refused");
         self.status.rejected.fetch_add(1, Ordering::Relaxed);
-        let payload = downlink::rejection(unix_now(), topic, error).into_bytes();
+        let payload = crate::wire::status::rejection(unix_now(), topic, error).into_bytes();
         self.push_ctrl("rejected", payload, false, Tag::Other);
     }
 
@@ -638,10 +634,10 @@ impl<'a> Session<'a> {
                     } else {
                         None
                     };
-                    crate::json::item_object(spec, i, &live, config)
+                    crate::wire::item_object(spec, i, &live, config)
                 })
                 .collect();
-            let object = crate::json::host_object(spec, &live, Some(items));
+            let object = crate::wire::host_object(spec, &live, Some(items));
             match serde_json::to_vec(&object) {
                 Ok(payload) => {
                     let below = format!("hosts/{}", spec.host);
@@ -761,7 +757,7 @@ impl<'a> Session<'a> {
                         .unwrap_or(0);
                     self.ctrl.push_back(Out {
                         topic: format!("{}/data/{}", self.target.root, m.host),
-                        payload: m.to_json().into_bytes(),
+                        payload: crate::wire::data_message(&m).into_bytes(),
                         retain: false,
                         tag: Tag::Data {
                             seq: m.seq,

@@ -87,64 +87,6 @@ pub struct OutboxMessage {
     pub items: Vec<(String, Vec<(i64, f64)>)>,
 }
 
-impl OutboxMessage {
-    /// `{"seq":N,"host":"h","items":{"key":[[clock,value],...]}}`.
-    pub fn to_json(&self) -> String {
-        let n: usize = self
-            .items
-            .iter()
-            .map(|(k, p)| k.len() + 8 + p.len() * 24)
-            .sum();
-        let mut s = String::with_capacity(64 + n);
-        s.push_str("{\"seq\":");
-        s.push_str(&self.seq.to_string());
-        s.push_str(",\"host\":");
-        push_json_str(&mut s, &self.host);
-        s.push_str(",\"items\":{");
-        for (i, (key, points)) in self.items.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            push_json_str(&mut s, key);
-            s.push_str(":[");
-            for (j, &(c, v)) in points.iter().enumerate() {
-                if j > 0 {
-                    s.push(',');
-                }
-                s.push('[');
-                s.push_str(&c.to_string());
-                s.push(',');
-                push_json_num(&mut s, v);
-                s.push(']');
-            }
-            s.push(']');
-        }
-        s.push_str("}}");
-        s
-    }
-}
-
-fn push_json_str(s: &mut String, v: &str) {
-    match serde_json::to_string(v) {
-        Ok(q) => s.push_str(&q),
-        Err(_) => s.push_str("\"\""),
-    }
-}
-
-/// A JSON number; integral values without ".0"; non-finite as null.
-pub(crate) fn push_json_num(s: &mut String, v: f64) {
-    if !v.is_finite() {
-        s.push_str("null");
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        s.push_str(&(v as i64).to_string());
-    } else {
-        match serde_json::Number::from_f64(v) {
-            Some(n) => s.push_str(&n.to_string()),
-            None => s.push_str("null"),
-        }
-    }
-}
-
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -882,11 +824,6 @@ impl Store {
     /// Bumped after every commit that added outbox messages.
     pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.commits_tx.subscribe()
-    }
-
-    /// The MQTT payload of a message.
-    pub fn json_message(&self, msg: &OutboxMessage) -> String {
-        msg.to_json()
     }
 
     /// When the writer thread last finished a cycle (whether its commit

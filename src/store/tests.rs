@@ -313,7 +313,7 @@ fn store_outbox_split_order_and_compaction() {
     for m in &msgs {
         let n: usize = m.items.iter().map(|(_, p)| p.len()).sum();
         assert!(n <= MAX_POINTS_PER_MESSAGE);
-        assert!(m.to_json().len() < 256 * 1024);
+        assert!(crate::wire::data_message(m).len() < 256 * 1024);
         for (k, p) in &m.items {
             per_key
                 .entry((m.host.clone(), k.clone()))
@@ -766,7 +766,7 @@ fn store_json_message_format() {
             ),
         ],
     };
-    let j = m.to_json();
+    let j = crate::wire::data_message(&m);
     assert_eq!(
         j,
         r#"{"seq":42,"host":"pump","items":{"modbus.pump.F1345.3.30004":[[1700000000,21.3],[1700000010,21]],"b":[[1700000000,-0.5],[1700000001,1e+300]]}}"#
@@ -828,7 +828,7 @@ fn store_messages_split_by_json_size_with_long_keys() {
     );
     let mut n = 0;
     for m in &msgs {
-        let j = m.to_json();
+        let j = crate::wire::data_message(m);
         assert!(j.len() <= MAX_MESSAGE_JSON_BYTES, "{}", j.len());
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["seq"].as_u64(), Some(m.seq));

@@ -1,9 +1,9 @@
-//! The seed's JSON shapes for hosts and items, shared by the HTTP API and the
+//! Hosts and items in the seed's shapes: the HTTP API's answers and the
 //! retained `R/hosts/<host>` MQTT messages.
 
 use serde::Serialize;
 
-use crate::config_requests::ConfigObject;
+use super::ConfigObject;
 use crate::model::HostSpec;
 use crate::poll::{HostLive, ItemLive};
 

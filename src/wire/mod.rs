@@ -1,0 +1,16 @@
+//! Every outgoing JSON shape in one place, so that a change of the wire
+//! format has one home: hosts and items, data and resend messages, config
+//! request statuses, events and triggers, the gateway's status and
+//! rejections. The MQTT uplink and the HTTP API both send these; internal
+//! types are not serialized anywhere else.
+
+mod alarms;
+mod config;
+mod data;
+mod hosts;
+pub mod status;
+
+pub use alarms::{Acknowledgement, EventObject, TriggerObject};
+pub use config::{ConfigObject, Status};
+pub use data::{data_message, push_json_num, ResendBuilder};
+pub use hosts::{host_object, item_object, HostObject, ItemObject};
