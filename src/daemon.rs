@@ -13,7 +13,7 @@ use crate::ledger::Ledger;
 use crate::modbus::Buses;
 use crate::model::{Config, HostSpec};
 use crate::mqtt::MqttStatus;
-use crate::poll::{self, HostReader, HostShared, ItemState, Outputs, SharedHost};
+use crate::poll::{self, HostLiveCell, HostLiveHandle, HostReader, ItemState, Outputs};
 use crate::store::{Store, StoreError};
 use crate::writes::Writes;
 
@@ -32,7 +32,7 @@ pub enum DaemonError {
 pub struct Running {
     pub config: Arc<Config>,
     /// Live state per host id.
-    pub hosts: BTreeMap<String, SharedHost>,
+    pub hosts: BTreeMap<String, HostLiveHandle>,
 }
 
 /// Everything the running gateway shares with its API and uplink; cheap to clone.
@@ -67,7 +67,7 @@ impl Gateway {
     }
 
     /// The live state of a host.
-    pub fn host(&self, host: &str) -> Option<SharedHost> {
+    pub fn host(&self, host: &str) -> Option<HostLiveHandle> {
         self.running().hosts.get(host).cloned()
     }
 
@@ -107,8 +107,8 @@ impl Gateway {
 
 /// A host's live state with every item's last value restored from history
 /// (state `unknown` until its first read).
-fn live_state(store: &Store, host: &HostSpec) -> SharedHost {
-    let shared = HostShared::new(host.items.len());
+fn live_state(store: &Store, host: &HostSpec) -> HostLiveHandle {
+    let shared = HostLiveCell::new(host.items.len());
     let mut live = shared.lock();
     for (item, state) in host.items.iter().zip(live.items.iter_mut()) {
         if let Some(id) = store.item_id(&host.host, &item.key) {
@@ -231,14 +231,14 @@ impl NeverSignal {
 /// One running host task.
 struct HostTask {
     spec: Arc<HostSpec>,
-    live: SharedHost,
+    live: HostLiveHandle,
     cancel: CancellationToken,
 }
 
 fn start_host(
     gateway: &Gateway,
     spec: &Arc<HostSpec>,
-    live: &SharedHost,
+    live: &HostLiveHandle,
     buses: &Buses,
     parent: &CancellationToken,
     tracker: &TaskTracker,

@@ -18,11 +18,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
+use crate::clock::unix_now;
 use crate::daemon::Running;
 use crate::json::HostObject;
 use crate::ledger::Ledger;
 use crate::model::Config;
-use crate::poll::unix_now;
 use crate::store::{lock, StoreError};
 
 /// An acknowledgement of an event.

@@ -17,10 +17,11 @@ use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
 use super::State as AppState;
 use crate::alarm::EventFilter;
+use crate::clock::unix_now;
 use crate::daemon::{Gateway, Running};
 use crate::json::{host_object, item_object, ItemObject};
 use crate::model::HostSpec;
-use crate::poll::{unix_now, SharedHost};
+use crate::poll::HostLiveHandle;
 use crate::writes::{self, Channel, ConfigObject};
 
 /// The most history points (or events) one answer carries; more is a 422
@@ -91,7 +92,7 @@ fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
 type HostPath = Result<Path<String>, PathRejection>;
 type ItemPath = Result<Path<(String, String)>, PathRejection>;
 
-fn find_host(running: &Running, host: &str) -> Result<(Arc<HostSpec>, SharedHost), HttpError> {
+fn find_host(running: &Running, host: &str) -> Result<(Arc<HostSpec>, HostLiveHandle), HttpError> {
     match (running.config.host(host), running.hosts.get(host)) {
         (Some(spec), Some(live)) => Ok((spec.clone(), live.clone())),
         _ => Err(HttpError::not_found(format!("unknown host {host:?}"))),
@@ -102,7 +103,7 @@ fn find_item(
     running: &Running,
     host: &str,
     key: &str,
-) -> Result<(Arc<HostSpec>, SharedHost, usize), HttpError> {
+) -> Result<(Arc<HostSpec>, HostLiveHandle, usize), HttpError> {
     let (spec, live) = find_host(running, host)?;
     match spec.items.iter().position(|i| i.key == key) {
         Some(index) => Ok((spec, live, index)),
@@ -117,7 +118,7 @@ fn find_item(
 pub fn item_objects(
     gateway: &Gateway,
     spec: &HostSpec,
-    live: &SharedHost,
+    live: &HostLiveHandle,
     only: Option<usize>,
 ) -> Vec<ItemObject> {
     let wanted = |i: usize| match only {
