@@ -336,7 +336,7 @@ async fn drive(devices: Vec<SimDevice>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
         }
-        let t = modbridge::poll::unix_now().max(0) as usize;
+        let t = modbridge::clock::unix_now().max(0) as usize;
         for (h, d) in devices.iter().enumerate() {
             let values: Vec<u16> = (0..ITEMS_PER_HOST)
                 .map(|k| {

@@ -72,7 +72,7 @@ unit = "degC"
 
     // History: one point a second for `days` days, ending a minute ago.
     let id = gateway.store.item_id("pump", "temp").expect("id");
-    let end = modbridge::poll::unix_now() - 60;
+    let end = modbridge::clock::unix_now() - 60;
     let start = end - days * 86_400;
     let t = Instant::now();
     let mut batch = Vec::with_capacity(10_000);

@@ -128,7 +128,7 @@ async fn drain(args: &Args) {
     let built = Instant::now();
     let per_commit = args.points_per_message * ids.len() as u64;
     let commits = args.samples.div_ceil(per_commit);
-    let t0 = modbridge::poll::unix_now() - commits as i64 * 10;
+    let t0 = modbridge::clock::unix_now() - commits as i64 * 10;
     let mut batch = Vec::with_capacity(per_commit as usize);
     let mut total = 0u64;
     let mut clock = t0;

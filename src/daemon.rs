@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::gateway::Gateway;
 use crate::modbus::Buses;
 use crate::model::{Config, HostSpec};
-use crate::poll::{self, HostReader, Outputs, SharedHost};
+use crate::poll::{self, HostLiveHandle, HostReader, Outputs};
 use crate::store::StoreError;
 
 /// Why the daemon could not start or stop cleanly.
@@ -115,14 +115,14 @@ impl NeverSignal {
 /// One running host task.
 struct HostTask {
     spec: Arc<HostSpec>,
-    live: SharedHost,
+    live: HostLiveHandle,
     cancel: CancellationToken,
 }
 
 fn start_host(
     gateway: &Gateway,
     spec: &Arc<HostSpec>,
-    live: &SharedHost,
+    live: &HostLiveHandle,
     buses: &Buses,
     parent: &CancellationToken,
     tracker: &TaskTracker,

@@ -10,7 +10,7 @@ use crate::alarm::Alarms;
 use crate::config_requests::ConfigRequests;
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec};
-use crate::poll::{HostShared, ItemState, SharedHost};
+use crate::poll::{HostLiveCell, HostLiveHandle, ItemState};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{Store, StoreError};
 use crate::uplink_status::MqttStatus;
@@ -50,7 +50,7 @@ impl Gateway {
     }
 
     /// The live state of a host.
-    pub fn host(&self, host: &str) -> Option<SharedHost> {
+    pub fn host(&self, host: &str) -> Option<HostLiveHandle> {
         self.running().hosts.get(host).cloned()
     }
 
@@ -89,8 +89,8 @@ impl Gateway {
 
 /// A host's live state with every item's last value restored from history
 /// (state `unknown` until its first read).
-fn live_state(store: &Store, host: &HostSpec) -> SharedHost {
-    let shared = HostShared::new(host.items.len());
+fn live_state(store: &Store, host: &HostSpec) -> HostLiveHandle {
+    let shared = HostLiveCell::new(host.items.len());
     let mut live = shared.lock();
     for (item, state) in host.items.iter().zip(live.items.iter_mut()) {
         if let Some(id) = store.item_id(&host.host, &item.key) {

@@ -19,6 +19,7 @@
 pub mod alarm;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod config_requests;
 pub mod daemon;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::gateway::Gateway;
 use crate::model::{Config, HostSpec};
-use crate::poll::SharedHost;
+use crate::poll::HostLiveHandle;
 
 /// STATUS is refreshed at least this often, watchdog or not.
 const STATUS_PERIOD: Duration = Duration::from_secs(10);
@@ -284,7 +284,7 @@ pub struct Verdict {
 
 /// Progress of one host's task as last seen.
 struct HostWatch {
-    live: SharedHost,
+    live: HostLiveHandle,
     cycles: u64,
     since: Instant,
 }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -80,13 +80,6 @@ impl Default for SimDevice {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl SimDevice {
@@ -211,7 +204,7 @@ impl SimDevice {
         if animations.is_empty() {
             return;
         }
-        let t = unix_now();
+        let t = crate::clock::unix_secs_f64();
         for a in animations.iter() {
             let v = a.base + a.amplitude * (std::f64::consts::TAU * t / a.period + a.phase).sin();
             let _ = self.set_value(&a.item, quantize(&a.item, v));

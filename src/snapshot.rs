@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::model::Config;
-use crate::poll::SharedHost;
+use crate::poll::HostLiveHandle;
 
 /// The part of the gateway a config reload replaces.
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Live state per host id.
-    pub hosts: BTreeMap<String, SharedHost>,
+    pub hosts: BTreeMap<String, HostLiveHandle>,
 }
 
 /// A shared handle to the current [`Snapshot`]; cheap to clone. Readers take

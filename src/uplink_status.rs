@@ -111,7 +111,7 @@ impl MqttStatus {
 
     pub(crate) fn set_error(&self, text: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((crate::poll::unix_now(), text));
+            Some((crate::clock::unix_now(), text));
     }
 
     /// Every figure at once.

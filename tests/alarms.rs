@@ -151,9 +151,9 @@ impl Running {
                 .expect("host running");
         }
         // The once-per-second evaluation has run since (it runs on every whole second).
-        let clock = modbridge::poll::unix_now();
+        let clock = modbridge::clock::unix_now();
         self.until("the next second", |_| {
-            modbridge::poll::unix_now() > clock + 1
+            modbridge::clock::unix_now() > clock + 1
         })
         .await;
     }
@@ -214,7 +214,7 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
     assert_eq!(json["description"], "Boiler overheating");
     assert_eq!(json["severity"], serde_json::json!([4, "B-Larm"]));
     assert_eq!(json["acknowledgements"], serde_json::json!([]));
-    assert!((e.clock - modbridge::poll::unix_now()).abs() < 30);
+    assert!((e.clock - modbridge::clock::unix_now()).abs() < 30);
     assert_eq!(
         gw.gateway.alarms.event(e.eventid).expect("read"),
         Some(e.clone())
@@ -430,7 +430,7 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
         first.acknowledgements[0].message,
         "Service technician dispatched"
     );
-    assert!((first.acknowledgements[0].clock - modbridge::poll::unix_now()).abs() < 30);
+    assert!((first.acknowledgements[0].clock - modbridge::clock::unix_now()).abs() < 30);
     let second = alarms
         .acknowledge(id, "Fixed: valve replaced")
         .expect("ack");
@@ -555,7 +555,7 @@ async fn a_storage_failure_keeps_the_change_and_retries_until_it_is_stored() {
     )
     .expect("break the tables");
 
-    let changed_at = modbridge::poll::unix_now();
+    let changed_at = modbridge::clock::unix_now();
     rig.set_temp(95);
     gw.until("two failed attempts", |g| {
         g.gateway.alarms.stats().storage_errors >= 2

@@ -244,7 +244,7 @@ async fn history_and_trends_over_http() {
     let trend = gw.get("/hosts/pump/items/temp/trend").await.json();
     let buckets = trend.as_array().unwrap();
     let (hour, b) = (&buckets.last().unwrap()[0], &buckets.last().unwrap()[1]);
-    let now = modbridge::poll::unix_now();
+    let now = modbridge::clock::unix_now();
     assert_eq!(
         hour.as_i64().unwrap(),
         now - now.rem_euclid(3600),

@@ -411,7 +411,7 @@ async fn a_broker_outage_loses_nothing() {
 
     // The broker goes away; polling and storage carry on.
     fx.broker.stop();
-    let outage_start = modbridge::poll::unix_now();
+    let outage_start = modbridge::clock::unix_now();
     let status = run.gateway.mqtt.clone();
     eventually("the uplink notices", Duration::from_secs(10), || {
         !status.is_connected()
@@ -700,7 +700,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
             true,
         )
         .await;
-    let now = modbridge::poll::unix_now();
+    let now = modbridge::clock::unix_now();
     let run = fx.start();
     fx.up
         .wait("online and data", Duration::from_secs(10), |m| {
@@ -839,7 +839,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
     let config = run.gateway.config();
     let temp = run.gateway.store.item_id("pump", "temp").expect("id");
     run.gateway.store.flush().expect("flush");
-    let to = modbridge::poll::unix_now();
+    let to = modbridge::clock::unix_now();
     let history = run
         .gateway
         .store

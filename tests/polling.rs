@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{item, rtu_host, tcp_host, PtyPair};
 use modbridge::modbus::Buses;
 use modbridge::model::{ByteOrder, Table, ValueType};
-use modbridge::poll::{self, HostReader, HostShared, ItemState, Outputs};
+use modbridge::poll::{self, HostLiveCell, HostReader, ItemState, Outputs};
 use modbridge::sim::SimDevice;
 use tokio_util::sync::CancellationToken;
 
@@ -265,7 +265,7 @@ async fn a_host_task_recovers_when_its_device_comes_back() {
     );
     spec.items[0].poll_interval = Duration::from_millis(300);
     spec.poll_interval = Duration::from_millis(300);
-    let live = HostShared::new(1);
+    let live = HostLiveCell::new(1);
     let mut cycles = live.subscribe();
     let cancel = CancellationToken::new();
     let reader = HostReader::new(Arc::new(spec), &Buses::default());

@@ -259,7 +259,7 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
     .await;
     rig.device.set_register(Table::Holding, 0, 200);
     rig.polled().await;
-    let before = modbridge::poll::unix_now();
+    let before = modbridge::clock::unix_now();
     let peer: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
     let started = Instant::now();
     let pending = rig
@@ -300,7 +300,7 @@ async fn a_write_on_a_host_polled_hourly_completes_within_a_second() {
     let item = modbridge::wire::item_object(
         &spec,
         0,
-        &live,
+        live.view(0),
         rig.gateway.writes.config_of("pump", "setpoint"),
     )
     .expect("item");

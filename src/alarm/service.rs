@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{compile, CompiledTrigger, TriggerValue};
+use crate::clock::unix_now;
 use crate::ledger::alarms::{EventQuery, NewEvent, NewTriggerState, StoredEvent};
 use crate::ledger::Ledger;
 use crate::model::Config;
-use crate::poll::unix_now;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::store::{lock, StoreError};
 pub use crate::wire::{Acknowledgement, EventObject, TriggerObject};
@@ -566,12 +566,8 @@ fn trigger_object(
         .filter_map(|h| {
             let spec = running.config.host(h)?;
             Some(match running.hosts.get(h) {
-                Some(live) => crate::wire::host_object(spec, &live.lock(), None),
-                None => crate::wire::host_object(
-                    spec,
-                    &crate::poll::HostLive::new(spec.items.len()),
-                    None,
-                ),
+                Some(live) => crate::wire::host_object(spec, live.lock().lastclock(), None),
+                None => crate::wire::host_object(spec, None, None),
             })
         })
         .collect();

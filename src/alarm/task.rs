@@ -2,7 +2,7 @@
 //! evaluates, and stores every change of a trigger's value as one event.
 //!
 //! - Samples: each host's poll task bumps its cycle counter
-//!   ([`crate::poll::HostShared::subscribe`]) after every cycle; the task then
+//!   ([`crate::poll::HostLiveCell::subscribe`]) after every cycle; the task then
 //!   reads the live state of the items its triggers name. A changed clock or
 //!   value with state `ok` is a new sample, state `error` is
 //!   [`Engine::on_error`]. Cycles that end together are handled in one pass
@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::service::{Alarms, PendingChange};
 use super::{Engine, ItemIndex, TriggerChange};
-use crate::poll::{unix_now, ItemState, SharedHost};
+use crate::clock::unix_now;
+use crate::poll::{HostLiveHandle, ItemState};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
 /// What was last fed to the engine for one item.
@@ -53,7 +54,7 @@ struct WatchedItem {
 
 struct WatchedHost {
     host: String,
-    live: SharedHost,
+    live: HostLiveHandle,
     /// Set by the host's forwarder when a poll cycle ended.
     cycle: Arc<AtomicBool>,
     items: Vec<WatchedItem>,
@@ -308,12 +309,5 @@ async fn flush(alarms: &Alarms, pending: &mut Vec<PendingChange>) -> bool {
 
 /// Half a second after the next whole wall-clock second.
 fn next_tick() -> Instant {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
-    let offset = 500_000;
-    let next = ((now.saturating_sub(offset)) / 1_000_000 + 1) * 1_000_000 + offset;
-    let wait = u64::try_from(next.saturating_sub(now)).unwrap_or(1_000_000);
-    Instant::now() + Duration::from_micros(wait)
+    crate::clock::next_aligned_phase(Duration::from_secs(1), Duration::from_millis(500))
 }

@@ -20,7 +20,8 @@ use super::error::HttpError;
 use super::params::{Params, RawQuery};
 use super::routes::{json_bytes, to_json};
 use super::State as AppState;
-use crate::poll::{unix_now, LATENCY_BUCKETS};
+use crate::clock::unix_now;
+use crate::poll::LATENCY_BUCKETS;
 use crate::store::StoreStats;
 
 /// Remembers the store's commit counters between looks, to tell whether

@@ -17,10 +17,11 @@ use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
 use super::State as AppState;
 use crate::alarm::EventFilter;
+use crate::clock::unix_now;
 use crate::config_requests::{self, Channel, ConfigObject};
 use crate::gateway::Gateway;
 use crate::model::HostSpec;
-use crate::poll::{unix_now, SharedHost};
+use crate::poll::HostLiveHandle;
 use crate::snapshot::Snapshot;
 use crate::wire::{host_object, item_object, ItemObject};
 
@@ -92,7 +93,7 @@ fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
 type HostPath = Result<Path<String>, PathRejection>;
 type ItemPath = Result<Path<(String, String)>, PathRejection>;
 
-fn find_host(running: &Snapshot, host: &str) -> Result<(Arc<HostSpec>, SharedHost), HttpError> {
+fn find_host(running: &Snapshot, host: &str) -> Result<(Arc<HostSpec>, HostLiveHandle), HttpError> {
     match (running.config.host(host), running.hosts.get(host)) {
         (Some(spec), Some(live)) => Ok((spec.clone(), live.clone())),
         _ => Err(HttpError::not_found(format!("unknown host {host:?}"))),
@@ -103,7 +104,7 @@ fn find_item(
     running: &Snapshot,
     host: &str,
     key: &str,
-) -> Result<(Arc<HostSpec>, SharedHost, usize), HttpError> {
+) -> Result<(Arc<HostSpec>, HostLiveHandle, usize), HttpError> {
     let (spec, live) = find_host(running, host)?;
     match spec.items.iter().position(|i| i.key == key) {
         Some(index) => Ok((spec, live, index)),
@@ -118,7 +119,7 @@ fn find_item(
 pub fn item_objects(
     gateway: &Gateway,
     spec: &HostSpec,
-    live: &SharedHost,
+    live: &HostLiveHandle,
     only: Option<usize>,
 ) -> Vec<ItemObject> {
     let wanted = |i: usize| match only {
@@ -138,7 +139,14 @@ pub fn item_objects(
     let live = live.lock();
     (0..spec.items.len())
         .filter(|i| wanted(*i))
-        .filter_map(|i| item_object(spec, i, &live, configs.get_mut(i).and_then(Option::take)))
+        .filter_map(|i| {
+            item_object(
+                spec,
+                i,
+                live.view(i),
+                configs.get_mut(i).and_then(Option::take),
+            )
+        })
         .collect()
 }
 
@@ -153,7 +161,7 @@ pub async fn hosts(State(st): State<AppState>, q: RawQuery) -> Result<Response, 
         .filter_map(|spec| {
             let live = running.hosts.get(&spec.host)?;
             let live = live.lock();
-            Some(host_object(spec, &live, None))
+            Some(host_object(spec, live.lastclock(), None))
         })
         .collect();
     ok_json(&hosts)
@@ -171,7 +179,7 @@ pub async fn host(
     let gateway = st.gateway.clone();
     blocking_ok(move || {
         let items = item_objects(&gateway, &spec, &live, None);
-        let object = host_object(&spec, &live.lock(), Some(items));
+        let object = host_object(&spec, live.lock().lastclock(), Some(items));
         to_json(&object)
     })
     .await

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::service::{ConfigRequests, PendingRequest, Status, REMOVED};
-use super::unix_ms;
 use super::value::{check_target, format_value, same_value};
+use crate::clock::unix_ms;
 use crate::decode;
 use crate::modbus::{exception_name, Backoff, Link, Operation, Priority, ReadData, RequestError};
 use crate::model::{HostSpec, ItemSpec, Table};

@@ -39,8 +39,6 @@ pub mod request;
 pub mod service;
 pub mod value;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use device::{CarriedOut, HostConfigRequests};
 pub use request::{
     parse_body, parse_request, Channel, ConfigRequest, SubmitError, MAX_AUDIT_ENTRIES,
@@ -50,12 +48,3 @@ pub use service::{
     ConfigObject, ConfigRequestStats, ConfigRequests, PendingRequest, Status, REMOVED, SUPERSEDED,
 };
 pub use value::{format_value, same_value};
-
-/// The wall clock in Unix milliseconds: receipt times, expiry deadlines.
-/// The one clock of this module.
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}

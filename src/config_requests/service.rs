@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use super::device::HostConfigRequests;
 use super::request::{check_request, Channel, ConfigRequest, SubmitError};
-use super::unix_ms;
 use super::value::check_target;
+use crate::clock::unix_ms;
 use crate::ledger::config_requests::{NewConfigRequest, StatusChange};
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec, ItemSpec};

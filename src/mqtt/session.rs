@@ -30,10 +30,10 @@ use super::connect::{self, CHANNEL_CAPACITY, MAX_OUTGOING_PACKET, WINDOW};
 use super::downlink::{self, Outcome, COMMAND_TOPICS, MAX_RESEND_POINTS};
 use super::window::{Tag, Window};
 use super::MqttStatus;
+use crate::clock::unix_now;
 use crate::gateway::Gateway;
 use crate::modbus::Backoff;
 use crate::model::{Config, MqttSpec};
-use crate::poll::unix_now;
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_CAP`] (with jitter).
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -492,10 +492,7 @@ impl<'a> Session<'a> {
                 self.acked_seqs.push(seq);
                 s.data_messages.fetch_add(1, Ordering::Relaxed);
                 s.data_samples.fetch_add(points, Ordering::Relaxed);
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
+                let now_ms = crate::clock::unix_ms();
                 let delay = now_ms.saturating_sub(newest.saturating_mul(1000)).max(0);
                 s.record_delay(delay as u64);
             }
@@ -634,10 +631,10 @@ impl<'a> Session<'a> {
                     } else {
                         None
                     };
-                    crate::wire::item_object(spec, i, &live, config)
+                    crate::wire::item_object(spec, i, live.view(i), config)
                 })
                 .collect();
-            let object = crate::wire::host_object(spec, &live, Some(items));
+            let object = crate::wire::host_object(spec, live.lastclock(), Some(items));
             match serde_json::to_vec(&object) {
                 Ok(payload) => {
                     let below = format!("hosts/{}", spec.host);

@@ -37,10 +37,7 @@ pub(crate) fn config(dir: &Path, hosts: usize, items: usize, mqtt: bool) -> Conf
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    crate::clock::unix_now()
 }
 
 fn opts() -> StoreOptions {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -67,10 +67,7 @@ const EARLY_COMMIT_POINTS: usize = 120_000;
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_now()
 }
 
 impl Writer {
@@ -214,10 +211,7 @@ impl Writer {
             .tick_phase
             .unwrap_or_else(|| (iv / 4).min(Duration::from_millis(250)))
             .min(iv);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_sub(phase);
+        let now = crate::clock::since_epoch().saturating_sub(phase);
         let ivn = iv.as_nanos().max(1);
         let rem = now.as_nanos() % ivn;
         Duration::from_nanos((ivn - rem).min(u128::from(u64::MAX)) as u64)

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use super::ConfigObject;
 use crate::model::HostSpec;
-use crate::poll::{HostLive, ItemLive};
 
 /// A host; `items` is left out where the contract says "hosts without items".
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -44,12 +43,28 @@ pub struct ItemObject {
     pub error: Option<String>,
 }
 
-/// A host object; `items` given: with those items, else without.
-pub fn host_object(spec: &HostSpec, live: &HostLive, items: Option<Vec<ItemObject>>) -> HostObject {
+/// What an item object shows of the item's live state (the poller's
+/// `ItemLive`, passed in so that the shapes here depend on no running part).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ItemView<'a> {
+    pub value: Option<f64>,
+    pub clock: Option<i64>,
+    /// `ok`, `error` or `unknown`.
+    pub state: &'static str,
+    pub error: Option<&'a str>,
+}
+
+/// A host object; `lastclock` is the newest of its items'; `items` given:
+/// with those items, else without.
+pub fn host_object(
+    spec: &HostSpec,
+    lastclock: Option<i64>,
+    items: Option<Vec<ItemObject>>,
+) -> HostObject {
     HostObject {
         name: spec.name.clone(),
         host: spec.host.clone(),
-        lastclock: live.items.iter().filter_map(|i| i.clock).max(),
+        lastclock,
         ip: spec.ip().map(str::to_string),
         kind: spec.kind.clone(),
         tags: spec.tags.clone(),
@@ -57,17 +72,15 @@ pub fn host_object(spec: &HostSpec, live: &HostLive, items: Option<Vec<ItemObjec
     }
 }
 
-/// The item at `index` of a host. `config` is the item's latest config
+/// The item at `index` of a host, showing `l`. `config` is the item's latest config
 /// request (only used for configurable items; None: none received yet).
 pub fn item_object(
     spec: &HostSpec,
     index: usize,
-    live: &HostLive,
+    l: ItemView<'_>,
     config: Option<ConfigObject>,
 ) -> Option<ItemObject> {
     let item = spec.items.get(index)?;
-    let default = ItemLive::default();
-    let l = live.items.get(index).unwrap_or(&default);
     Some(ItemObject {
         name: item.name().to_string(),
         unit: item.unit().to_string(),
@@ -81,8 +94,8 @@ pub fn item_object(
         lower_bound: item.lower_bound(),
         upper_bound: item.upper_bound(),
         tags: item.tags().to_vec(),
-        state: l.state.as_str(),
-        error: l.error.as_deref().map(str::to_string),
+        state: l.state,
+        error: l.error.map(str::to_string),
     })
 }
 
@@ -90,7 +103,7 @@ pub fn item_object(
 mod tests {
     use super::*;
     use crate::model::{Table, ValueType};
-    use crate::poll::ItemState;
+    use crate::poll::{HostLive, ItemLive, ItemState};
 
     #[test]
     fn a_configurable_item_without_requests_has_the_seed_config_object() {
@@ -112,7 +125,7 @@ mod tests {
             state: ItemState::Ok,
             error: None,
         };
-        let it = item_object(&host, 0, &live, None).unwrap();
+        let it = item_object(&host, 0, live.view(0), None).unwrap();
         let v = serde_json::to_value(&it).unwrap();
         assert_eq!(
             v["config"],
@@ -121,11 +134,11 @@ mod tests {
         );
         assert_eq!(v["lastvalue"], 46.0);
         assert_eq!(v["configurable"], true);
-        let s = serde_json::to_value(item_object(&host, 1, &live, None).unwrap()).unwrap();
+        let s = serde_json::to_value(item_object(&host, 1, live.view(1), None).unwrap()).unwrap();
         assert!(s.get("config").is_none());
         assert_eq!(s["lastvalue"], serde_json::Value::Null);
         assert_eq!(s["state"], "unknown");
-        let h = serde_json::to_value(host_object(&host, &live, None)).unwrap();
+        let h = serde_json::to_value(host_object(&host, live.lastclock(), None)).unwrap();
         assert_eq!(h["lastclock"], 1416586606);
         assert_eq!(h["ip"], "10.0.0.1");
         assert!(h.get("items").is_none());

@@ -13,4 +13,4 @@ pub mod status;
 pub use alarms::{Acknowledgement, EventObject, TriggerObject};
 pub use config::{ConfigObject, Status};
 pub use data::{data_message, push_json_num, ResendBuilder};
-pub use hosts::{host_object, item_object, HostObject, ItemObject};
+pub use hosts::{host_object, item_object, HostObject, ItemObject, ItemView};

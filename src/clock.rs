@@ -1,0 +1,114 @@
+//! The wall clock, read in one place.
+//!
+//! Every Unix timestamp the crate stamps (samples, events, MQTT payloads,
+//! API ranges) comes from here, so there is one spelling of "now" and one
+//! fallback when the system clock reads before 1970 (zero).
+//!
+//! Scheduling is kept apart from the reading: [`next_aligned_at`] takes the
+//! monotonic instant and the wall time as arguments and is pure, so code that
+//! schedules against `tokio::time::Instant` can be tested under
+//! `tokio::time::pause()` with a wall time the test chooses. [`next_aligned`]
+//! is the same computation with both clocks read now.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// Time since the Unix epoch now (zero if the system clock is before 1970).
+pub fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    i64::try_from(since_epoch().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> i64 {
+    i64::try_from(since_epoch().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Unix seconds now, with the fraction (for simulated signals).
+pub fn unix_secs_f64() -> f64 {
+    since_epoch().as_secs_f64()
+}
+
+/// The instant of the next multiple of `interval` since the Unix epoch, so that
+/// hosts sharing an interval are polled at the same instant (one wake-up serves them all).
+pub fn next_aligned(interval: Duration) -> Instant {
+    let wall = since_epoch();
+    next_aligned_at(Instant::now(), wall, interval)
+}
+
+/// [`next_aligned`] for a given monotonic `now` and wall time `wall` (time since
+/// the epoch at `now`). Intervals below a millisecond count as a millisecond.
+pub fn next_aligned_at(now: Instant, wall: Duration, interval: Duration) -> Instant {
+    next_aligned_phase_at(now, wall, interval, Duration::ZERO)
+}
+
+/// The instant of the next multiple of `interval` since the Unix epoch, shifted
+/// by `phase` (e.g. half a second after each whole second).
+pub fn next_aligned_phase(interval: Duration, phase: Duration) -> Instant {
+    let wall = since_epoch();
+    next_aligned_phase_at(Instant::now(), wall, interval, phase)
+}
+
+/// [`next_aligned_phase`] for a given monotonic `now` and wall time `wall`.
+pub fn next_aligned_phase_at(
+    now: Instant,
+    wall: Duration,
+    interval: Duration,
+    phase: Duration,
+) -> Instant {
+    let wall = wall.as_micros();
+    let offset = phase.as_micros();
+    let step = interval.as_micros().max(1000);
+    let next = (wall.saturating_sub(offset) / step + 1) * step + offset;
+    let wait = u64::try_from(next.saturating_sub(wall)).unwrap_or(u64::MAX);
+    now + Duration::from_micros(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn aligned_to_the_next_multiple() {
+        let now = Instant::now();
+        let wall = Duration::from_millis(10_250);
+        let at = next_aligned_at(now, wall, Duration::from_secs(1));
+        assert_eq!(at - now, Duration::from_millis(750));
+        // Exactly on a multiple: the next one, not now.
+        let at = next_aligned_at(now, Duration::from_secs(10), Duration::from_secs(1));
+        assert_eq!(at - now, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phase_shifts_the_grid() {
+        let now = Instant::now();
+        let half = Duration::from_millis(500);
+        let sec = Duration::from_secs(1);
+        let at = next_aligned_phase_at(now, Duration::from_millis(10_250), sec, half);
+        assert_eq!(at - now, Duration::from_millis(250));
+        let at = next_aligned_phase_at(now, Duration::from_millis(10_600), sec, half);
+        assert_eq!(at - now, Duration::from_millis(900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiny_intervals_count_as_a_millisecond() {
+        let now = Instant::now();
+        let at = next_aligned_at(now, Duration::from_micros(10_500), Duration::ZERO);
+        assert_eq!(at - now, Duration::from_micros(500));
+    }
+
+    #[test]
+    fn the_clocks_agree() {
+        let s = unix_now();
+        let ms = unix_ms();
+        assert!((ms / 1000 - s).abs() <= 1);
+        assert!((unix_secs_f64() - s as f64).abs() < 2.0);
+    }
+}
