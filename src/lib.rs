@@ -1,43 +1,66 @@
 //! modbridge: a Modbus edge gateway.
 //!
-//! The data flows through these modules, in this order:
+//! The modules in the order the data flows through them; each uses only
+//! modules above it in this list (no import cycles: `tests/architecture.rs`).
 //!
-//! - [`config`]: the TOML file (and shared device profiles) -> a validated [`model::Config`],
-//!   or every problem as `FILE:LINE:COL: message`.
+//! Leaves, used everywhere:
+//! - [`clock`]: the wall clock, read in one place; aligned instants as pure functions.
+//! - [`units`]: durations (`"10s"`) and sizes (`"1GiB"`).
+//! - [`diag`]: `Diagnostic`, source positions and the "did you mean" suggesters.
+//! - [`expr`]: the trigger language (lexer, parser, AST, printer); knows nothing of config or alarms.
+//!
+//! The pipeline:
+//! - [`model`]: the validated, immutable config types; no I/O.
+//! - [`config`]: the TOML file (and device profiles) -> [`model::Config`], or every
+//!   problem as `FILE:LINE:COL: message`; the only file I/O of configs.
 //! - [`plan`]: pure. Items due together -> the fewest Modbus read requests the device allows.
 //! - [`modbus`]: the field side. One link per TCP host, one shared bus per serial port;
 //!   every request has a timeout; a failed transport is dropped and rebuilt with backoff.
 //! - [`decode`]: pure. Registers <-> engineering values, every type and byte order.
-//! - [`poll`]: one task per host: schedule, read, decode, narrow exceptions, live item state.
 //! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
+//! - [`ledger`]: the control tables in the same database (config requests, alarms,
+//!   the uplink queue): every statement on them, next to their schema.
+//! - [`wire`]: every outgoing JSON shape (hosts, items, data, config statuses, events, triggers).
+//! - [`config_requests`]: writes of settings: request parsing, value checks, the service, the device side.
+//! - [`poll`]: one task per host: schedule (pure), read and narrow exceptions, live state, the task loop.
+//! - [`snapshot`]: the config and live host states a reload replaces, as one value.
+//! - [`alarm`]: trigger evaluation (pure engine), the alarm service and its task.
+//! - [`uplink_status`]: the uplink's counters, read by `/health` and `/metrics`.
+//! - [`gateway`]: the handles every running part shares; opening and reloading them.
+//!
+//! On top:
+//! - [`mqtt`]: the uplink and downlink.
 //! - [`api`]: the local HTTP API, `/health`, `/metrics` and the status page.
-//! - [`daemon`]: wires the above together for `modbridge run`, with clean shutdown.
 //! - [`notify`]: systemd's readiness, watchdog and status notifications.
-//! - [`sim`]: a simulated Modbus device, used by `modbridge demo` and the tests.
-//! - [`cli`]: the command line (`run`, `check`, `read`, `probe`, `demo`).
+//! - [`daemon`]: supervises `modbridge run`: spawns, reloads on SIGHUP, shuts down in order.
+//! - [`sim`]: a simulated Modbus device, used by `modbridge demo`, benchmarks and the tests.
+//! - [`logging`]: tracing set-up (plain lines with syslog priorities under journald).
+//! - [`cli`]: the command line, one file per group of subcommands.
 
-pub mod alarm;
-pub mod api;
-pub mod cli;
 pub mod clock;
-pub mod config;
-pub mod config_requests;
-pub mod daemon;
-pub mod decode;
 pub mod diag;
 pub mod expr;
+pub mod units;
+
+pub mod alarm;
+pub mod config;
+pub mod config_requests;
+pub mod decode;
 pub mod gateway;
 pub mod ledger;
-pub mod logging;
 pub mod modbus;
 pub mod model;
-pub mod mqtt;
-pub mod notify;
 pub mod plan;
 pub mod poll;
-pub mod sim;
 pub mod snapshot;
 pub mod store;
-pub mod units;
 pub mod uplink_status;
 pub mod wire;
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod logging;
+pub mod mqtt;
+pub mod notify;
+pub mod sim;

@@ -44,7 +44,7 @@ enum Node {
 
 /// What one referenced item keeps.
 #[derive(Debug, Default)]
-struct ItemState {
+struct WatchedItem {
     /// Recent samples, ascending by clock.
     samples: VecDeque<(i64, f64)>,
     /// Keep samples newer than `newest - keep_secs`...
@@ -90,7 +90,7 @@ struct TriggerState {
 pub struct Engine {
     compiled: Vec<CompiledTrigger>,
     triggers: Vec<TriggerState>,
-    items: Vec<ItemState>,
+    items: Vec<WatchedItem>,
     item_names: Vec<(String, String)>,
     item_lookup: HashMap<(String, String), u32>,
     by_id: HashMap<u64, usize>,
@@ -171,9 +171,9 @@ impl Engine {
                     Some(i) => *i,
                     None => {
                         let i = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
-                        self.items.push(ItemState {
+                        self.items.push(WatchedItem {
                             keep_n: 1,
-                            ..ItemState::default()
+                            ..WatchedItem::default()
                         });
                         self.item_names.push(name.clone());
                         self.item_lookup.insert(name, i);
@@ -269,7 +269,7 @@ impl Engine {
                     + i.triggers.capacity() * std::mem::size_of::<u32>()
             })
             .sum::<usize>()
-            + self.items.capacity() * std::mem::size_of::<ItemState>()
+            + self.items.capacity() * std::mem::size_of::<WatchedItem>()
     }
 
     /// Samples held in all windows.
@@ -538,7 +538,7 @@ fn equal(a: f64, b: f64) -> bool {
 }
 
 struct Ctx<'a> {
-    items: &'a [ItemState],
+    items: &'a [WatchedItem],
     now: i64,
     start: i64,
 }
