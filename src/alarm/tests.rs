@@ -472,28 +472,7 @@ fn trigger_value_spellings() {
 
 // ---------------------------------------------------------------- compiling a config
 
-const CONFIG_HEAD: &str = r#"[gateway]
-id = "box"
-
-[[hosts]]
-host = "pump"
-connection = "tcp://127.0.0.1:502"
-poll_interval = "1s"
-
-[[hosts.items]]
-name = "outdoor"
-table = "input"
-address = 3
-type = "i16"
-key = "temp.outdoor"
-
-[[hosts.items]]
-name = "run"
-table = "coil"
-address = 0
-type = "bool"
-key = "run"
-"#;
+use crate::config::tests::TRIGGER_CONFIG_HEAD as CONFIG_HEAD;
 
 fn config(triggers: &str) -> Config {
     let text = format!("{CONFIG_HEAD}\n{triggers}");

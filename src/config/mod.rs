@@ -654,4 +654,4 @@ pub(crate) fn array_of_tables<'s, 'i>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

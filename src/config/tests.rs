@@ -370,7 +370,8 @@ fn missing_file_is_one_error() {
 
 // ---------------------------------------------------------------- trigger expressions
 
-const TRIGGER_CONFIG_HEAD: &str = r#"[gateway]
+/// A host with two items for trigger tests (also the alarm module's).
+pub(crate) const TRIGGER_CONFIG_HEAD: &str = r#"[gateway]
 id = "box"
 
 [[hosts]]
