@@ -20,8 +20,12 @@ use super::error::HttpError;
 use super::params::{Params, RawQuery};
 use super::routes::{json_bytes, to_json};
 use super::State as AppState;
+use crate::alarm::AlarmStats;
 use crate::clock::unix_now;
+use crate::config_requests::ConfigRequestStats;
+use crate::gateway::Gateway;
 use crate::poll::LATENCY_BUCKETS;
+use crate::snapshot::Snapshot;
 use crate::store::StoreStats;
 
 /// Remembers the store's commit counters between looks, to tell whether
@@ -267,7 +271,8 @@ fn escape_label(v: &str) -> String {
     s
 }
 
-fn format_value(v: f64) -> String {
+/// A sample value as Prometheus writes it: `NaN`, `+Inf`/`-Inf`, integers without a fraction.
+fn prometheus_number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
@@ -300,7 +305,7 @@ impl Exposition {
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {}", format_value(value));
+        let _ = writeln!(self.out, " {}", prometheus_number(value));
     }
 
     /// A family with one unlabelled sample.
@@ -335,15 +340,43 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
     let gateway = st.gateway.clone();
     let running = gateway.running();
     let mut m = Exposition::default();
-    let id = running.config.gateway.id.as_str();
+    gateway_info(&mut m, running.config.gateway.id.as_str());
+    let lives = host_figures(&running);
+    host_counters(&mut m, &lives);
+    items_per_state(&mut m, &lives);
+    request_latency(&mut m, &lives);
+    let stats = gateway.store.stats();
+    store_figures(&mut m, &stats);
+    uplink_figures(&mut m, &gateway, running.config.mqtt.is_some());
+    config_request_figures(&mut m, &gateway.writes.stats());
+    trigger_figures(&mut m, &gateway.alarms.stats());
+    st.commits.failing(&stats);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        m.finish(),
+    )
+        .into_response())
+}
+
+/// Writes `modbridge_info`: the gateway's id and version as labels.
+fn gateway_info(m: &mut Exposition, id: &str) {
     m.family("modbridge_info", "gauge", "The gateway's id and version.");
     m.sample(
         "modbridge_info",
         &[("gateway", id), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
+}
 
-    let lives: Vec<(String, HostFigures)> = running
+/// Takes each configured host's figures under its lock, in config order.
+fn host_figures(running: &Snapshot) -> Vec<(String, HostFigures)> {
+    running
         .config
         .hosts
         .iter()
@@ -351,58 +384,76 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
             let live = running.hosts.get(&h.host)?;
             Some((h.host.clone(), HostFigures::of(&live.lock())))
         })
-        .collect();
-    let per_host = |m: &mut Exposition,
-                    name: &str,
-                    kind: &str,
-                    help: &str,
-                    f: &dyn Fn(&HostFigures) -> f64| {
-        m.family(name, kind, help);
-        for (host, l) in &lives {
-            m.sample(name, &[("host", host)], f(l));
-        }
-    };
+        .collect()
+}
+
+/// Writes a family with one sample per host, the value taken from its figures by `f`.
+fn per_host(
+    m: &mut Exposition,
+    lives: &[(String, HostFigures)],
+    name: &str,
+    kind: &str,
+    help: &str,
+    f: &dyn Fn(&HostFigures) -> f64,
+) {
+    m.family(name, kind, help);
+    for (host, l) in lives {
+        m.sample(name, &[("host", host)], f(l));
+    }
+}
+
+/// Writes the per-host link, polling and request counters.
+fn host_counters(m: &mut Exposition, lives: &[(String, HostFigures)]) {
     per_host(
-        &mut m,
+        m,
+        lives,
         "modbridge_host_link_up",
         "gauge",
         "1 while the host's last poll cycle reached the device.",
         &|l| f64::from(u8::from(l.link_up)),
     );
     per_host(
-        &mut m,
+        m,
+        lives,
         "modbridge_polls_total",
         "counter",
         "Poll cycles per host.",
         &|l| l.polls as f64,
     );
     per_host(
-        &mut m,
+        m,
+        lives,
         "modbridge_requests_total",
         "counter",
         "Modbus requests per host.",
         &|l| l.requests as f64,
     );
     per_host(
-        &mut m,
+        m,
+        lives,
         "modbridge_request_errors_total",
         "counter",
         "Failed Modbus requests per host (timeouts, transport errors, exceptions).",
         &|l| l.request_errors as f64,
     );
     per_host(
-        &mut m,
+        m,
+        lives,
         "modbridge_host_consecutive_errors",
         "gauge",
         "Poll cycles in a row that failed on the transport.",
         &|l| f64::from(l.consecutive_errors),
     );
+}
+
+/// Writes `modbridge_items`: each host's item count per state (ok, error, unknown).
+fn items_per_state(m: &mut Exposition, lives: &[(String, HostFigures)]) {
     m.family(
         "modbridge_items",
         "gauge",
         "Items per host and state (ok, error, unknown).",
     );
-    for (host, l) in &lives {
+    for (host, l) in lives {
         for (state, n) in [("ok", l.ok), ("error", l.error), ("unknown", l.unknown)] {
             m.sample(
                 "modbridge_items",
@@ -411,15 +462,19 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
             );
         }
     }
+}
+
+/// Writes the per-host request latency histogram with cumulative buckets, sum and count.
+fn request_latency(m: &mut Exposition, lives: &[(String, HostFigures)]) {
     let hist = "modbridge_request_duration_seconds";
     m.family(hist, "histogram", "Modbus request latency per host.");
-    for (host, l) in &lives {
+    for (host, l) in lives {
         let mut cumulative = 0u64;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += l.latency_buckets.get(i).copied().unwrap_or(0);
             m.sample(
                 &format!("{hist}_bucket"),
-                &[("host", host), ("le", &format_value(*bound))],
+                &[("host", host), ("le", &prometheus_number(*bound))],
                 cumulative as f64,
             );
         }
@@ -432,8 +487,10 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         m.sample(&format!("{hist}_sum"), &[("host", host)], l.latency_sum);
         m.sample(&format!("{hist}_count"), &[("host", host)], count as f64);
     }
+}
 
-    let stats = gateway.store.stats();
+/// Writes the store's sample, commit, dropped-point and database size figures.
+fn store_figures(m: &mut Exposition, stats: &StoreStats) {
     m.single(
         "modbridge_samples_received_total",
         "counter",
@@ -470,6 +527,10 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "Size of the database files.",
         stats.db_bytes as f64,
     );
+}
+
+/// Writes the unacknowledged message backlogs and the MQTT connection figures.
+fn uplink_figures(m: &mut Exposition, gateway: &Gateway, mqtt_configured: bool) {
     m.single(
         "modbridge_outbox_messages",
         "gauge",
@@ -486,7 +547,7 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "modbridge_mqtt_configured",
         "gauge",
         "1 if an [mqtt] section is configured.",
-        f64::from(u8::from(running.config.mqtt.is_some())),
+        f64::from(u8::from(mqtt_configured)),
     );
     m.single(
         "modbridge_mqtt_connected",
@@ -512,8 +573,10 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
             .connect_errors
             .load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
+}
 
-    let writes = gateway.writes.stats();
+/// Writes the config requests by status and the refused and unreachable-write counters.
+fn config_request_figures(m: &mut Exposition, writes: &ConfigRequestStats) {
     m.by_label(
         "modbridge_config_requests",
         "gauge",
@@ -537,7 +600,10 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "Write attempts that could not reach the device (retried) since start-up.",
         writes.unreachable as f64,
     );
-    let alarms = gateway.alarms.stats();
+}
+
+/// Writes the triggers by current value and the alarm event and storage error counters.
+fn trigger_figures(m: &mut Exposition, alarms: &AlarmStats) {
     m.by_label(
         "modbridge_triggers",
         "gauge",
@@ -561,18 +627,6 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
         "Failed attempts to store alarm events since start-up (retried).",
         alarms.storage_errors as f64,
     );
-    st.commits.failing(&stats);
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        m.finish(),
-    )
-        .into_response())
 }
 
 #[cfg(test)]
@@ -595,8 +649,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x_total 0.25\n"), "{text}");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(0.002), "0.002");
+        assert_eq!(prometheus_number(f64::INFINITY), "+Inf");
+        assert_eq!(prometheus_number(0.002), "0.002");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::format_value;
+use super::format_for_people;
 use crate::model::Table;
 use crate::{config, daemon, sim};
 
@@ -105,7 +105,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
                 config_path.display(),
                 host.host,
                 i.key,
-                format_value(target)
+                format_for_people(target)
             )
         })
         .unwrap_or_default();
@@ -161,7 +161,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
                         format!(
                             "{} = {} {}",
                             i.name(),
-                            l.value.map(format_value).unwrap_or_default(),
+                            l.value.map(format_for_people).unwrap_or_default(),
                             i.unit()
                         )
                     })

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{format_value, load_or_report, plural};
+use super::{format_for_people, load_or_report, plural};
 use crate::decode;
 use crate::modbus::{Buses, Link, Operation, Priority, ReadData};
 use crate::model::{Connection, HostSpec, SerialSettings, Table};
@@ -81,7 +81,7 @@ pub fn read_table(host: &HostSpec, readings: &[crate::poll::ItemReading]) -> Str
             None => format!("{} {} ({})", item.table, item.address, item.reference()),
         };
         let value = match &r.value {
-            Ok(v) => format!("{} {}", format_value(*v), item.unit())
+            Ok(v) => format!("{} {}", format_for_people(*v), item.unit())
                 .trim_end()
                 .to_string(),
             Err(e) => format!("ERROR: {e}"),

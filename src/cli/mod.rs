@@ -198,7 +198,7 @@ pub(crate) fn plural(n: usize) -> &'static str {
 }
 
 /// A value as people read it: integers without a fraction, others with up to 6 digits.
-pub fn format_value(v: f64) -> String {
+pub fn format_for_people(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else {

@@ -596,7 +596,69 @@ fn read_item(
     let errors_before = report.len();
     section.check_keys_elsewhere(report, what, &ITEM_KEYS, &HOST_KEYS, "[[hosts]]");
 
-    let table = match section.string(report, "table") {
+    let table = read_table(&section, what, report);
+    let address = read_address(&section, table, what, report);
+    let value_type = read_value_type(&section, table, report);
+    let bit = section
+        .integer(report, "bit", 0, 15)
+        .map(|b| u8::try_from(b.value).unwrap_or(0));
+    if let (Some(table), Some(vt)) = (table, value_type) {
+        check_type_fits_table(&section, table, vt, report);
+        check_bit(&section, table, vt, report);
+        if let Some(address) = &address {
+            check_fits_address_space(&section, table, vt, address, report);
+        }
+    }
+
+    let scale = read_scale(&section, report);
+    let offset = section.number(report, "offset").map_or(0.0, |o| o.value);
+    let unit = section
+        .string(report, "unit")
+        .map(|u| u.value)
+        .unwrap_or_default();
+    let key = read_key(&section, report);
+    let byte_order = read_byte_order(&section, report);
+    let poll_interval = section
+        .duration(report, "poll_interval", false)
+        .map(|d| d.value);
+    let deadband = read_deadband(&section, report);
+    let heartbeat = section.duration(report, "heartbeat", false);
+    let (lower_bound, upper_bound) = read_bounds(&section, report);
+    let configurable = section.boolean(report, "configurable");
+    if let (Some(c), Some(table)) = (&configurable, table) {
+        check_configurable(&section, c, table, report);
+    }
+    let tags = section.strings(report, "tags").unwrap_or_default();
+    let name = section.nonempty_string(report, "name").map(|n| n.value);
+
+    if report.len() > errors_before {
+        return None;
+    }
+    Some(ItemDraft {
+        pos: section.pos.clone(),
+        name,
+        table: table?,
+        address: address?,
+        value_type: value_type?,
+        bit,
+        byte_order,
+        scale,
+        offset,
+        unit,
+        key,
+        poll_interval,
+        deadband,
+        heartbeat,
+        lower_bound: lower_bound.map(|b| b.value),
+        upper_bound: upper_bound.map(|b| b.value),
+        configurable: configurable.is_some_and(|c| c.value),
+        tags,
+    })
+}
+
+/// `table`: required, one of the table names, with a guess when it is misspelt.
+fn read_table(section: &Section<'_, '_>, what: &str, report: &mut Report) -> Option<Table> {
+    match section.string(report, "table") {
         Some(t) => match Table::parse(&t.value) {
             Some(table) => Some(table),
             None => {
@@ -629,12 +691,16 @@ fn read_item(
             }
             None
         }
-    };
+    }
+}
 
-    let address = read_address(&section, table, what, report);
-
-    let type_pos = section.value_pos("type");
-    let value_type = match section.string(report, "type") {
+/// `type`: one of the type names; left out, bool for a bit table and u16 for a register table.
+fn read_value_type(
+    section: &Section<'_, '_>,
+    table: Option<Table>,
+    report: &mut Report,
+) -> Option<ValueType> {
+    match section.string(report, "type") {
         Some(t) => match ValueType::parse(&t.value) {
             Some(vt) => Some(vt),
             None => {
@@ -659,66 +725,87 @@ fn read_item(
                 ValueType::U16
             }
         }),
-    };
-
-    let bit = section
-        .integer(report, "bit", 0, 15)
-        .map(|b| u8::try_from(b.value).unwrap_or(0));
-    let bit_pos = section.key_pos("bit");
-
-    if let (Some(table), Some(vt)) = (table, value_type) {
-        let at_type = type_pos.clone().unwrap_or_else(|| section.pos.clone());
-        if table.is_bits() && vt != ValueType::Bool {
-            section.error_at(
-                report,
-                &at_type,
-                &format!(
-                    "type {vt} is not possible in the {table} table: coils and discrete inputs are single bits, so the type must be bool (or left out)"
-                ),
-            );
-        }
-        if let Some(pos) = &bit_pos {
-            if table.is_bits() {
-                section.error_at(
-                    report,
-                    pos,
-                    &format!(
-                        "bit is only for a bool taken from a register; a {table} is a single bit already"
-                    ),
-                );
-            } else if vt != ValueType::Bool {
-                section.error_at(
-                    report,
-                    pos,
-                    &format!("bit goes only with type = \"bool\", but this item is {vt}"),
-                );
-            }
-        } else if !table.is_bits() && vt == ValueType::Bool && section.raw("bit").is_none() {
-            section.error_at(
-                report,
-                &at_type,
-                &format!(
-                    "a bool in the {table} table needs bit = 0..15 (which bit of the register; 0 is the least significant)"
-                ),
-            );
-        }
-        if let Some(address) = &address {
-            let width = if table.is_bits() { 1 } else { vt.registers() };
-            let last = u32::from(address.value) + u32::from(width) - 1;
-            if last > 65535 {
-                section.error_at(
-                    report,
-                    &address.pos,
-                    &format!(
-                        "a {vt} takes {width} registers, so address {} would run past the last address 65535",
-                        address.value
-                    ),
-                );
-            }
-        }
     }
+}
 
-    let scale = match section.number(report, "scale") {
+/// Checks that an item in a coil or discrete input table is a bool.
+fn check_type_fits_table(
+    section: &Section<'_, '_>,
+    table: Table,
+    vt: ValueType,
+    report: &mut Report,
+) {
+    if table.is_bits() && vt != ValueType::Bool {
+        let at_type = section
+            .value_pos("type")
+            .unwrap_or_else(|| section.pos.clone());
+        section.error_at(
+            report,
+            &at_type,
+            &format!(
+                "type {vt} is not possible in the {table} table: coils and discrete inputs are single bits, so the type must be bool (or left out)"
+            ),
+        );
+    }
+}
+
+/// Checks that `bit` is given exactly for a bool taken from a register.
+fn check_bit(section: &Section<'_, '_>, table: Table, vt: ValueType, report: &mut Report) {
+    if let Some(pos) = &section.key_pos("bit") {
+        if table.is_bits() {
+            section.error_at(
+                report,
+                pos,
+                &format!(
+                    "bit is only for a bool taken from a register; a {table} is a single bit already"
+                ),
+            );
+        } else if vt != ValueType::Bool {
+            section.error_at(
+                report,
+                pos,
+                &format!("bit goes only with type = \"bool\", but this item is {vt}"),
+            );
+        }
+    } else if !table.is_bits() && vt == ValueType::Bool && section.raw("bit").is_none() {
+        let at_type = section
+            .value_pos("type")
+            .unwrap_or_else(|| section.pos.clone());
+        section.error_at(
+            report,
+            &at_type,
+            &format!(
+                "a bool in the {table} table needs bit = 0..15 (which bit of the register; 0 is the least significant)"
+            ),
+        );
+    }
+}
+
+/// Checks that the item's registers (or bit) end at or before the last address 65535.
+fn check_fits_address_space(
+    section: &Section<'_, '_>,
+    table: Table,
+    vt: ValueType,
+    address: &At<u16>,
+    report: &mut Report,
+) {
+    let width = if table.is_bits() { 1 } else { vt.registers() };
+    let last = u32::from(address.value) + u32::from(width) - 1;
+    if last > 65535 {
+        section.error_at(
+            report,
+            &address.pos,
+            &format!(
+                "a {vt} takes {width} registers, so address {} would run past the last address 65535",
+                address.value
+            ),
+        );
+    }
+}
+
+/// `scale`: any number but 0 (reported, and read as 1); 1 when left out.
+fn read_scale(section: &Section<'_, '_>, report: &mut Report) -> f64 {
+    match section.number(report, "scale") {
         Some(s) if s.value == 0.0 => {
             section.error_at(
                 report,
@@ -729,13 +816,12 @@ fn read_item(
         }
         Some(s) => s.value,
         None => 1.0,
-    };
-    let offset = section.number(report, "offset").map_or(0.0, |o| o.value);
-    let unit = section
-        .string(report, "unit")
-        .map(|u| u.value)
-        .unwrap_or_default();
-    let key = match section.string(report, "key") {
+    }
+}
+
+/// `key`: 1 to 128 characters from A-Z a-z 0-9 _ . : -.
+fn read_key(section: &Section<'_, '_>, report: &mut Report) -> Option<At<String>> {
+    match section.string(report, "key") {
         Some(k) if is_name(&k.value, "_.:-", 128) => Some(k),
         Some(k) => {
             section.error_at(
@@ -749,12 +835,12 @@ fn read_item(
             None
         }
         None => None,
-    };
-    let byte_order = read_byte_order(&section, report);
-    let poll_interval = section
-        .duration(report, "poll_interval", false)
-        .map(|d| d.value);
-    let deadband = match section.number(report, "deadband") {
+    }
+}
+
+/// `deadband`: a number that must not be negative.
+fn read_deadband(section: &Section<'_, '_>, report: &mut Report) -> Option<f64> {
+    match section.number(report, "deadband") {
         Some(d) if d.value < 0.0 => {
             section.error_at(
                 report,
@@ -765,8 +851,14 @@ fn read_item(
         }
         Some(d) => Some(d.value),
         None => None,
-    };
-    let heartbeat = section.duration(report, "heartbeat", false);
+    }
+}
+
+/// `lower_bound` and `upper_bound`: numbers, the lower not greater than the upper.
+fn read_bounds(
+    section: &Section<'_, '_>,
+    report: &mut Report,
+) -> (Option<At<f64>>, Option<At<f64>>) {
     let lower_bound = section.number(report, "lower_bound");
     let upper_bound = section.number(report, "upper_bound");
     if let (Some(lower), Some(upper)) = (&lower_bound, &upper_bound) {
@@ -781,44 +873,20 @@ fn read_item(
             );
         }
     }
-    let configurable = section.boolean(report, "configurable");
-    if let (Some(c), Some(table)) = (&configurable, table) {
-        if c.value && !table.is_writable() {
-            section.error_at(
-                report,
-                &c.pos,
-                &format!(
-                    "configurable = true needs a writable table (holding or coil); the {table} table is read-only"
-                ),
-            );
-        }
-    }
-    let tags = section.strings(report, "tags").unwrap_or_default();
-    let name = section.nonempty_string(report, "name").map(|n| n.value);
+    (lower_bound, upper_bound)
+}
 
-    if report.len() > errors_before {
-        return None;
+/// Checks that `configurable = true` is only on a writable table (holding or coil).
+fn check_configurable(section: &Section<'_, '_>, c: &At<bool>, table: Table, report: &mut Report) {
+    if c.value && !table.is_writable() {
+        section.error_at(
+            report,
+            &c.pos,
+            &format!(
+                "configurable = true needs a writable table (holding or coil); the {table} table is read-only"
+            ),
+        );
     }
-    Some(ItemDraft {
-        pos: section.pos.clone(),
-        name,
-        table: table?,
-        address: address?,
-        value_type: value_type?,
-        bit,
-        byte_order,
-        scale,
-        offset,
-        unit,
-        key,
-        poll_interval,
-        deadband,
-        heartbeat,
-        lower_bound: lower_bound.map(|b| b.value),
-        upper_bound: upper_bound.map(|b| b.value),
-        configurable: configurable.is_some_and(|c| c.value),
-        tags,
-    })
 }
 
 /// `address`: a 0-based integer, with hints for Modicon references and quoted numbers.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::service::{ConfigRequests, PendingRequest, Status, REMOVED};
-use super::value::{check_target, format_value, same_value};
+use super::value::{check_target, format_at_item_precision, same_value};
 use crate::clock::unix_ms;
 use crate::decode;
 use crate::modbus::{exception_name, Backoff, Link, Operation, Priority, ReadData, RequestError};
@@ -86,8 +86,8 @@ async fn carry_out(
                     if !same_value(item, found, expected) && !ours {
                         return Attempt::Failed(format!(
                             "expected {}, device has {}",
-                            format_value(item, expected),
-                            format_value(item, found)
+                            format_at_item_precision(item, expected),
+                            format_at_item_precision(item, found)
                         ));
                     }
                 }
@@ -136,8 +136,8 @@ async fn carry_out(
         Ok((found, _)) if same_value(item, found, want) => Attempt::Success(found),
         Ok((found, _)) => Attempt::Failed(format!(
             "wrote {}, device reads back {}",
-            format_value(item, want),
-            format_value(item, found)
+            format_at_item_precision(item, want),
+            format_at_item_precision(item, found)
         )),
     }
 }

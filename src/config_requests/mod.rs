@@ -6,7 +6,7 @@
 //! - [`request`]: the JSON body -> a typed [`ConfigRequest`], or the
 //!   [`SubmitError`] that refuses it;
 //! - [`value`]: pure checks of a target against an item (bounds, representable
-//!   by the register) and [`format_value`] for the reasons;
+//!   by the register) and [`format_at_item_precision`] for the reasons;
 //! - [`service`]: [`ConfigRequests`], the service with the newest request of
 //!   every item in memory: submit, supersede, statuses, reload, expiry; its
 //!   rows are written through [`crate::ledger::config_requests`];
@@ -47,4 +47,4 @@ pub use request::{
 pub use service::{
     ConfigObject, ConfigRequestStats, ConfigRequests, PendingRequest, Status, REMOVED, SUPERSEDED,
 };
-pub use value::{format_value, same_value};
+pub use value::{format_at_item_precision, same_value};

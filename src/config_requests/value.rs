@@ -15,15 +15,15 @@ pub(super) fn check_target(item: &ItemSpec, target: f64) -> Result<Vec<u16>, Str
     if let Some(lo) = item.lower_bound().filter(|lo| target < *lo) {
         return Err(format!(
             "target {} is below the lower bound {}",
-            format_value(item, target),
-            format_value(item, lo)
+            format_at_item_precision(item, target),
+            format_at_item_precision(item, lo)
         ));
     }
     if let Some(hi) = item.upper_bound().filter(|hi| target > *hi) {
         return Err(format!(
             "target {} is above the upper bound {}",
-            format_value(item, target),
-            format_value(item, hi)
+            format_at_item_precision(item, target),
+            format_at_item_precision(item, hi)
         ));
     }
     decode::encode_item(item, target).map_err(|e| e.to_string())
@@ -50,7 +50,7 @@ fn significant(v: f64, digits: usize) -> String {
 /// A value in engineering units for a reason: an integer register's value
 /// with as many decimals as its scale has (`22.0` for scale 0.1), a float's
 /// with the precision it has.
-pub fn format_value(item: &ItemSpec, v: f64) -> String {
+pub fn format_at_item_precision(item: &ItemSpec, v: f64) -> String {
     if !v.is_finite() {
         return v.to_string();
     }
@@ -95,14 +95,14 @@ mod tests {
     #[test]
     fn values_are_named_in_engineering_units() {
         let t = item(ValueType::I16, 0.1);
-        assert_eq!(format_value(&t, 22.0), "22.0");
-        assert_eq!(format_value(&t, 21.5), "21.5");
-        assert_eq!(format_value(&t, 0.05), "0.05");
+        assert_eq!(format_at_item_precision(&t, 22.0), "22.0");
+        assert_eq!(format_at_item_precision(&t, 21.5), "21.5");
+        assert_eq!(format_at_item_precision(&t, 0.05), "0.05");
         let u = item(ValueType::U16, 1.0);
-        assert_eq!(format_value(&u, 70000.0), "70000");
+        assert_eq!(format_at_item_precision(&u, 70000.0), "70000");
         let f = item(ValueType::F32, 1.0);
-        assert_eq!(format_value(&f, f64::from(0.1f32)), "0.1");
-        assert_eq!(format_value(&f, 21.5), "21.5");
+        assert_eq!(format_at_item_precision(&f, f64::from(0.1f32)), "0.1");
+        assert_eq!(format_at_item_precision(&f, 21.5), "21.5");
     }
 
     #[test]
