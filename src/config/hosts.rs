@@ -728,6 +728,14 @@ fn read_value_type(
     }
 }
 
+/// Where a problem with the item's type is shown: at its `type` value, or at
+/// the item when the type is left out.
+fn type_pos(section: &Section<'_, '_>) -> SourcePos {
+    section
+        .value_pos("type")
+        .unwrap_or_else(|| section.pos.clone())
+}
+
 /// Checks that an item in a coil or discrete input table is a bool.
 fn check_type_fits_table(
     section: &Section<'_, '_>,
@@ -736,9 +744,7 @@ fn check_type_fits_table(
     report: &mut Report,
 ) {
     if table.is_bits() && vt != ValueType::Bool {
-        let at_type = section
-            .value_pos("type")
-            .unwrap_or_else(|| section.pos.clone());
+        let at_type = type_pos(section);
         section.error_at(
             report,
             &at_type,
@@ -768,9 +774,7 @@ fn check_bit(section: &Section<'_, '_>, table: Table, vt: ValueType, report: &mu
             );
         }
     } else if !table.is_bits() && vt == ValueType::Bool && section.raw("bit").is_none() {
-        let at_type = section
-            .value_pos("type")
-            .unwrap_or_else(|| section.pos.clone());
+        let at_type = type_pos(section);
         section.error_at(
             report,
             &at_type,
