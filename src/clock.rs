@@ -39,8 +39,7 @@ pub fn unix_secs_f64() -> f64 {
 /// The instant of the next multiple of `interval` since the Unix epoch, so that
 /// hosts sharing an interval are polled at the same instant (one wake-up serves them all).
 pub fn next_aligned(interval: Duration) -> Instant {
-    let wall = since_epoch();
-    next_aligned_at(Instant::now(), wall, interval)
+    next_aligned_phase(interval, Duration::ZERO)
 }
 
 /// [`next_aligned`] for a given monotonic `now` and wall time `wall` (time since

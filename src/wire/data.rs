@@ -27,16 +27,21 @@ pub fn data_message(msg: &OutboxMessage) -> String {
             if j > 0 {
                 s.push(',');
             }
-            s.push('[');
-            s.push_str(&c.to_string());
-            s.push(',');
-            push_json_num(&mut s, v);
-            s.push(']');
+            push_point(&mut s, c, v);
         }
         s.push(']');
     }
     s.push_str("}}");
     s
+}
+
+/// One history point, `[clock,value]`, as live and resend messages carry it.
+fn push_point(s: &mut String, clock: i64, value: f64) {
+    s.push('[');
+    s.push_str(&clock.to_string());
+    s.push(',');
+    push_json_num(s, value);
+    s.push(']');
 }
 
 fn push_json_str(s: &mut String, v: &str) {
@@ -47,7 +52,7 @@ fn push_json_str(s: &mut String, v: &str) {
 }
 
 /// A JSON number; integral values without ".0"; non-finite as null.
-pub fn push_json_num(s: &mut String, v: f64) {
+fn push_json_num(s: &mut String, v: f64) {
     if !v.is_finite() {
         s.push_str("null");
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -129,11 +134,7 @@ impl ResendBuilder {
             } else {
                 self.cur.push(',');
             }
-            self.cur.push('[');
-            self.cur.push_str(&clock.to_string());
-            self.cur.push(',');
-            push_json_num(&mut self.cur, value);
-            self.cur.push(']');
+            push_point(&mut self.cur, clock, value);
             self.cur_points += 1;
         }
     }

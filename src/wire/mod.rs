@@ -12,5 +12,5 @@ pub mod status;
 
 pub use alarms::{Acknowledgement, EventObject, TriggerObject};
 pub use config::{ConfigObject, Status};
-pub use data::{data_message, push_json_num, ResendBuilder};
+pub use data::{data_message, ResendBuilder};
 pub use hosts::{host_object, item_object, HostObject, ItemObject, ItemView};
