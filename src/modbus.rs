@@ -47,6 +47,27 @@ impl RequestError {
     pub fn is_transport(&self) -> bool {
         !matches!(self, RequestError::Exception(_))
     }
+
+    /// True for an exception that is an answer about the request itself
+    /// (see [`refuses_request`]): the same request will be refused again.
+    pub fn refuses_request(&self) -> bool {
+        matches!(self, RequestError::Exception(code) if refuses_request(*code))
+    }
+}
+
+/// Whether an exception code is an answer about the request itself: 01
+/// illegal function, 02 illegal data address, 03 illegal data value. Every
+/// other code (04 server device failure, 05 acknowledge, 06 server busy, 0A
+/// gateway path unavailable, 0B gateway target failed to respond, and codes
+/// the standard does not name) says the device cannot answer *now*: nothing
+/// is learned from it, and the host backs off as after a timeout.
+pub fn refuses_request(code: ExceptionCode) -> bool {
+    matches!(
+        code,
+        ExceptionCode::IllegalFunction
+            | ExceptionCode::IllegalDataAddress
+            | ExceptionCode::IllegalDataValue
+    )
 }
 
 /// A human readable name of a Modbus exception, with its code.
@@ -99,6 +120,9 @@ pub enum Priority {
     Write,
     Poll,
 }
+
+/// Asked right before a frame is sent; false: it is not sent.
+pub type Gate<'a> = &'a mut (dyn FnMut() -> bool + Send);
 
 /// Capped exponential backoff with jitter for reconnecting.
 #[derive(Debug, Clone)]
@@ -333,14 +357,17 @@ impl Bus {
         }
     }
 
-    /// Runs one request for unit `unit`, holding the bus only for it.
+    /// Runs one request for unit `unit`, holding the bus only for it; `gate`
+    /// is asked once the bus is ours, right before the frame is sent (false:
+    /// nothing is sent, `Ok(None)`).
     async fn request(
         &self,
         unit: u8,
         op: &Operation,
         timeout: Duration,
         priority: Priority,
-    ) -> Result<ReadData, RequestError> {
+        gate: Gate<'_>,
+    ) -> Result<Option<ReadData>, RequestError> {
         let mut state = self.lock(priority).await;
         if state.ctx.is_none() {
             if let Some(at) = state.reopen_at {
@@ -380,6 +407,9 @@ impl Bus {
         let Some(context) = ctx.as_mut() else {
             return Err(RequestError::Transport("serial port not open".into()));
         };
+        if !gate() {
+            return Ok(None);
+        }
         context.set_slave(Slave(unit));
         let result = execute(context, op, timeout).await;
         *last_activity = Some(Instant::now());
@@ -388,7 +418,7 @@ impl Bus {
             // instead of being read as the next unit's answer.
             *ctx = None;
         }
-        result
+        result.map(Some)
     }
 }
 
@@ -500,9 +530,24 @@ impl Link {
         op: &Operation,
         priority: Priority,
     ) -> Result<ReadData, RequestError> {
+        self.request_gated(op, priority, &mut || true)
+            .await?
+            .ok_or_else(|| RequestError::Transport("request not sent".into()))
+    }
+
+    /// Like [`Link::request`], but `gate` is asked right before each frame
+    /// goes on the wire (after connecting, and on a shared bus once the bus is
+    /// ours): when it says false nothing is sent and the answer is `Ok(None)`.
+    /// A write that must not go out once it is withdrawn checks that here.
+    pub async fn request_gated(
+        &mut self,
+        op: &Operation,
+        priority: Priority,
+        gate: Gate<'_>,
+    ) -> Result<Option<ReadData>, RequestError> {
         let mut attempt = 0;
         loop {
-            let result = self.request_once(op, priority).await;
+            let result = self.request_once(op, priority, &mut *gate).await;
             match result {
                 Err(e) if e.is_transport() && attempt < self.retries => {
                     tracing::debug!(error = %e, attempt, "request failed; retrying");
@@ -517,7 +562,8 @@ impl Link {
         &mut self,
         op: &Operation,
         priority: Priority,
-    ) -> Result<ReadData, RequestError> {
+        gate: Gate<'_>,
+    ) -> Result<Option<ReadData>, RequestError> {
         match &mut self.target {
             Target::Tcp { address, ctx } => {
                 if ctx.is_none() {
@@ -526,13 +572,19 @@ impl Link {
                 let Some(context) = ctx.as_mut() else {
                     return Err(RequestError::Transport("not connected".into()));
                 };
+                if !gate() {
+                    return Ok(None);
+                }
                 let result = execute(context, op, self.timeout).await;
                 if matches!(&result, Err(e) if e.is_transport()) {
                     *ctx = None;
                 }
-                result
+                result.map(Some)
             }
-            Target::Serial(bus) => bus.request(self.unit, op, self.timeout, priority).await,
+            Target::Serial(bus) => {
+                bus.request(self.unit, op, self.timeout, priority, gate)
+                    .await
+            }
         }
     }
 }
@@ -569,6 +621,27 @@ mod tests {
         }
         b.reset();
         assert!(b.fail() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn only_01_02_03_are_answers_about_the_request() {
+        let about_request = [
+            ExceptionCode::IllegalFunction,
+            ExceptionCode::IllegalDataAddress,
+            ExceptionCode::IllegalDataValue,
+        ];
+        let not_now = [
+            ExceptionCode::ServerDeviceFailure,
+            ExceptionCode::Acknowledge,
+            ExceptionCode::ServerDeviceBusy,
+            ExceptionCode::MemoryParityError,
+            ExceptionCode::GatewayPathUnavailable,
+            ExceptionCode::GatewayTargetDevice,
+            ExceptionCode::Custom(0x0C),
+        ];
+        assert!(about_request.into_iter().all(refuses_request));
+        assert!(!not_now.into_iter().any(refuses_request));
+        assert!(!RequestError::Timeout(Duration::from_secs(1)).refuses_request());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A simulated Modbus device: serves registers over TCP (or RTU on a serial
 //! port), optionally animates them with plausible values from a device profile,
-//! and can misbehave on request (exceptions, delays, silence, dropped
-//! connections, garbage answers, writes that do not stick).
+//! and can misbehave on request (exceptions of any code, delays, silence,
+//! dropped connections, garbage answers, writes that do not stick).
 //!
 //! `modbridge demo` and the tests use it; `modbridge simulate` serves many for
 //! benchmarks.
@@ -26,8 +26,14 @@ use crate::model::{ItemSpec, Table};
 /// How the device misbehaves. Change it at any time through [`SimDevice::faults`].
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    /// A read or write touching one of these answers "illegal data address".
+    /// A read or write touching one of these answers `exception` ("illegal
+    /// data address" when that is None).
     pub exception_at: HashSet<(Table, u16)>,
+    /// The exception answered for `exception_at`.
+    pub exception: Option<ExceptionCode>,
+    /// Every request is answered with this exception (a busy device, or a
+    /// TCP->RTU converter whose device does not answer).
+    pub refuse_all: Option<ExceptionCode>,
     /// Every request waits this long before it is answered.
     pub delay: Duration,
     /// Requests are not answered at all.
@@ -36,6 +42,13 @@ pub struct Faults {
     pub ignore_writes: bool,
     /// Answers are replaced by garbage bytes of the same length.
     pub garbage: bool,
+}
+
+impl Faults {
+    /// The exception answered for a register in `exception_at`.
+    fn exception_code(&self) -> ExceptionCode {
+        self.exception.unwrap_or(ExceptionCode::IllegalDataAddress)
+    }
 }
 
 /// One animated value: `base + amplitude * sin(2 pi t / period + phase)`.
@@ -228,6 +241,9 @@ impl SimDevice {
 
     fn answer(&self, req: &Request<'_>) -> Result<Response, ExceptionCode> {
         let faults = lock(&self.inner.faults).clone();
+        if let Some(code) = faults.refuse_all {
+            return Err(code);
+        }
         let touches = |table: Table, start: u16, count: usize| {
             (0..count).any(|i| {
                 u16::try_from(usize::from(start) + i)
@@ -256,7 +272,7 @@ impl SimDevice {
                     _ => Table::Input,
                 };
                 if touches(table, *a, usize::from(*n)) {
-                    return Err(ExceptionCode::IllegalDataAddress);
+                    return Err(faults.exception_code());
                 }
                 let r = range(*a, *n)?;
                 self.tick();
@@ -308,7 +324,7 @@ impl SimDevice {
                 .map(|a| faults.exception_at.contains(&(table, a)))
                 .unwrap_or(true)
         }) {
-            return Err(ExceptionCode::IllegalDataAddress);
+            return Err(faults.exception_code());
         }
         if !faults.ignore_writes {
             self.set_registers(table, start, values);

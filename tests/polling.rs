@@ -121,7 +121,7 @@ async fn an_exception_blinds_only_the_refused_item_and_is_remembered() {
 }
 
 #[tokio::test]
-async fn a_refused_register_in_a_gap_splits_the_read_for_good() {
+async fn a_refused_register_in_a_gap_splits_the_read() {
     let (dev, _server, addr) = device().await;
     dev.set_register(Table::Holding, 8, 8);
     dev.set_register(Table::Holding, 12, 12);
@@ -384,4 +384,177 @@ async fn writes_go_through_the_link_and_faults_apply() {
         .await
         .expect("after exception");
     assert_eq!(dev.register(Table::Holding, 3), 9);
+}
+
+/// Three neighbouring items (one merged read) on a fresh reader.
+fn three_neighbours(addr: std::net::SocketAddr) -> HostReader {
+    let host = tcp_host(
+        "dev",
+        addr,
+        vec![
+            item("a", Table::Holding, 4, ValueType::U16),
+            item("b", Table::Holding, 5, ValueType::U16),
+            item("c", Table::Holding, 6, ValueType::U16),
+        ],
+    );
+    HostReader::new(Arc::new(host), &Buses::default())
+}
+
+/// Reads all three items once; returns the report and the requests the device saw.
+async fn cycle(reader: &mut HostReader, dev: &SimDevice) -> (poll::CycleReport, u64) {
+    let before = dev.requests();
+    let report = reader.read(&[0, 1, 2]).await;
+    assert_eq!(
+        dev.requests() - before,
+        report.requests,
+        "counted on the wire"
+    );
+    let seen = report.requests;
+    (report, seen)
+}
+
+#[tokio::test]
+async fn exceptions_01_02_03_narrow_the_merged_read_and_are_remembered() {
+    use tokio_modbus::ExceptionCode as E;
+    for (code, name) in [
+        (E::IllegalFunction, "0x01 (illegal function)"),
+        (E::IllegalDataAddress, "0x02 (illegal data address)"),
+        (E::IllegalDataValue, "0x03 (illegal data value)"),
+    ] {
+        let (dev, _server, addr) = device().await;
+        dev.set_registers(Table::Holding, 4, &[40, 50, 60]);
+        let mut reader = three_neighbours(addr);
+        let (before, n) = cycle(&mut reader, &dev).await;
+        assert_eq!(
+            (n, values(&before)),
+            (1, vec![Ok(40.0), Ok(50.0), Ok(60.0)])
+        );
+        dev.faults(|f| {
+            f.exception_at.insert((Table::Holding, 5));
+            f.exception = Some(code);
+        });
+        let (during, n) = cycle(&mut reader, &dev).await;
+        assert_eq!(n, 4, "{name}: the merged read, then each item alone");
+        assert!(during.busy.is_none() && during.transport_error.is_none());
+        assert_eq!(during.readings[0].value, Ok(40.0));
+        assert!(
+            during.readings[1]
+                .value
+                .as_ref()
+                .is_err_and(|e| e.contains(name)),
+            "{name}: {:?}",
+            during.readings[1]
+        );
+        assert_eq!(during.readings[2].value, Ok(60.0));
+        let (next, n) = cycle(&mut reader, &dev).await;
+        assert_eq!((n, next.request_errors), (3, 1), "{name}: remembered");
+        assert_eq!(
+            reader.cuts(),
+            vec![(Table::Holding, 5), (Table::Holding, 6)]
+        );
+        // The device is fixed: the cut still holds until it is forgotten.
+        dev.faults(|f| f.exception_at.clear());
+        let (after, n) = cycle(&mut reader, &dev).await;
+        assert_eq!((n, values(&after)), (3, vec![Ok(40.0), Ok(50.0), Ok(60.0)]));
+    }
+}
+
+#[tokio::test]
+async fn exceptions_04_05_06_0a_0b_mean_not_now_and_teach_nothing() {
+    use tokio_modbus::ExceptionCode as E;
+    for (code, name) in [
+        (E::ServerDeviceFailure, "0x04 (server device failure)"),
+        (E::Acknowledge, "0x05 (acknowledge)"),
+        (E::ServerDeviceBusy, "0x06 (server device busy)"),
+        (E::GatewayPathUnavailable, "0x0A (gateway path unavailable)"),
+        (
+            E::GatewayTargetDevice,
+            "0x0B (gateway target device failed to respond)",
+        ),
+    ] {
+        let (dev, _server, addr) = device().await;
+        dev.set_registers(Table::Holding, 4, &[40, 50, 60]);
+        let mut reader = three_neighbours(addr);
+        let mut live = poll::HostLive::new(3);
+        let (before, n) = cycle(&mut reader, &dev).await;
+        assert_eq!(n, 1);
+        poll::apply_readings(reader.host(), &mut live, &before, 1000, &[]);
+        dev.faults(|f| f.refuse_all = Some(code));
+        for _ in 0..3 {
+            let (during, n) = cycle(&mut reader, &dev).await;
+            assert_eq!(n, 1, "{name}: no narrowing, the cycle ends at once");
+            assert!(during.transport_error.is_none(), "the device is there");
+            assert!(
+                during
+                    .busy
+                    .as_ref()
+                    .is_some_and(|e| e.to_string().contains(name)),
+                "{name}: {during:?}"
+            );
+            assert!(during.unanswered().is_some(), "{name}: the host backs off");
+            assert!(during
+                .readings
+                .iter()
+                .all(|r| r.value.as_ref().is_err_and(|e| e.contains(name))));
+            poll::apply_readings(reader.host(), &mut live, &during, 2000, &[]);
+        }
+        assert!(reader.cuts().is_empty(), "{name}: nothing learned");
+        // The items keep their value and clock, in error.
+        for (i, v) in [40.0, 50.0, 60.0].into_iter().enumerate() {
+            let it = &live.items[i];
+            assert_eq!((it.value, it.clock), (Some(v), Some(1000)), "{name}");
+            assert_eq!(it.state, ItemState::Error);
+        }
+        assert!(!live.link_up);
+        assert_eq!(live.consecutive_errors, 3);
+        // It answers again: one merged read, as before.
+        dev.faults(|f| f.refuse_all = None);
+        let (after, n) = cycle(&mut reader, &dev).await;
+        assert_eq!((n, values(&after)), (1, vec![Ok(40.0), Ok(50.0), Ok(60.0)]));
+    }
+}
+
+#[tokio::test]
+async fn a_not_now_answer_while_narrowing_teaches_nothing() {
+    let (dev, _server, addr) = device().await;
+    dev.faults(|f| {
+        f.exception_at.insert((Table::Holding, 5));
+        f.exception = Some(tokio_modbus::ExceptionCode::ServerDeviceBusy);
+    });
+    let mut reader = three_neighbours(addr);
+    let (busy, n) = cycle(&mut reader, &dev).await;
+    assert_eq!(n, 1);
+    assert!(busy.busy.is_some());
+    assert!(reader.cuts().is_empty());
+}
+
+#[tokio::test]
+async fn a_cut_is_forgotten_after_an_hour_and_learned_again_if_still_true() {
+    let (dev, _server, addr) = device().await;
+    dev.set_registers(Table::Holding, 4, &[40, 50, 60]);
+    dev.faults(|f| {
+        f.exception_at.insert((Table::Holding, 5));
+    });
+    let mut reader = three_neighbours(addr);
+    tokio::time::pause();
+    assert_eq!(cycle(&mut reader, &dev).await.1, 4);
+    assert_eq!(cycle(&mut reader, &dev).await.1, 3);
+    tokio::time::advance(poll::CUT_LIFETIME - Duration::from_secs(60)).await;
+    assert_eq!(cycle(&mut reader, &dev).await.1, 3, "still remembered");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // Forgotten: the merged read is tried again, refused, and narrowed.
+    let (relearned, n) = cycle(&mut reader, &dev).await;
+    assert_eq!(n, 4);
+    assert_eq!(relearned.readings[0].value, Ok(40.0));
+    assert_eq!(relearned.readings[2].value, Ok(60.0));
+    assert_eq!(cycle(&mut reader, &dev).await.1, 3, "learned again");
+    // Fixed by a firmware update: after the next hour, one merged read.
+    dev.faults(|f| f.exception_at.clear());
+    tokio::time::advance(poll::CUT_LIFETIME).await;
+    let (merged, n) = cycle(&mut reader, &dev).await;
+    assert_eq!(
+        (n, values(&merged)),
+        (1, vec![Ok(40.0), Ok(50.0), Ok(60.0)])
+    );
+    assert!(reader.cuts().is_empty());
 }

@@ -47,9 +47,10 @@ pub(super) async fn cmd_read(path: &Path, host_id: &str, key: Option<&str>) -> E
         report.requests,
         plural(report.requests as usize),
         elapsed.as_secs_f64() * 1000.0,
-        match &report.transport_error {
-            Some(e) => format!("; link failed: {e}"),
-            None => String::new(),
+        match (&report.transport_error, &report.busy) {
+            (Some(e), _) => format!("; link failed: {e}"),
+            (None, Some(e)) => format!("; the device cannot answer now: {e}"),
+            (None, None) => String::new(),
         }
     );
     if report.readings.iter().all(|r| r.value.is_ok()) {

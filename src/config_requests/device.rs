@@ -12,7 +12,9 @@ use super::service::{ConfigRequests, PendingRequest, Status, REMOVED};
 use super::value::{check_target, format_at_item_precision, same_value};
 use crate::clock::unix_ms;
 use crate::decode;
-use crate::modbus::{exception_name, Backoff, Link, Operation, Priority, ReadData, RequestError};
+use crate::modbus::{
+    exception_name, refuses_request, Backoff, Link, Operation, Priority, ReadData, RequestError,
+};
 use crate::model::{HostSpec, ItemSpec, Table};
 
 /// How one attempt ended.
@@ -24,6 +26,8 @@ enum Attempt {
     Failed(String),
     /// The device could not be reached; retry later.
     Unreachable(String),
+    /// Superseded (or ended) while under way: nothing was written.
+    Withdrawn,
 }
 
 /// Reads an item for a write (ahead of queued poll reads): its value and, for
@@ -44,6 +48,20 @@ async fn read_item(link: &mut Link, item: &ItemSpec) -> Result<(f64, Option<u16>
             Some(b) => Ok((decode::decode_bit_item(item, *b), None)),
             None => Err(RequestError::Transport("empty answer".into())),
         },
+    }
+}
+
+/// A step of an attempt that got no value: an answer about the request
+/// itself (exception 01, 02, 03) ends the request, with `refused` saying
+/// which step; anything else (no answer, or a "not now" exception such as 06
+/// server busy or 0B gateway target failed) leaves it to be retried.
+fn step_failed(e: RequestError, refused: &str) -> Attempt {
+    match e {
+        RequestError::Exception(code) if refuses_request(code) => Attempt::Failed(format!(
+            "{refused}: Modbus exception {}",
+            exception_name(code)
+        )),
+        e => Attempt::Unreachable(e.to_string()),
     }
 }
 
@@ -70,13 +88,9 @@ async fn carry_out(
     let mut word = None;
     if p.expected.is_some() || bit.is_some() {
         match read_item(link, item).await {
-            Err(RequestError::Exception(code)) => {
-                return Attempt::Failed(format!(
-                    "the device refused reading the item before the write: Modbus exception {}",
-                    exception_name(code)
-                ))
+            Err(e) => {
+                return step_failed(e, "the device refused reading the item before the write")
             }
-            Err(e) => return Attempt::Unreachable(e.to_string()),
             Ok((found, w)) => {
                 if let Some(expected) = p.expected {
                     // After a write that may have reached the device (an
@@ -112,27 +126,36 @@ async fn carry_out(
             words,
         },
     };
-    if !p.written {
-        if let Err(e) = requests.mark_written(host, &p.key, p.rid) {
-            return Attempt::Unreachable(format!("cannot record the attempt: {e}"));
+    // Right before the frame goes out, under the lock a supersede takes: a
+    // request superseded meanwhile is never written.
+    let mut halted = None;
+    let mut clear_to_write = || match requests.clear_to_write(host, &p.key, p.rid) {
+        Ok(go) => {
+            if !go {
+                halted = Some(Attempt::Withdrawn);
+            }
+            go
         }
-    }
-    match link.request(&op, Priority::Write).await {
-        Err(RequestError::Exception(code)) => {
-            return Attempt::Failed(format!(
-                "the device refused the write: Modbus exception {}",
-                exception_name(code)
-            ))
+        Err(e) => {
+            halted = Some(Attempt::Unreachable(format!(
+                "cannot record the attempt: {e}"
+            )));
+            false
         }
-        Err(e) => return Attempt::Unreachable(e.to_string()),
-        Ok(_) => {}
+    };
+    match link
+        .request_gated(&op, Priority::Write, &mut clear_to_write)
+        .await
+    {
+        Err(e) => return step_failed(e, "the device refused the write"),
+        Ok(None) => return halted.unwrap_or(Attempt::Withdrawn),
+        Ok(Some(_)) => {}
     }
     match read_item(link, item).await {
-        Err(RequestError::Exception(code)) => Attempt::Failed(format!(
-            "the device acknowledged the write but refused reading it back: Modbus exception {}",
-            exception_name(code)
-        )),
-        Err(e) => Attempt::Unreachable(e.to_string()),
+        Err(e) => step_failed(
+            e,
+            "the device acknowledged the write but refused reading it back",
+        ),
         Ok((found, _)) if same_value(item, found, want) => Attempt::Success(found),
         Ok((found, _)) => Attempt::Failed(format!(
             "wrote {}, device reads back {}",
@@ -268,6 +291,9 @@ impl HostConfigRequests {
                 Attempt::Failed(reason) => {
                     self.answered();
                     self.end(&p, Status::Failed, Some(reason));
+                }
+                Attempt::Withdrawn => {
+                    tracing::info!(host = %self.host, key = %p.key, "config request superseded while under way; not written");
                 }
                 Attempt::Unreachable(error) => {
                     let wait = self.backoff.fail();

@@ -455,16 +455,30 @@ impl ConfigRequests {
         Ok(changed)
     }
 
-    /// Records that a write of this request may reach the device.
-    pub(super) fn mark_written(&self, host: &str, key: &str, rid: i64) -> Result<(), StoreError> {
+    /// Right before a write of this request is sent: true if it is still the
+    /// item's pending request, and then it is recorded that its write may
+    /// reach the device. False when it was superseded (or ended) meanwhile:
+    /// it must not be written. Checked under the lock [`ConfigRequests::submit`]
+    /// supersedes under, so a request is either superseded before this or
+    /// written after it, never both.
+    pub(super) fn clear_to_write(
+        &self,
+        host: &str,
+        key: &str,
+        rid: i64,
+    ) -> Result<bool, StoreError> {
         let mut st = self.state();
-        self.inner.ledger.mark_config_request_written(rid)?;
-        if let Some(l) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) {
-            if l.rid == rid {
-                l.written = true;
-            }
+        let Some(l) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) else {
+            return Ok(false);
+        };
+        if l.rid != rid || l.object.status != Status::Pending {
+            return Ok(false);
         }
-        Ok(())
+        if !l.written {
+            self.inner.ledger.mark_config_request_written(rid)?;
+            l.written = true;
+        }
+        Ok(true)
     }
 
     /// A pending request could not reach the device: shown in its `reason`

@@ -48,11 +48,12 @@ pub struct ItemLive {
 /// What the API shows of a host and its link.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostLive {
-    /// The last cycle reached the device.
+    /// The last cycle reached the device and was answered (no transport
+    /// failure, no "not now" exception).
     pub link_up: bool,
     /// Unix seconds of the last cycle that reached the device.
     pub last_ok: Option<i64>,
-    /// Cycles in a row that failed on the transport.
+    /// Cycles in a row that failed on the transport or were answered "not now".
     pub consecutive_errors: u32,
     pub last_error: Option<String>,
     pub polls: u64,
@@ -163,7 +164,7 @@ pub fn apply_readings(
     for l in &report.latencies {
         live.observe_latency(*l);
     }
-    match &report.transport_error {
+    match report.unanswered() {
         Some(e) => {
             live.link_up = false;
             live.consecutive_errors += 1;

@@ -21,6 +21,6 @@ pub use live::{
     apply_readings, apply_written, HostLive, HostLiveCell, HostLiveHandle, ItemLive, ItemState,
     LATENCY_BUCKETS,
 };
-pub use reader::{CycleReport, HostReader, ItemReading};
+pub use reader::{CycleReport, HostReader, ItemReading, CUT_LIFETIME};
 pub use schedule::Schedule;
 pub use task::{run_host, run_host_with_writes, Outputs};

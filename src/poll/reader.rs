@@ -1,9 +1,12 @@
 //! Reading a host's items once: plan the fewest requests, send them on the
 //! host's link, decode the answers, and narrow a refused merged read down to
-//! the items that cause the refusal (remembered as cuts for later plans).
+//! the items that cause the refusal (remembered as cuts for later plans, for
+//! [`CUT_LIFETIME`]). Only exceptions about the request itself (01, 02, 03)
+//! teach cuts; the others mean "not now" and end the cycle like a timeout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -13,6 +16,11 @@ use crate::model::{HostSpec, Table};
 use crate::plan::{self, ReadRequest};
 
 const SHORT_ANSWER: &str = "the device's answer was too short";
+
+/// How long a learned cut is kept. Then merged reads are tried again, so a
+/// device whose firmware changed is not split for ever; a cut that still
+/// holds is learned again from the next refusal.
+pub const CUT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The result of reading one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +39,8 @@ pub struct HostReader {
     /// Learned from exceptions: a cut `(table, c)` means no merged request may
     /// cover both `c - 1` and `c`. A refused item gets cuts on both sides (it
     /// is read alone); a refused gap between items gets a cut at the next item.
-    cuts: BTreeSet<(Table, u16)>,
+    /// Each cut with the instant it is forgotten.
+    cuts: BTreeMap<(Table, u16), Instant>,
     /// Plans by the set of due items, so a recurring cycle is planned once.
     /// Plans by the set of items they read (as u32: half the memory).
     plans: HashMap<Box<[u32]>, Arc<[ReadRequest]>>,
@@ -45,8 +54,19 @@ pub struct CycleReport {
     pub request_errors: u64,
     /// Set when the transport failed: the link was dropped.
     pub transport_error: Option<RequestError>,
+    /// Set when the device answered "not now" (an exception other than 01,
+    /// 02, 03): the link stays, the cycle ended there, the host backs off.
+    pub busy: Option<RequestError>,
     /// Latency of each answered request, seconds.
     pub latencies: Vec<f64>,
+}
+
+impl CycleReport {
+    /// Why the device did not answer the cycle to the end (a transport
+    /// failure or a "not now" exception): the host backs off.
+    pub fn unanswered(&self) -> Option<&RequestError> {
+        self.transport_error.as_ref().or(self.busy.as_ref())
+    }
 }
 
 impl HostReader {
@@ -56,7 +76,7 @@ impl HostReader {
         HostReader {
             host,
             link,
-            cuts: BTreeSet::new(),
+            cuts: BTreeMap::new(),
             plans: HashMap::new(),
         }
     }
@@ -74,6 +94,7 @@ impl HostReader {
     /// The requests that read `items` (sorted indices) now: the planner's
     /// fewest requests, but never across a learned cut.
     pub fn requests_for(&mut self, items: &[usize]) -> Arc<[ReadRequest]> {
+        self.forget_old_cuts(Instant::now());
         let key: Box<[u32]> = items.iter().map(|&i| i as u32).collect();
         if let Some(p) = self.plans.get(&key) {
             return p.clone();
@@ -121,7 +142,21 @@ impl HostReader {
 
     /// The cuts learned so far (for tests and diagnostics).
     pub fn cuts(&self) -> Vec<(Table, u16)> {
-        self.cuts.iter().copied().collect()
+        self.cuts.keys().copied().collect()
+    }
+
+    /// Drops the cuts whose time is up (and the plans made with them).
+    fn forget_old_cuts(&mut self, now: Instant) {
+        let before = self.cuts.len();
+        self.cuts.retain(|_, until| *until > now);
+        if self.cuts.len() != before {
+            tracing::info!(host = %self.host.host, cuts = ?self.cuts.keys(), "forgetting old cuts; merged reads are tried again");
+            self.plans.clear();
+        }
+    }
+
+    fn learn_cut(&mut self, table: Table, at: u16, now: Instant) {
+        self.cuts.insert((table, at), now + CUT_LIFETIME);
     }
 
     /// Reads the given items (sorted indices into the host's items) once.
@@ -158,6 +193,27 @@ impl HostReader {
                     report.latencies.push(started.elapsed().as_secs_f64());
                     self.decode_into(&req, &data, &mut report.readings);
                 }
+                Err(e) if !e.is_transport() && !e.refuses_request() => {
+                    report.request_errors += 1;
+                    tracing::info!(
+                        host = %self.host.host,
+                        table = %req.table,
+                        start = req.start,
+                        count = req.count,
+                        error = %e,
+                        "the device cannot answer now; backing off"
+                    );
+                    let text: Arc<str> = format!("{e} reading {} {}", req.table, req.start).into();
+                    fail_rest(
+                        &mut report,
+                        &text,
+                        &req,
+                        &pending,
+                        plan.get(next..).unwrap_or_default(),
+                    );
+                    report.busy = Some(e);
+                    break;
+                }
                 Err(RequestError::Exception(code)) if req.items.len() > 1 => {
                     report.request_errors += 1;
                     tracing::info!(
@@ -193,22 +249,17 @@ impl HostReader {
                     report.request_errors += 1;
                     let text: Arc<str> = e.to_string().into();
                     let rest = plan.get(next..).unwrap_or_default();
-                    for r in std::iter::once(&req).chain(pending.iter()).chain(rest) {
-                        for &i in &r.items {
-                            report.readings.push(ItemReading {
-                                index: i,
-                                value: Err(text.clone()),
-                            });
-                        }
-                    }
+                    fail_rest(&mut report, &text, &req, &pending, rest);
                     report.transport_error = Some(e);
                     break;
                 }
             }
         }
-        if report.transport_error.is_none() {
+        // A cycle the device did not answer to the end teaches nothing.
+        if report.transport_error.is_none() && report.busy.is_none() {
+            let now = Instant::now();
             for req in &narrowed {
-                self.learn_cuts(req, &report.readings);
+                self.learn_cuts(req, &report.readings, now);
             }
         }
         report.readings.sort_by_key(|r| r.index);
@@ -218,7 +269,7 @@ impl HostReader {
     /// Remembers why a merged request was refused: items refused alone are cut
     /// off on both sides; if every item reads fine alone, the device refuses
     /// some unused register in a gap, so the gaps of that request are cut.
-    fn learn_cuts(&mut self, req: &ReadRequest, readings: &[ItemReading]) {
+    fn learn_cuts(&mut self, req: &ReadRequest, readings: &[ItemReading], now: Instant) {
         let refused = |i: usize| {
             readings.iter().any(|r| {
                 r.index == i && matches!(&r.value, Err(e) if e.starts_with("Modbus exception"))
@@ -228,26 +279,32 @@ impl HostReader {
         for &i in &req.items {
             if refused(i) {
                 any_refused = true;
-                let item = &self.host.items[i];
-                self.cuts.insert((item.table, item.address));
-                if let Some(after) = item.end().checked_add(1) {
-                    self.cuts.insert((item.table, after));
+                let (table, address, end) = {
+                    let item = &self.host.items[i];
+                    (item.table, item.address, item.end())
+                };
+                self.learn_cut(table, address, now);
+                if let Some(after) = end.checked_add(1) {
+                    self.learn_cut(table, after, now);
                 }
             }
         }
         if !any_refused {
             let mut end: Option<u16> = None;
             for &i in &req.items {
-                let item = &self.host.items[i];
+                let (table, address, item_end) = {
+                    let item = &self.host.items[i];
+                    (item.table, item.address, item.end())
+                };
                 if let Some(e) = end {
-                    if item.address > e + 1 {
-                        self.cuts.insert((item.table, item.address));
+                    if address > e + 1 {
+                        self.learn_cut(table, address, now);
                     }
                 }
-                end = Some(end.map_or(item.end(), |e| e.max(item.end())));
+                end = Some(end.map_or(item_end, |e| e.max(item_end)));
             }
         }
-        tracing::info!(host = %self.host.host, cuts = ?self.cuts, "remembering where the device refuses merged reads");
+        tracing::info!(host = %self.host.host, cuts = ?self.cuts.keys(), "remembering where the device refuses merged reads");
         self.plans.clear();
     }
 
@@ -278,6 +335,25 @@ impl HostReader {
                 }
             });
             out.push(ItemReading { index: i, value });
+        }
+    }
+}
+
+/// Marks every item of `req`, of the narrowing requests `pending` and of the
+/// plan's `rest` in error with `text`: the cycle ends here.
+fn fail_rest(
+    report: &mut CycleReport,
+    text: &Arc<str>,
+    req: &ReadRequest,
+    pending: &[ReadRequest],
+    rest: &[ReadRequest],
+) {
+    for r in std::iter::once(req).chain(pending).chain(rest) {
+        for &i in &r.items {
+            report.readings.push(ItemReading {
+                index: i,
+                value: Err(text.clone()),
+            });
         }
     }
 }

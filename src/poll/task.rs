@@ -81,7 +81,7 @@ pub async fn run_host_with_writes(
         let clock = clock::unix_now();
         let report = reader.read(&due).await;
         drop(due);
-        if report.transport_error.is_some() {
+        if report.unanswered().is_some() {
             let wait = backoff.fail();
             let failed: Vec<usize> = report
                 .readings
@@ -91,7 +91,7 @@ pub async fn run_host_with_writes(
                 .collect();
             // Retry only if that comes before the items' next regular poll.
             schedule.retry(Instant::now() + wait, failed);
-            tracing::debug!(host = %host.host, retry_in = ?wait, "transport failed; backing off");
+            tracing::debug!(host = %host.host, retry_in = ?wait, "device did not answer; backing off");
         } else {
             if first_answer || backoff.failures() > 0 {
                 let ok = report.readings.iter().filter(|r| r.value.is_ok()).count();
