@@ -51,6 +51,15 @@ impl Faults {
     }
 }
 
+/// When things happened on the device's side of the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    /// TCP connections accepted.
+    pub connects: Vec<std::time::Instant>,
+    /// Per request: when it arrived and when it was answered (None: never).
+    pub requests: Vec<(std::time::Instant, Option<std::time::Instant>)>,
+}
+
 /// One animated value: `base + amplitude * sin(2 pi t / period + phase)`.
 #[derive(Debug, Clone)]
 struct Animation {
@@ -75,6 +84,11 @@ struct Inner {
     /// Unit ids this device answers; empty answers every unit.
     units: Mutex<HashSet<u8>>,
     requests: AtomicU64,
+    /// Sees `requests` move, for tests that wait for a request to arrive.
+    arrived: tokio::sync::watch::Sender<u64>,
+    /// When recording: TCP connections accepted, and each request's arrival
+    /// and answer (see [`SimDevice::record_timing`]).
+    timing: Mutex<Option<Timing>>,
     /// Bumped by `drop_connections`; connections of older epochs close.
     epoch: AtomicU64,
 }
@@ -110,6 +124,8 @@ impl SimDevice {
                 animations: Mutex::new(Vec::new()),
                 units: Mutex::new(HashSet::new()),
                 requests: AtomicU64::new(0),
+                arrived: tokio::sync::watch::Sender::new(0),
+                timing: Mutex::new(None),
                 epoch: AtomicU64::new(0),
             }),
         }
@@ -239,6 +255,30 @@ impl SimDevice {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
+    /// Completes once `n` requests have arrived in all (answered or not yet).
+    pub async fn requests_arrived(&self, n: u64) {
+        let mut seen = self.inner.arrived.subscribe();
+        // The sender lives as long as the device, which `self` keeps.
+        let _ = seen.wait_for(|&count| count >= n).await;
+    }
+
+    /// Starts recording when connections are accepted and when each request
+    /// arrives and is answered (from now on; earlier records are dropped).
+    pub fn record_timing(&self) {
+        *lock(&self.inner.timing) = Some(Timing::default());
+    }
+
+    /// What was recorded since [`SimDevice::record_timing`].
+    pub fn timing(&self) -> Timing {
+        lock(&self.inner.timing).clone().unwrap_or_default()
+    }
+
+    fn record(&self, change: impl FnOnce(&mut Timing)) {
+        if let Some(t) = lock(&self.inner.timing).as_mut() {
+            change(t);
+        }
+    }
+
     fn answer(&self, req: &Request<'_>) -> Result<Response, ExceptionCode> {
         let faults = lock(&self.inner.faults).clone();
         if let Some(code) = faults.refuse_all {
@@ -342,6 +382,7 @@ impl SimDevice {
                 let device = device.clone();
                 async move {
                     let _ = stream.set_nodelay(true);
+                    device.record(|t| t.connects.push(std::time::Instant::now()));
                     let epoch = device.inner.epoch.load(Ordering::SeqCst);
                     let transport = Killable {
                         stream,
@@ -452,7 +493,9 @@ impl tokio_modbus::server::Service for Service {
                     return Ok(None);
                 }
             }
-            device.inner.requests.fetch_add(1, Ordering::Relaxed);
+            let count = device.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
+            device.inner.arrived.send_replace(count);
+            let arrived = std::time::Instant::now();
             let (delay, silent) = {
                 let f = lock(&device.inner.faults);
                 (f.delay, f.silent)
@@ -460,6 +503,8 @@ impl tokio_modbus::server::Service for Service {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let answered = (!silent).then(std::time::Instant::now);
+            device.record(|t| t.requests.push((arrived, answered)));
             if silent {
                 return Ok(None);
             }

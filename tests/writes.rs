@@ -920,3 +920,181 @@ async fn garbage_answers_and_dropped_connections_are_retried() {
     assert_eq!(rig.device.register(Table::Holding, 1), 4);
     rig.stop().await;
 }
+
+/// A rig whose host is polled once at start-up and then not for an hour, so
+/// that every request the device sees after [`Rig::polled`] is a write's.
+async fn quiet_rig() -> Rig {
+    let rig = Rig::new(Opts {
+        poll: "1h",
+        ..Opts::default()
+    })
+    .await;
+    rig.polled().await;
+    rig
+}
+
+#[tokio::test]
+async fn exceptions_01_02_03_fail_a_write_at_once() {
+    use tokio_modbus::ExceptionCode as E;
+    let mut rig = quiet_rig().await;
+    for (n, (code, name)) in [
+        (E::IllegalFunction, "0x01 (illegal function)"),
+        (E::IllegalDataAddress, "0x02 (illegal data address)"),
+        (E::IllegalDataValue, "0x03 (illegal data value)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rig.device.faults(|f| {
+            f.exception_at.insert((Table::Holding, 1));
+            f.exception = Some(code);
+        });
+        let before = rig.device.requests();
+        rig.submit("counter", n as f64 + 5.0).expect("accepted");
+        let c = finished(&rig.gateway, "counter").await;
+        assert_eq!(c.status, Status::Failed);
+        assert_eq!(
+            c.reason,
+            Some(format!(
+                "the device refused the write: Modbus exception {name}"
+            ))
+        );
+        assert_eq!(
+            rig.device.requests() - before,
+            1,
+            "{name}: one write, no retry"
+        );
+        // Once the device accepts the write: one write and its read-back.
+        rig.device.faults(|f| f.exception_at.clear());
+        let before = rig.device.requests();
+        rig.submit("counter", 42.0).expect("accepted");
+        assert_eq!(
+            finished(&rig.gateway, "counter").await.status,
+            Status::Success
+        );
+        assert_eq!(rig.device.requests() - before, 2);
+    }
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn exceptions_04_05_06_0a_0b_keep_a_write_pending_and_retried() {
+    use tokio_modbus::ExceptionCode as E;
+    let mut rig = quiet_rig().await;
+    for (n, (code, name)) in [
+        (E::ServerDeviceFailure, "0x04 (server device failure)"),
+        (E::Acknowledge, "0x05 (acknowledge)"),
+        (E::ServerDeviceBusy, "0x06 (server device busy)"),
+        (E::GatewayPathUnavailable, "0x0A (gateway path unavailable)"),
+        (
+            E::GatewayTargetDevice,
+            "0x0B (gateway target device failed to respond)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let target = n as f64 + 10.0;
+        rig.device.faults(|f| f.refuse_all = Some(code));
+        let unreachable = rig.gateway.writes.stats().unreachable;
+        let before = rig.device.requests();
+        rig.submit("counter", target).expect("accepted");
+        let c = wait_for(&rig.gateway, "counter", Duration::from_secs(10), |c| {
+            c.reason.is_some()
+        })
+        .await;
+        assert_eq!(c.status, Status::Pending, "{name}: {c:?}");
+        assert_eq!(
+            c.reason,
+            Some(format!(
+                "device unreachable, retrying: Modbus exception {name}"
+            ))
+        );
+        assert_eq!(
+            rig.device.requests() - before,
+            1,
+            "{name}: the write, refused"
+        );
+        // Retried with backoff, one refused write per attempt.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while rig.gateway.writes.stats().unreachable < unreachable + 2 {
+                rig.gateway
+                    .writes
+                    .subscribe()
+                    .changed()
+                    .await
+                    .expect("changes");
+            }
+        })
+        .await
+        .expect("a retry");
+        assert_eq!(rig.device.requests() - before, 2, "{name}");
+        // The device answers again: the next attempt writes and reads back.
+        rig.device.faults(|f| f.refuse_all = None);
+        let c = finished(&rig.gateway, "counter").await;
+        assert_eq!((c.status, c.reason), (Status::Success, None), "{name}");
+        assert_eq!(rig.device.register(Table::Holding, 1), target as u16);
+        assert_eq!(rig.device.requests() - before, 4, "{name}");
+    }
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_superseded_while_under_way_is_never_written() {
+    let mut rig = quiet_rig().await;
+    rig.device.set_register(Table::Holding, 0, 200);
+    // Each answer takes 200 ms (within the 300 ms timeout): the check of
+    // `expected` is still on the wire when the newer request arrives.
+    rig.device.faults(|f| f.delay = Duration::from_millis(200));
+    let start = rig.device.requests();
+    let a = rig
+        .gateway
+        .writes
+        .submit(request("setpoint", 22.0, Some(20.0)), Channel::Mqtt)
+        .expect("accepted");
+    assert_eq!(a.status, Status::Pending);
+    rig.device.requests_arrived(start + 1).await;
+    // A's read is at the device. B is out of bounds: FAILED at once, and it
+    // supersedes A.
+    let b = rig.submit("setpoint", 100.0).expect("recorded");
+    assert_eq!(b.status, Status::Failed);
+    // C comes after A's attempt: when C is done, A's attempt has ended.
+    rig.device.faults(|f| f.delay = Duration::ZERO);
+    rig.submit("setpoint", 23.0).expect("accepted");
+    let c = finished(&rig.gateway, "setpoint").await;
+    assert_eq!(c.status, Status::Success, "{c:?}");
+    assert_eq!(
+        rig.device.requests() - start,
+        3,
+        "A's read, then C's write and read-back: A was never written"
+    );
+    let (status, reason, written): (String, Option<String>, bool) = rig
+        .gateway
+        .ledger
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT status, reason, written FROM config_requests ORDER BY rid LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?)
+        })
+        .expect("A's row");
+    assert_eq!(
+        (status.as_str(), reason.as_deref(), written),
+        ("FAILED", Some(config_requests::SUPERSEDED), false)
+    );
+    assert_eq!(
+        uplink_statuses(&rig.gateway, "setpoint"),
+        vec![
+            ("PENDING".into(), None),
+            ("FAILED".into(), Some(config_requests::SUPERSEDED.into())),
+            (
+                "FAILED".into(),
+                Some("target 100.0 is above the upper bound 80.0".into())
+            ),
+            ("PENDING".into(), None),
+            ("SUCCESS".into(), None),
+        ]
+    );
+    rig.stop().await;
+}
