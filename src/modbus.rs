@@ -5,7 +5,9 @@
 //! - after a timeout or any transport error the connection is dropped, so a late
 //!   reply can never be taken as the answer to the next request;
 //! - hosts on one serial port share one [`Bus`]: one request at a time, writes
-//!   ahead of queued reads, and the RTU inter-frame silence kept between frames.
+//!   ahead of queued reads, and the RTU inter-frame silence kept between frames;
+//! - a host's pacing (`delay_between_requests`, `delay_after_connect`) is kept
+//!   by its [`Link`], on top of the bus's inter-frame silence.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,7 +25,7 @@ use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
-use crate::model::{Connection, HostSpec, Parity, SerialSettings, Table};
+use crate::model::{Connection, HostSpec, Pacing, Parity, SerialSettings, Table};
 
 /// Why a Modbus request failed.
 ///
@@ -460,6 +462,9 @@ pub struct Link {
     unit: u8,
     timeout: Duration,
     retries: u32,
+    pacing: Pacing,
+    /// When the last request to this host ended (answered, refused or timed out).
+    last_end: Option<Instant>,
 }
 
 enum Target {
@@ -491,6 +496,8 @@ impl Link {
             unit: host.unit,
             timeout: host.timeout,
             retries: host.retries,
+            pacing: host.pacing,
+            last_end: None,
         }
     }
 
@@ -564,10 +571,31 @@ impl Link {
         priority: Priority,
         gate: Gate<'_>,
     ) -> Result<Option<ReadData>, RequestError> {
+        // Keeps `delay_between_requests` of silence after the last request's end.
+        if let Some(end) = self.last_end {
+            let ready = end + self.pacing.between_requests;
+            if Instant::now() < ready {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+        let result = self.send(op, priority, gate).await;
+        self.last_end = Some(Instant::now());
+        result
+    }
+
+    async fn send(
+        &mut self,
+        op: &Operation,
+        priority: Priority,
+        gate: Gate<'_>,
+    ) -> Result<Option<ReadData>, RequestError> {
         match &mut self.target {
             Target::Tcp { address, ctx } => {
                 if ctx.is_none() {
                     *ctx = Some(connect_tcp(address, self.unit, self.timeout).await?);
+                    if !self.pacing.after_connect.is_zero() {
+                        tokio::time::sleep(self.pacing.after_connect).await;
+                    }
                 }
                 let Some(context) = ctx.as_mut() else {
                     return Err(RequestError::Transport("not connected".into()));

@@ -535,13 +535,26 @@ pub struct HostSpec {
     pub tags: Vec<String>,
     /// How long a config request may stay PENDING before it fails as expired.
     pub write_expiry: Duration,
+    /// Pauses the device needs between requests and after a connect.
+    pub pacing: Pacing,
     pub items: Vec<ItemSpec>,
+}
+
+/// Pauses some devices need (host keys `delay_between_requests` and
+/// `delay_after_connect`); none by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pacing {
+    /// Silence between the end of one answer (or timeout) and the next
+    /// request to the host.
+    pub between_requests: Duration,
+    /// Wait after a TCP connect before the first request.
+    pub after_connect: Duration,
 }
 
 impl HostSpec {
     /// A TCP host with the config file's defaults (unit 1, model `generic`,
     /// polled every 10 s, timeout 1 s, one retry, 125 registers, gap 8, ABCD,
-    /// writes expire after 10 minutes).
+    /// writes expire after 10 minutes, no pacing).
     pub fn tcp(host: &str, address: &str, port: u16, items: Vec<ItemSpec>) -> HostSpec {
         HostSpec {
             host: host.to_string(),
@@ -562,6 +575,7 @@ impl HostSpec {
             kind: None,
             tags: Vec::new(),
             write_expiry: Duration::from_secs(600),
+            pacing: Pacing::default(),
             items,
         }
     }

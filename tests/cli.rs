@@ -124,6 +124,53 @@ fn check_reports_every_problem_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_unit_0_on_a_serial_line_at_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("units.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"x\"\n\n[[hosts]]\nhost = \"meter\"\nconnection = \"rtu:///dev/ttyUSB0\"\nunit = 0\n\n[[hosts.items]]\ntable = \"input\"\naddress = 0\n\n[[hosts]]\nhost = \"idle\"\nconnection = \"rtu:///dev/ttyUSB1\"\nbaud = 19200\n  unit = 0\n",
+    )
+    .expect("write");
+    let out = modbridge(&["check", "-c", path.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{file}:7:8: "))
+                && l.contains("\"meter\"")
+                && l.contains("broadcast")
+                && l.contains("1..247")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("{file}:17:10: "))
+                && l.contains("\"idle\"")
+                && l.contains("no items")),
+        "{stderr}"
+    );
+    // The same unit on TCP is fine (many gateways answer at 0), and pacing shows.
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"x\"\n\n[[hosts]]\nhost = \"gw\"\nconnection = \"tcp://10.0.0.5:502\"\nunit = 0\ndelay_between_requests = \"20ms\"\ndelay_after_connect = \"1s\"\n\n[[hosts.items]]\ntable = \"input\"\naddress = 0\n",
+    )
+    .expect("write");
+    let out = modbridge(&["check", "-c", path.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "tcp://10.0.0.5:502 unit 0, model generic, 1 item, 20ms between requests, 1s after connect"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bad_usage_exits_2() {
     let out = modbridge(&[
         "probe",

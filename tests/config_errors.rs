@@ -102,6 +102,7 @@ cases!(
     missing_profile,
     broken_profile,
     bad_expressions,
+    serial_units_and_pacing,
 );
 
 /// Every config shipped under `config/` loads without errors (including any

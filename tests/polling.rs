@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{item, rtu_host, tcp_host, PtyPair};
 use modbridge::modbus::Buses;
-use modbridge::model::{ByteOrder, Table, ValueType};
+use modbridge::model::{ByteOrder, Pacing, Table, ValueType};
 use modbridge::poll::{self, HostLiveCell, HostReader, ItemState, Outputs};
 use modbridge::sim::SimDevice;
 use tokio_util::sync::CancellationToken;
@@ -557,4 +557,72 @@ async fn a_cut_is_forgotten_after_an_hour_and_learned_again_if_still_true() {
         (1, vec![Ok(40.0), Ok(50.0), Ok(60.0)])
     );
     assert!(reader.cuts().is_empty());
+}
+
+/// The silences on the device's side: after each connect before the first
+/// request, and between each answer and the next request.
+fn silences(timing: &modbridge::sim::Timing) -> (Vec<Duration>, Vec<Duration>) {
+    let after_connect = timing
+        .connects
+        .iter()
+        .filter_map(|c| {
+            let first = timing.requests.iter().find(|(at, _)| at > c)?;
+            Some(first.0 - *c)
+        })
+        .collect();
+    let between = timing
+        .requests
+        .windows(2)
+        .map(|w| w[1].0 - w[0].1.expect("answered"))
+        .collect();
+    (after_connect, between)
+}
+
+#[tokio::test]
+async fn pacing_is_kept_on_the_wire() {
+    let (dev, _server, addr) = device().await;
+    let spread = || {
+        vec![
+            item("a", Table::Holding, 0, ValueType::U16),
+            item("b", Table::Holding, 100, ValueType::U16),
+            item("c", Table::Holding, 200, ValueType::U16),
+        ]
+    };
+    // Without pacing, requests follow each other at once.
+    dev.record_timing();
+    let mut plain = HostReader::new(Arc::new(tcp_host("dev", addr, spread())), &Buses::default());
+    assert_eq!(plain.read(&[0, 1, 2]).await.requests, 3);
+    let (_, between) = silences(&dev.timing());
+    assert!(
+        between.iter().all(|d| *d < Duration::from_millis(100)),
+        "{between:?}"
+    );
+    // With pacing: 150 ms between an answer and the next request, 300 ms
+    // after each connect (also after a reconnect).
+    let mut host = tcp_host("paced", addr, spread());
+    host.pacing = Pacing {
+        between_requests: Duration::from_millis(150),
+        after_connect: Duration::from_millis(300),
+    };
+    host.retries = 1;
+    let mut paced = HostReader::new(Arc::new(host), &Buses::default());
+    dev.record_timing();
+    assert_eq!(values(&paced.read(&[0, 1, 2]).await), vec![Ok(0.0); 3]);
+    dev.drop_connections();
+    assert_eq!(values(&paced.read(&[0, 1, 2]).await), vec![Ok(0.0); 3]);
+    let timing = dev.timing();
+    assert_eq!(timing.connects.len(), 2, "connected, then reconnected");
+    let (after_connect, between) = silences(&timing);
+    assert_eq!(after_connect.len(), 2);
+    assert!(
+        after_connect
+            .iter()
+            .all(|d| *d >= Duration::from_millis(300)),
+        "{after_connect:?}"
+    );
+    assert_eq!(between.len(), 5, "{timing:?}");
+    assert!(
+        between.iter().all(|d| *d >= Duration::from_millis(150)),
+        "{between:?}"
+    );
 }

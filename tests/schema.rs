@@ -247,7 +247,7 @@ fn schema_values_follow_the_loader() {
         "[mqtt]\nurl = \"http://broker\"",
         "[[hosts]]\nhost = \"p q\"\nconnection = \"tcp://h\"",
         "[[hosts]]\nhost = \"p\"\nconnection = \"udp://h\"",
-        "[[hosts]]\nhost = \"p\"\nconnection = \"tcp://h\"\nunit = 248",
+        "[[hosts]]\nhost = \"p\"\nconnection = \"tcp://h\"\nunit = 256",
         "[[hosts]]\nhost = \"p\"\nconnection = \"tcp://h\"\n[[hosts.items]]\ntable = \"holding\"\naddress = 0\nbyte_order = \"abcd\"",
         "[[hosts]]\nhost = \"p\"\nconnection = \"tcp://h\"\n[[hosts.items]]\ntable = \"holding\"",
         "[[triggers]]\ntriggerid = 0\nseverity = 5\nexpression = \"1 > 0\"",

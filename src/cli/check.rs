@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{load_or_report, plural};
-use crate::model::Connection;
+use crate::model::{Connection, Pacing};
 use crate::plan;
+use crate::units::format_duration;
 
 /// The text `check` prints for a valid config.
 pub fn check_report(config: &crate::model::Config) -> String {
@@ -44,14 +45,15 @@ pub fn check_report(config: &crate::model::Config) -> String {
         };
         let _ = writeln!(
             out,
-            "host {} ({:?}) {} unit {}, model {}, {} item{}",
+            "host {} ({:?}) {} unit {}, model {}, {} item{}{}",
             host.host,
             host.name,
             link,
             host.unit,
             host.model,
             host.items.len(),
-            plural(host.items.len())
+            plural(host.items.len()),
+            describe_pacing(&host.pacing)
         );
         for item in &host.items {
             let place = match item.bit {
@@ -77,7 +79,7 @@ pub fn check_report(config: &crate::model::Config) -> String {
                 item.value_type,
                 extra,
                 item.unit(),
-                crate::units::format_duration(item.poll_interval)
+                format_duration(item.poll_interval)
             );
         }
         let groups = plan::plan_host(host);
@@ -88,6 +90,26 @@ pub fn check_report(config: &crate::model::Config) -> String {
                 let _ = writeln!(out, "  {}", plan::describe(host, req, group.interval));
             }
         }
+    }
+    out
+}
+
+/// `, 20ms between requests, 1s after connect`, or nothing without pacing.
+fn describe_pacing(pacing: &Pacing) -> String {
+    let mut out = String::new();
+    if !pacing.between_requests.is_zero() {
+        let _ = write!(
+            out,
+            ", {} between requests",
+            format_duration(pacing.between_requests)
+        );
+    }
+    if !pacing.after_connect.is_zero() {
+        let _ = write!(
+            out,
+            ", {} after connect",
+            format_duration(pacing.after_connect)
+        );
     }
     out
 }

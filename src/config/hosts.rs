@@ -13,13 +13,13 @@ use super::source::{is_name, At, Report, Section, Source};
 use super::{array_of_tables, parse_document};
 use crate::diag::did_you_mean;
 use crate::model::{
-    default_key, ByteOrder, Connection, HostSpec, ItemExtra, ItemSpec, Parity, SerialSettings,
-    SourcePos, Table, ValueType,
+    default_key, ByteOrder, Connection, HostSpec, ItemExtra, ItemSpec, Pacing, Parity,
+    SerialSettings, SourcePos, Table, ValueType,
 };
 use crate::units::format_duration;
 
 /// Keys of `[[hosts]]`.
-pub(super) const HOST_KEYS: [&str; 20] = [
+pub(super) const HOST_KEYS: [&str; 22] = [
     "host",
     "name",
     "connection",
@@ -35,6 +35,8 @@ pub(super) const HOST_KEYS: [&str; 20] = [
     "tags",
     "profile",
     "write_expiry",
+    "delay_between_requests",
+    "delay_after_connect",
     "baud",
     "parity",
     "data_bits",
@@ -264,7 +266,7 @@ fn read_host(
         .unwrap_or_else(|| section.pos.clone());
 
     let unit = section
-        .integer(report, "unit", 0, 247)
+        .integer(report, "unit", 0, 255)
         .map(|u| u8::try_from(u.value).unwrap_or(1))
         .unwrap_or(1);
     let unit_pos = section
@@ -324,6 +326,7 @@ fn read_host(
         .duration(report, "write_expiry", false)
         .map(|d| d.value)
         .unwrap_or(DEFAULT_WRITE_EXPIRY);
+    let pacing = read_pacing(&section, connection.as_ref(), report);
     let name = section
         .nonempty_string(report, "name")
         .map(|n| n.value)
@@ -349,6 +352,7 @@ fn read_host(
         }
     }
 
+    let on_serial = connection.as_ref().is_some_and(Connection::is_serial);
     let mut spec = HostSpec {
         host,
         name,
@@ -367,9 +371,13 @@ fn read_host(
         kind,
         tags,
         write_expiry,
+        pacing,
         items: Vec::new(),
     };
     spec.items = resolve_items(&spec, &label, &drafts, &src.path, report);
+    if let Some(problem) = serial_unit_problem(&spec).filter(|_| on_serial) {
+        section.error_at(report, &unit_pos, &problem);
+    }
     let place = HostPlace {
         label,
         host_pos,
@@ -377,6 +385,65 @@ fn read_host(
         serial_pos,
     };
     Some((spec, place))
+}
+
+/// What is wrong with the unit id of a host on a serial line: 0 is broadcast (nothing
+/// answers it; a read would time out and hold the shared line every cycle),
+/// 248..255 are reserved. TCP devices may use 0..255.
+fn serial_unit_problem(host: &HostSpec) -> Option<String> {
+    match host.unit {
+        0 if host.items.is_empty() => Some(
+            "unit 0 is the Modbus broadcast address, which no device answers, and this host has no items to read or write either: it would do nothing; give the device's unit id (1..247)".into(),
+        ),
+        0 => Some(
+            "unit 0 is the Modbus broadcast address: no device answers it, so every read would time out and hold the serial line for the other units; give the device's unit id (1..247)".into(),
+        ),
+        248..=255 => Some(format!(
+            "unit {} is reserved on a serial line; Modbus RTU units are 1..247",
+            host.unit
+        )),
+        _ => None,
+    }
+}
+
+/// The longest pause a pacing key accepts.
+const MAX_PACING: Duration = Duration::from_secs(60);
+
+/// `delay_between_requests` and `delay_after_connect` (TCP only).
+fn read_pacing(
+    section: &Section<'_, '_>,
+    connection: Option<&Connection>,
+    report: &mut Report,
+) -> Pacing {
+    let mut read = |key: &str| {
+        let d = section.duration(report, key, true)?;
+        if d.value > MAX_PACING {
+            section.error_at(
+                report,
+                &d.pos,
+                &format!(
+                    "{key} = \"{}\" is too long; at most {} (it is a pause between requests, not a poll interval)",
+                    format_duration(d.value),
+                    format_duration(MAX_PACING)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    };
+    let between_requests = read("delay_between_requests");
+    let after_connect = read("delay_after_connect");
+    if let (Some(Connection::Rtu { .. }), Some(d)) = (connection, &after_connect) {
+        section.error_at(
+            report,
+            &d.pos,
+            "delay_after_connect is a pause after a TCP connect, but this host is on a serial line; remove it (delay_between_requests works on both)",
+        );
+    }
+    Pacing {
+        between_requests: between_requests.map_or(Duration::ZERO, |d| d.value),
+        after_connect: after_connect.map_or(Duration::ZERO, |d| d.value),
+    }
 }
 
 /// `byte_order`, with the valid names in the message when it is wrong.

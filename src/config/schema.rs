@@ -335,8 +335,8 @@ pub struct Host {
     pub name: Option<Text>,
     /// tcp://HOST[:PORT] or rtu:///dev/ttyUSB0.
     pub connection: ConnectionUrl,
-    /// The Modbus unit id (default 1).
-    #[schemars(range(min = 0, max = 247))]
+    /// The Modbus unit id (default 1): 1..247 on a serial line (0 is broadcast, which nothing answers); TCP devices may use 0..255.
+    #[schemars(range(min = 0, max = 255))]
     pub unit: Option<u8>,
     /// Part of the default item keys (default: the profile's, else "generic").
     pub model: Option<Model>,
@@ -364,6 +364,10 @@ pub struct Host {
     pub profile: Option<FilePath>,
     /// How long a config request may wait for the device before it expires (default "10m").
     pub write_expiry: Option<Duration>,
+    /// Silence between the end of one answer and the next request to this device, at most "60s" (default "0s"; for RS-485 converters that need bus release time).
+    pub delay_between_requests: Option<Duration>,
+    /// TCP only: wait after connecting before the first request, at most "60s" (default "0s"; for devices such as some Huawei dongles).
+    pub delay_after_connect: Option<Duration>,
     /// Serial only: line speed (default 9600).
     #[schemars(range(min = 50, max = 4000000))]
     pub baud: Option<u32>,

@@ -140,7 +140,7 @@ token_file = "/etc/token"
 host = "line"
 name = "Meter"
 connection = "rtu:///dev/ttyS1"
-unit = 0
+unit = 247
 model = "EM24"
 poll_interval = "5s"
 timeout = "300ms"
@@ -151,6 +151,7 @@ byte_order = "CDAB"
 type = "meter"
 tags = ["a", "b"]
 write_expiry = "1h"
+delay_between_requests = "20ms"
 baud = 38400
 parity = "odd"
 data_bits = 7
@@ -224,11 +225,13 @@ expression = "last(/line/energy:total) > 1"
             stop_bits: 2
         })
     );
-    assert_eq!(host.unit, 0);
+    assert_eq!(host.unit, 247);
     assert_eq!(host.retries, 0);
     assert_eq!(host.max_gap, 0);
     assert_eq!(host.kind.as_deref(), Some("meter"));
     assert_eq!(host.write_expiry, Duration::from_secs(3600));
+    assert_eq!(host.pacing.between_requests, Duration::from_millis(20));
+    assert_eq!(host.pacing.after_connect, Duration::ZERO);
     let energy = &host.items[0];
     assert_eq!(energy.key, "energy:total");
     assert_eq!(energy.value_type, ValueType::F64);
@@ -238,7 +241,7 @@ expression = "last(/line/energy:total) > 1"
     assert_eq!(energy.heartbeat(), Some(Duration::from_secs(3600)));
     assert_eq!(energy.upper_bound(), Some(1e6));
     let flag = &host.items[1];
-    assert_eq!(flag.key, "modbus.line.EM24.0.40006.15");
+    assert_eq!(flag.key, "modbus.line.EM24.247.40006.15");
     assert_eq!(flag.bit, Some(15));
     assert_eq!(flag.byte_order, ByteOrder::Cdab);
     assert!(flag.configurable);
