@@ -675,6 +675,9 @@ impl MqttSpec {
 pub struct ApiSpec {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// Names besides IP literals, `localhost` and the box's host name that
+    /// requests may carry in `Host` (lower case, no port).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiSpec {
@@ -682,6 +685,7 @@ impl Default for ApiSpec {
         ApiSpec {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -680,6 +680,7 @@ async fn an_unreadable_token_file_or_a_taken_port_stops_the_start() {
     let api = modbridge::model::ApiSpec {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: Some(missing.clone()),
+        ..Default::default()
     };
     let e = modbridge::api::Server::bind(&api)
         .await
@@ -695,6 +696,7 @@ async fn an_unreadable_token_file_or_a_taken_port_stops_the_start() {
     let api = modbridge::model::ApiSpec {
         listen: taken.local_addr().unwrap(),
         token_file: None,
+        ..Default::default()
     };
     let e = modbridge::api::Server::bind(&api)
         .await
@@ -1360,4 +1362,189 @@ async fn a_pending_write_survives_kill_9_and_is_carried_out_after_the_restart() 
     assert_eq!(device.register(Table::Holding, 10), 33);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The target of `setpoint`'s config request as the API shows it (null: none yet).
+async fn setpoint_target(gw: &TestGateway) -> serde_json::Value {
+    gw.get("/hosts/pump/items/setpoint").await.json()["config"]["target"].clone()
+}
+
+#[tokio::test]
+async fn names_other_than_the_boxs_own_in_host_are_refused_with_421() {
+    let gw = TestGateway::start("allowed_hosts = [\"GW.plant.example\"]").await;
+    let port = gw.addr.port();
+    let get_as = |host: String| {
+        let addr = gw.addr;
+        async move {
+            raw(
+                addr,
+                format!("GET /hosts HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+        }
+    };
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let own = own.trim();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("10.1.2.3:{port}"),
+        format!("localhost:{port}"),
+        format!("{own}:{port}"),
+        format!("{}.local:{port}", own.to_uppercase()),
+        format!("gw.plant.example:{port}"),
+        "gw.plant.example.".to_string(),
+    ] {
+        let r = get_as(host.clone()).await;
+        assert_eq!(r.status, 200, "Host: {host}: {}", r.body);
+    }
+    // DNS rebinding: a page of attacker.example whose name now points here.
+    for host in [
+        format!("attacker.example:{port}"),
+        format!("{own}.attacker.example"),
+        "plant.example".to_string(),
+    ] {
+        let e = get_as(host.clone()).await.assert_error(421);
+        assert!(e.contains("allowed_hosts"), "Host: {host}: {e}");
+    }
+    // The status page too, and an absolute URI naming another host.
+    let r = raw(
+        gw.addr,
+        format!("GET / HTTP/1.1\r\nHost: attacker.example:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    r.assert_error(421);
+    let r = raw(
+        gw.addr,
+        format!("GET http://attacker.example/hosts HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    r.assert_error(421);
+    // A write through a rebound name changes nothing.
+    gw.http(
+        "PUT",
+        "/hosts/pump/items/setpoint/config",
+        &[("Host", "attacker.example")],
+        Some(r#"{"target":20}"#),
+    )
+    .await
+    .assert_error(421);
+    assert_eq!(setpoint_target(&gw).await, serde_json::Value::Null);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn writes_from_another_origin_or_without_a_json_type_are_refused() {
+    let gw = TestGateway::start("").await;
+    let origin = format!("http://{}", gw.addr);
+    let put = |headers: Vec<(&'static str, String)>| {
+        let gw = &gw;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            gw.http(
+                "PUT",
+                "/hosts/pump/items/setpoint/config",
+                &headers,
+                Some(r#"{"target":20}"#),
+            )
+            .await
+        }
+    };
+    for foreign in ["http://attacker.example", "null", "http://127.0.0.1:1"] {
+        let e = put(vec![("Origin", foreign.to_string())])
+            .await
+            .assert_error(403);
+        assert!(e.contains("another web page"), "{foreign}: {e}");
+    }
+    let e = gw
+        .http(
+            "POST",
+            "/events/1/acknowledgements",
+            &[("Origin", "http://attacker.example")],
+            Some(r#"{"message":"x"}"#),
+        )
+        .await
+        .assert_error(403);
+    assert!(e.contains("Origin"), "{e}");
+    assert_eq!(setpoint_target(&gw).await, serde_json::Value::Null);
+    // A body without a content type: what a cross-site form or fetch can
+    // send without a preflight.
+    let body = r#"{"target":20}"#;
+    let r = raw(
+        gw.addr,
+        format!(
+            "PUT /hosts/pump/items/setpoint/config HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            gw.addr,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let e = r.assert_error(415);
+    assert!(e.contains("Content-Type: application/json"), "{e}");
+    assert_eq!(setpoint_target(&gw).await, serde_json::Value::Null);
+    // Reads with a foreign Origin stay open (the browser keeps the answer
+    // from the page: there are no CORS headers), and the page's own origin may write.
+    let r = gw
+        .http(
+            "GET",
+            "/hosts",
+            &[("Origin", "http://attacker.example")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = put(vec![("Origin", origin)]).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_api_on_the_network_takes_changes_only_with_a_token() {
+    let gw = TestGateway::start_at("0.0.0.0:0", "").await;
+    assert_eq!(gw.get("/hosts").await.status, 200, "reads stay open");
+    let e = gw
+        .put_config("setpoint", r#"{"target":20}"#)
+        .await
+        .assert_error(403);
+    assert_eq!(e, "set [api] token_file to allow changes from the network");
+    let e = gw
+        .http(
+            "POST",
+            "/events/1/acknowledgements",
+            &[],
+            Some(r#"{"message":"x"}"#),
+        )
+        .await
+        .assert_error(403);
+    assert!(e.contains("token_file"), "{e}");
+    assert_eq!(setpoint_target(&gw).await, serde_json::Value::Null);
+    gw.stop().await;
+    // With a token file, the token lets changes in.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "net-token\n").unwrap();
+    let gw = TestGateway::start_at(
+        "0.0.0.0:0",
+        &format!("token_file = {:?}", token.display().to_string()),
+    )
+    .await;
+    gw.put_config("setpoint", r#"{"target":20}"#)
+        .await
+        .assert_error(401);
+    let r = gw
+        .http(
+            "PUT",
+            "/hosts/pump/items/setpoint/config",
+            &[("Authorization", "Bearer net-token")],
+            Some(r#"{"target":20}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    gw.stop().await;
 }

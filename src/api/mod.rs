@@ -7,7 +7,8 @@
 //!   delays polling.
 //! - `routes`: hosts, items, history, trends, config requests, events,
 //!   acknowledgements, triggers; `health`: `/health` and `/metrics`;
-//!   `auth`: the bearer token; `error`: every error answer is
+//!   `auth`: the bearer token; `guard`: DNS rebinding and cross-site
+//!   protections; `error`: every error answer is
 //!   `{"error": "..."}`; `page`: the status page (one self-contained HTML file).
 //! - [`client`]: the small HTTP/1.1 client `modbridge write` and `ack` use.
 //!
@@ -17,11 +18,15 @@
 //! - nothing a client sends produces a 500: bad input is 400/404/405/409/413/415/422,
 //!   a failing database is 503;
 //! - PUT/POST need the bearer token when `token_file` is set; reads stay open;
-//!   the token is never logged and is compared in constant time.
+//!   the token is never logged and is compared in constant time;
+//! - `guard` answers only to the box's own names (`Host`: 421 otherwise),
+//!   takes PUT/POST only from its own origin (403) and, when listening beyond
+//!   loopback, only with a `token_file` (403); bodies must be JSON (415).
 
 mod auth;
 pub mod client;
 mod error;
+mod guard;
 mod health;
 mod limit;
 mod page;
@@ -141,7 +146,7 @@ impl Server {
     pub async fn serve(self, gateway: Gateway, stop: CancellationToken) {
         let addr = self.addr;
         self.token.bind_config(&gateway.config());
-        let state = State::new(gateway, self.token);
+        let state = State::new(gateway, self.token, guard::Site::here(&addr));
         let app = router(state).into_make_service_with_connect_info::<limit::Peer>();
         let listener = limit::Limited::new(self.listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
         tracing::info!(listen = %addr, "HTTP API listening");
@@ -161,14 +166,16 @@ pub(crate) struct State {
     pub gateway: Gateway,
     pub tokens: Arc<auth::Tokens>,
     pub commits: Arc<health::CommitWatch>,
+    pub site: Arc<guard::Site>,
 }
 
 impl State {
-    fn new(gateway: Gateway, tokens: auth::Tokens) -> State {
+    fn new(gateway: Gateway, tokens: auth::Tokens, site: guard::Site) -> State {
         State {
             gateway,
             tokens: Arc::new(tokens),
             commits: Arc::new(health::CommitWatch::default()),
+            site: Arc::new(site),
         }
     }
 }
@@ -202,6 +209,10 @@ fn router(state: State) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::protect,
+        ))
         .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }

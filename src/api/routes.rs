@@ -297,7 +297,11 @@ pub async fn trend_field(
 /// pages from writing through a technician's browser.
 fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        // A body without a type is what a cross-site "simple" request can send.
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON sent with \"Content-Type: application/json\" (curl: -H 'Content-Type: application/json')",
+        ));
     };
     let essence = value
         .to_str()
@@ -573,7 +577,11 @@ mod tests {
     #[test]
     fn bodies_must_be_json() {
         let mut h = HeaderMap::new();
-        assert!(check_json_body(&h).is_ok());
+        assert_eq!(
+            check_json_body(&h).unwrap_err().status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no content type: a cross-site simple request"
+        );
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),

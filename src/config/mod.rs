@@ -151,7 +151,7 @@ const MQTT_KEYS: [&str; 9] = [
 ];
 
 /// Keys of `[api]`.
-const API_KEYS: [&str; 2] = ["listen", "token_file"];
+const API_KEYS: [&str; 3] = ["listen", "token_file", "allowed_hosts"];
 
 /// Keys of `[[triggers]]`.
 const TRIGGER_KEYS: [&str; 5] = [
@@ -506,6 +506,19 @@ fn read_api(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report) -> 
         }
     }
     api.token_file = section.path(report, "token_file");
+    for name in section.strings(report, "allowed_hosts").unwrap_or_default() {
+        if is_name(&name, ".-_", 253) && !name.starts_with(['.', '-']) {
+            api.allowed_hosts.push(name.to_ascii_lowercase());
+        } else if let Some(pos) = section.value_pos("allowed_hosts") {
+            section.error_at(
+                report,
+                &pos,
+                &format!(
+                    "allowed_hosts: \"{name}\" must be a host name as a browser sends it, without scheme or port, e.g. \"box.plant.example\""
+                ),
+            );
+        }
+    }
     api
 }
 

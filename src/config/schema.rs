@@ -150,6 +150,12 @@ string_type!(
     ["pump"]
 );
 string_type!(
+    /// A host name as a browser sends it in `Host`, without scheme or port.
+    AllowedHost,
+    "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$",
+    ["box.plant.example"]
+);
+string_type!(
     /// A model name, part of the default item keys.
     Model,
     "^[A-Za-z0-9_.:-]{1,64}$",
@@ -321,8 +327,10 @@ pub struct Mqtt {
 pub struct Api {
     /// Address and port to listen on (default "127.0.0.1:8080").
     pub listen: Option<ListenAddress>,
-    /// When set, PUT and POST need "Authorization: Bearer <token>" with the token in this file.
+    /// When set, PUT and POST need "Authorization: Bearer <token>" with the token in this file. Without it, an API listening on a non-loopback address refuses PUT and POST.
     pub token_file: Option<FilePath>,
+    /// Host names (without port) the API answers to besides IP addresses, "localhost" and the box's own host name, e.g. ["box.plant.example"].
+    pub allowed_hosts: Option<Vec<AllowedHost>>,
 }
 
 /// `[[hosts]]`: one Modbus device.

@@ -92,6 +92,12 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts the device and the gateway; returns after the first poll cycle.
     pub async fn start(api_extra: &str) -> TestGateway {
+        TestGateway::start_at("127.0.0.1:0", api_extra).await
+    }
+
+    /// Like [`TestGateway::start`], with the API on `listen`; `addr` is then
+    /// its loopback address when it listens on every interface.
+    pub async fn start_at(listen: &str, api_extra: &str) -> TestGateway {
         let device = SimDevice::new();
         device.set_register(Table::Input, 0, 215); // 21.5 degC
         device.set_register(Table::Holding, 10, 45);
@@ -107,6 +113,10 @@ impl TestGateway {
                 server.addr().expect("device addr"),
                 &dir.path().join("data"),
                 api_extra,
+            )
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{listen}\""),
             ),
         )
         .expect("write config");
@@ -114,7 +124,10 @@ impl TestGateway {
         let api = modbridge::api::Server::bind(&config.api)
             .await
             .expect("bind API");
-        let addr = api.local_addr();
+        let mut addr = api.local_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let gateway = modbridge::gateway::open(config).expect("open");
         let live = gateway.host("pump").expect("host");
         let mut cycles = live.subscribe();
