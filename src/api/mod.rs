@@ -15,7 +15,7 @@
 //! Invariants:
 //! - every answer of status 400 or more is JSON `{"error": "..."}`, including
 //!   axum's own rejections (unknown path, wrong method, oversized body);
-//! - nothing a client sends produces a 500: bad input is 400/404/405/409/413/415/422,
+//! - nothing a client sends produces a 500: bad input is 400/403/404/405/409/413/415/421/422,
 //!   a failing database is 503;
 //! - PUT/POST need the bearer token when `token_file` is set; reads stay open;
 //!   the token is never logged and is compared in constant time;

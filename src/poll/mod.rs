@@ -9,8 +9,9 @@
 //! Invariants:
 //! - only a host's task touches its link (serial hosts share a bus through it);
 //! - a failed item keeps its last value and clock, never re-stamped, and produces no sample;
-//! - a Modbus exception on a merged read blinds only the items that cause it:
-//!   they are found by reading each item alone, and read alone from then on.
+//! - a Modbus exception 01/02/03 on a merged read blinds only the items that
+//!   cause it: they are found by reading each item alone, and read alone for
+//!   the next hour; any other code means "not now" and teaches nothing.
 
 pub mod live;
 pub mod reader;
