@@ -415,12 +415,7 @@ async fn cycle(reader: &mut HostReader, dev: &SimDevice) -> (poll::CycleReport, 
 
 #[tokio::test]
 async fn exceptions_01_02_03_narrow_the_merged_read_and_are_remembered() {
-    use tokio_modbus::ExceptionCode as E;
-    for (code, name) in [
-        (E::IllegalFunction, "0x01 (illegal function)"),
-        (E::IllegalDataAddress, "0x02 (illegal data address)"),
-        (E::IllegalDataValue, "0x03 (illegal data value)"),
-    ] {
+    for (code, name) in common::ABOUT_THE_REQUEST {
         let (dev, _server, addr) = device().await;
         dev.set_registers(Table::Holding, 4, &[40, 50, 60]);
         let mut reader = three_neighbours(addr);
@@ -461,17 +456,7 @@ async fn exceptions_01_02_03_narrow_the_merged_read_and_are_remembered() {
 
 #[tokio::test]
 async fn exceptions_04_05_06_0a_0b_mean_not_now_and_teach_nothing() {
-    use tokio_modbus::ExceptionCode as E;
-    for (code, name) in [
-        (E::ServerDeviceFailure, "0x04 (server device failure)"),
-        (E::Acknowledge, "0x05 (acknowledge)"),
-        (E::ServerDeviceBusy, "0x06 (server device busy)"),
-        (E::GatewayPathUnavailable, "0x0A (gateway path unavailable)"),
-        (
-            E::GatewayTargetDevice,
-            "0x0B (gateway target device failed to respond)",
-        ),
-    ] {
+    for (code, name) in common::NOT_NOW {
         let (dev, _server, addr) = device().await;
         dev.set_registers(Table::Holding, 4, &[40, 50, 60]);
         let mut reader = three_neighbours(addr);

@@ -935,16 +935,8 @@ async fn quiet_rig() -> Rig {
 
 #[tokio::test]
 async fn exceptions_01_02_03_fail_a_write_at_once() {
-    use tokio_modbus::ExceptionCode as E;
     let mut rig = quiet_rig().await;
-    for (n, (code, name)) in [
-        (E::IllegalFunction, "0x01 (illegal function)"),
-        (E::IllegalDataAddress, "0x02 (illegal data address)"),
-        (E::IllegalDataValue, "0x03 (illegal data value)"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (n, (code, name)) in common::ABOUT_THE_REQUEST.into_iter().enumerate() {
         rig.device.faults(|f| {
             f.exception_at.insert((Table::Holding, 1));
             f.exception = Some(code);
@@ -979,21 +971,8 @@ async fn exceptions_01_02_03_fail_a_write_at_once() {
 
 #[tokio::test]
 async fn exceptions_04_05_06_0a_0b_keep_a_write_pending_and_retried() {
-    use tokio_modbus::ExceptionCode as E;
     let mut rig = quiet_rig().await;
-    for (n, (code, name)) in [
-        (E::ServerDeviceFailure, "0x04 (server device failure)"),
-        (E::Acknowledge, "0x05 (acknowledge)"),
-        (E::ServerDeviceBusy, "0x06 (server device busy)"),
-        (E::GatewayPathUnavailable, "0x0A (gateway path unavailable)"),
-        (
-            E::GatewayTargetDevice,
-            "0x0B (gateway target device failed to respond)",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (n, (code, name)) in common::NOT_NOW.into_iter().enumerate() {
         let target = n as f64 + 10.0;
         rig.device.faults(|f| f.refuse_all = Some(code));
         let unreachable = rig.gateway.writes.stats().unreachable;

@@ -10,6 +10,35 @@ use modbridge::gateway::{self, Gateway};
 use modbridge::model::{Config, Connection, HostSpec, ItemSpec, SerialSettings, Table, ValueType};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_modbus::ExceptionCode;
+
+/// Exceptions that answer the request itself, with the name messages give them.
+pub const ABOUT_THE_REQUEST: [(ExceptionCode, &str); 3] = [
+    (ExceptionCode::IllegalFunction, "0x01 (illegal function)"),
+    (
+        ExceptionCode::IllegalDataAddress,
+        "0x02 (illegal data address)",
+    ),
+    (ExceptionCode::IllegalDataValue, "0x03 (illegal data value)"),
+];
+
+/// Exceptions that say the device cannot answer now.
+pub const NOT_NOW: [(ExceptionCode, &str); 5] = [
+    (
+        ExceptionCode::ServerDeviceFailure,
+        "0x04 (server device failure)",
+    ),
+    (ExceptionCode::Acknowledge, "0x05 (acknowledge)"),
+    (ExceptionCode::ServerDeviceBusy, "0x06 (server device busy)"),
+    (
+        ExceptionCode::GatewayPathUnavailable,
+        "0x0A (gateway path unavailable)",
+    ),
+    (
+        ExceptionCode::GatewayTargetDevice,
+        "0x0B (gateway target device failed to respond)",
+    ),
+];
 
 /// An item with defaults: scale 1, no deadband, 1 s poll.
 pub fn item(key: &str, table: Table, address: u16, value_type: ValueType) -> ItemSpec {
