@@ -1077,3 +1077,33 @@ async fn a_request_superseded_while_under_way_is_never_written() {
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_superseded_with_its_write_on_the_wire_says_so() {
+    let mut rig = quiet_rig().await;
+    rig.device.faults(|f| f.delay = Duration::from_millis(200));
+    let start = rig.device.requests();
+    rig.submit("counter", 7.0).expect("accepted");
+    // No `expected`: the first request is the write itself.
+    rig.device.requests_arrived(start + 1).await;
+    let b = rig.submit("counter", 70000.0).expect("recorded");
+    assert_eq!(b.status, Status::Failed, "not representable in a u16");
+    let statuses = uplink_statuses(&rig.gateway, "counter");
+    assert_eq!(
+        statuses[1],
+        (
+            "FAILED".into(),
+            Some(config_requests::SUPERSEDED_AFTER_WRITE.into())
+        ),
+        "{statuses:?}"
+    );
+    // The next request is carried out as usual.
+    rig.device.faults(|f| f.delay = Duration::ZERO);
+    rig.submit("counter", 8.0).expect("accepted");
+    assert_eq!(
+        finished(&rig.gateway, "counter").await.status,
+        Status::Success
+    );
+    assert_eq!(rig.device.register(Table::Holding, 1), 8);
+    rig.stop().await;
+}

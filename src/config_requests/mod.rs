@@ -46,5 +46,6 @@ pub use request::{
 };
 pub use service::{
     ConfigObject, ConfigRequestStats, ConfigRequests, PendingRequest, Status, REMOVED, SUPERSEDED,
+    SUPERSEDED_AFTER_WRITE,
 };
 pub use value::{format_at_item_precision, same_value};

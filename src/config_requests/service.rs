@@ -27,6 +27,10 @@ pub use crate::wire::{ConfigObject, Status};
 
 /// The reason of a request failed by a newer one for the same item.
 pub const SUPERSEDED: &str = "superseded by a newer request";
+/// The reason of a request failed by a newer one after its write was sent
+/// (it may have reached the device; a superseded request is never sent).
+pub const SUPERSEDED_AFTER_WRITE: &str =
+    "superseded by a newer request; its write was already sent and may have reached the device";
 /// The reason of a request whose item left the config (or is no longer configurable).
 pub const REMOVED: &str = "item removed from config";
 
@@ -244,16 +248,24 @@ impl ConfigRequests {
         };
         let expires_ms = now_ms.saturating_add(duration_ms(host.write_expiry));
         let (host_id, key) = (request.host, request.key);
-        let superseded = st
+        let superseded_reason = |l: &Latest| {
+            if l.written {
+                SUPERSEDED_AFTER_WRITE
+            } else {
+                SUPERSEDED
+            }
+        };
+        let older = st
             .latest
             .get(&host_id)
             .and_then(|m| m.get(&key))
-            .filter(|l| l.object.status == Status::Pending)
-            .map(|l| ConfigObject {
-                status: Status::Failed,
-                reason: Some(SUPERSEDED.to_string()),
-                ..l.object.clone()
-            });
+            .filter(|l| l.object.status == Status::Pending);
+        let why_superseded = older.map_or(SUPERSEDED, superseded_reason);
+        let superseded = older.map(|l| ConfigObject {
+            status: Status::Failed,
+            reason: Some(why_superseded.to_string()),
+            ..l.object.clone()
+        });
         let audit_json = serde_json::to_string(&object.audit).unwrap_or_else(|_| "[]".into());
         let id_json = object.id.as_ref().map(Value::to_string);
         let payload = uplink_payload(&host_id, &key, &object);
@@ -275,7 +287,7 @@ impl ConfigRequests {
         };
         let rid = self.inner.ledger.insert_config_request(
             &row,
-            SUPERSEDED,
+            why_superseded,
             superseded_payload.as_deref(),
             &payload,
         )?;
