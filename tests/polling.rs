@@ -611,3 +611,31 @@ async fn pacing_is_kept_on_the_wire() {
         "{between:?}"
     );
 }
+
+#[tokio::test]
+async fn pacing_holds_on_a_serial_line_too() {
+    let pty = PtyPair::new();
+    let dev = SimDevice::new();
+    dev.answer_units(&[2]);
+    let _server = dev.serve_rtu(&pty.b, 19200).expect("serve rtu");
+    let mut host = rtu_host(
+        "meter",
+        &pty.a,
+        2,
+        vec![
+            item("a", Table::Holding, 0, ValueType::U16),
+            item("b", Table::Holding, 100, ValueType::U16),
+            item("c", Table::Holding, 200, ValueType::U16),
+        ],
+    );
+    host.pacing.between_requests = Duration::from_millis(120);
+    let mut reader = HostReader::new(Arc::new(host), &Buses::default());
+    dev.record_timing();
+    assert_eq!(values(&reader.read(&[0, 1, 2]).await), vec![Ok(0.0); 3]);
+    let (_, between) = silences(&dev.timing());
+    assert_eq!(between.len(), 2);
+    assert!(
+        between.iter().all(|d| *d >= Duration::from_millis(120)),
+        "{between:?}"
+    );
+}
