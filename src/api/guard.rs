@@ -69,7 +69,7 @@ pub async fn protect(State(st): State<AppState>, request: Request, next: Next) -
     match checked {
         Ok(()) => next.run(request).await,
         Err(e) => {
-            tracing::info!(method = %request.method(), uri = %request.uri(), error = %e.message, "API request refused");
+            tracing::debug!(method = %request.method(), uri = %request.uri(), error = %e.message, "API request refused");
             e.into_response()
         }
     }
