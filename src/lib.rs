@@ -52,6 +52,7 @@ pub mod modbus;
 pub mod model;
 pub mod plan;
 pub mod poll;
+pub mod scan;
 pub mod snapshot;
 pub mod store;
 pub mod uplink_status;

@@ -74,6 +74,21 @@ pub enum ReadData {
     Bits(Vec<bool>),
 }
 
+/// What goes on the wire: one of the gateway's own operations, or any
+/// request sent as it is ([`Link::forward`]: device identification, a
+/// proxied request).
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Op(&'a Operation),
+    Forward(&'a tokio_modbus::Request<'static>),
+}
+
+/// The answer to a [`Job`].
+enum Answer {
+    Data(ReadData),
+    Raw(tokio_modbus::Response),
+}
+
 /// One operation on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
@@ -206,12 +221,24 @@ fn open_serial(path: &str, settings: &SerialSettings) -> io::Result<Context> {
     Ok(tokio_modbus::client::rtu::attach(NoDrain(port)))
 }
 
-/// Runs one operation on a connected context, with a timeout.
+/// Runs one job on a connected context, with a timeout.
 async fn execute(
     ctx: &mut Context,
-    op: &Operation,
+    job: Job<'_>,
     timeout: Duration,
-) -> Result<ReadData, RequestError> {
+) -> Result<Answer, RequestError> {
+    let op = match job {
+        Job::Op(op) => op,
+        Job::Forward(request) => {
+            use tokio_modbus::client::Client as _;
+            return match tokio::time::timeout(timeout, ctx.call(request.clone())).await {
+                Err(_) => Err(RequestError::Timeout(timeout)),
+                Ok(Err(e)) => Err(RequestError::Transport(e.to_string())),
+                Ok(Ok(Err(code))) => Err(RequestError::Exception(code)),
+                Ok(Ok(Ok(response))) => Ok(Answer::Raw(response)),
+            };
+        }
+    };
     let call = async {
         match op {
             Operation::Read {
@@ -268,7 +295,7 @@ async fn execute(
                     )));
                 }
             }
-            Ok(data)
+            Ok(Answer::Data(data))
         }
     }
 }
@@ -337,10 +364,10 @@ impl Bus {
     async fn request(
         &self,
         unit: u8,
-        op: &Operation,
+        job: Job<'_>,
         timeout: Duration,
         priority: Priority,
-    ) -> Result<ReadData, RequestError> {
+    ) -> Result<Answer, RequestError> {
         let mut state = self.lock(priority).await;
         if state.ctx.is_none() {
             if let Some(at) = state.reopen_at {
@@ -381,7 +408,7 @@ impl Bus {
             return Err(RequestError::Transport("serial port not open".into()));
         };
         context.set_slave(Slave(unit));
-        let result = execute(context, op, timeout).await;
+        let result = execute(context, job, timeout).await;
         *last_activity = Some(Instant::now());
         if matches!(&result, Err(e) if e.is_transport()) {
             // Reopen the port so that a late answer or line noise is discarded
@@ -464,6 +491,11 @@ impl Link {
         }
     }
 
+    /// Addresses the following requests to another unit (for `scan`).
+    pub fn set_unit(&mut self, unit: u8) {
+        self.unit = unit;
+    }
+
     /// True while a TCP connection is open (serial: while the port is usable).
     pub fn is_connected(&self) -> bool {
         match &self.target {
@@ -500,9 +532,33 @@ impl Link {
         op: &Operation,
         priority: Priority,
     ) -> Result<ReadData, RequestError> {
+        match self.request_job(Job::Op(op), priority).await? {
+            Answer::Data(data) => Ok(data),
+            Answer::Raw(_) => Err(RequestError::Transport("unexpected answer".into())),
+        }
+    }
+
+    /// Sends any request as it is (once: no retries, so that a proxied
+    /// request is never repeated on the wire) and returns the device's answer.
+    pub async fn forward(
+        &mut self,
+        request: &tokio_modbus::Request<'static>,
+        priority: Priority,
+    ) -> Result<tokio_modbus::Response, RequestError> {
+        match self.request_once(Job::Forward(request), priority).await? {
+            Answer::Raw(response) => Ok(response),
+            Answer::Data(_) => Err(RequestError::Transport("unexpected answer".into())),
+        }
+    }
+
+    async fn request_job(
+        &mut self,
+        job: Job<'_>,
+        priority: Priority,
+    ) -> Result<Answer, RequestError> {
         let mut attempt = 0;
         loop {
-            let result = self.request_once(op, priority).await;
+            let result = self.request_once(job, priority).await;
             match result {
                 Err(e) if e.is_transport() && attempt < self.retries => {
                     tracing::debug!(error = %e, attempt, "request failed; retrying");
@@ -515,9 +571,9 @@ impl Link {
 
     async fn request_once(
         &mut self,
-        op: &Operation,
+        job: Job<'_>,
         priority: Priority,
-    ) -> Result<ReadData, RequestError> {
+    ) -> Result<Answer, RequestError> {
         match &mut self.target {
             Target::Tcp { address, ctx } => {
                 if ctx.is_none() {
@@ -526,13 +582,14 @@ impl Link {
                 let Some(context) = ctx.as_mut() else {
                     return Err(RequestError::Transport("not connected".into()));
                 };
-                let result = execute(context, op, self.timeout).await;
+                context.set_slave(Slave(self.unit));
+                let result = execute(context, job, self.timeout).await;
                 if matches!(&result, Err(e) if e.is_transport()) {
                     *ctx = None;
                 }
                 result
             }
-            Target::Serial(bus) => bus.request(self.unit, op, self.timeout, priority).await,
+            Target::Serial(bus) => bus.request(self.unit, job, self.timeout, priority).await,
         }
     }
 }

@@ -61,6 +61,8 @@ struct Inner {
     animations: Mutex<Vec<Animation>>,
     /// Unit ids this device answers; empty answers every unit.
     units: Mutex<HashSet<u8>>,
+    /// Vendor, product code and revision it answers 43/14 with; none: exception 01.
+    identification: Mutex<Option<[String; 3]>>,
     requests: AtomicU64,
     /// Bumped by `drop_connections`; connections of older epochs close.
     epoch: AtomicU64,
@@ -96,6 +98,7 @@ impl SimDevice {
                 faults: Mutex::new(Faults::default()),
                 animations: Mutex::new(Vec::new()),
                 units: Mutex::new(HashSet::new()),
+                identification: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             }),
@@ -105,6 +108,15 @@ impl SimDevice {
     /// Answer only these unit ids (a unit on a shared serial line).
     pub fn answer_units(&self, units: &[u8]) {
         *lock(&self.inner.units) = units.iter().copied().collect();
+    }
+
+    /// Answer device identification (43/14, basic objects) with these.
+    pub fn set_identification(&self, vendor: &str, product: &str, revision: &str) {
+        *lock(&self.inner.identification) = Some([
+            vendor.to_string(),
+            product.to_string(),
+            revision.to_string(),
+        ]);
     }
 
     /// Sets one register.
@@ -285,8 +297,27 @@ impl SimDevice {
                 let n = self.write(&faults, Table::Holding, *a, vs)?;
                 Ok(Response::WriteMultipleRegisters(*a, n))
             }
+            Request::ReadDeviceIdentification(..) => self.identification(),
             _ => Err(ExceptionCode::IllegalFunction),
         }
+    }
+
+    /// The basic device identification objects (vendor, product code,
+    /// revision), whatever was asked for: the PDU as a device sends it.
+    fn identification(&self) -> Result<Response, ExceptionCode> {
+        let Some(objects) = lock(&self.inner.identification).clone() else {
+            return Err(ExceptionCode::IllegalFunction);
+        };
+        // Function, MEI type, read code, conformity level, more follows,
+        // next object id, object count, then (id, length, value) per object.
+        let mut pdu = vec![0x2B, 0x0E, 0x01, 0x81, 0x00, 0x00, objects.len() as u8];
+        for (id, value) in (0u8..).zip(&objects) {
+            let bytes = &value.as_bytes()[..value.len().min(64)];
+            pdu.extend([id, bytes.len() as u8]);
+            pdu.extend_from_slice(bytes);
+        }
+        Response::try_from(tokio_modbus::bytes::Bytes::from(pdu))
+            .map_err(|_| ExceptionCode::ServerDeviceFailure)
     }
 
     /// A master's write of `values` from `start` (coils as 0/1): refused with
