@@ -5,13 +5,17 @@
 //! - after a timeout or any transport error the connection is dropped, so a late
 //!   reply can never be taken as the answer to the next request;
 //! - hosts on one serial port share one [`Bus`]: one request at a time, writes
-//!   ahead of queued reads, and the RTU inter-frame silence kept between frames.
+//!   ahead of queued reads, and the RTU inter-frame silence kept between frames;
+//! - a proxy forwards through the same links ([`Link::for_proxy`]: the bus, or
+//!   the host's own TCP connection), its requests between the hosts' poll
+//!   cycles (a [`Gate`] per link: a cycle is delayed by at most one proxied
+//!   request).
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -113,6 +117,103 @@ pub enum Priority {
     /// Config writes (and their reads): ahead of every queued poll read.
     Write,
     Poll,
+}
+
+/// Turns between host poll cycles and proxied requests on one link (a
+/// serial bus or a shared TCP connection): a proxied request waits for the
+/// request in progress and the cycles under way, and a cycle that would start
+/// while a proxied request waits lets that one request go first. So a host's
+/// cycle is delayed by at most one proxied request, and a proxied request
+/// waits at most for the rest of one cycle of each host.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Notify,
+    /// One proxied request at a time per link.
+    proxy: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Poll cycles under way.
+    cycles: usize,
+    /// A proxied request waits for the cycles under way to end.
+    proxy_waiting: bool,
+    /// Proxied requests done so far.
+    proxied: u64,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn enter_cycle(self: &Arc<Gate>) -> CycleTurn {
+        let mut wait_for: Option<u64> = None;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut st = self.lock();
+                let passed = wait_for.is_some_and(|n| st.proxied > n);
+                if !st.proxy_waiting || passed {
+                    st.cycles += 1;
+                    return CycleTurn {
+                        gate: Some(self.clone()),
+                    };
+                }
+                wait_for.get_or_insert(st.proxied);
+            }
+            notified.await;
+        }
+    }
+
+    async fn enter_proxy(self: &Arc<Gate>) -> ProxyTurn {
+        let turn = self.proxy.clone().lock_owned().await;
+        self.lock().proxy_waiting = true;
+        loop {
+            let notified = self.changed.notified();
+            if self.lock().cycles == 0 {
+                break;
+            }
+            notified.await;
+        }
+        ProxyTurn {
+            gate: self.clone(),
+            _turn: turn,
+        }
+    }
+}
+
+/// A host's poll cycle on its link; proxied requests wait while it is held.
+pub struct CycleTurn {
+    gate: Option<Arc<Gate>>,
+}
+
+impl Drop for CycleTurn {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            let mut st = gate.lock();
+            st.cycles = st.cycles.saturating_sub(1);
+            drop(st);
+            gate.changed.notify_waiters();
+        }
+    }
+}
+
+/// A proxied request's turn on a link: new poll cycles wait while it is held.
+pub struct ProxyTurn {
+    gate: Arc<Gate>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for ProxyTurn {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.proxy_waiting = false;
+        st.proxied += 1;
+        drop(st);
+        self.gate.changed.notify_waiters();
+    }
 }
 
 /// Capped exponential backoff with jitter for reconnecting.
@@ -308,6 +409,7 @@ pub struct Bus {
     /// Writes waiting for the bus; poll reads wait while this is not zero.
     writes_waiting: AtomicUsize,
     writes_done: Notify,
+    gate: Arc<Gate>,
 }
 
 struct BusState {
@@ -333,6 +435,7 @@ impl Bus {
             }),
             writes_waiting: AtomicUsize::new(0),
             writes_done: Notify::new(),
+            gate: Arc::default(),
         })
     }
 
@@ -419,10 +522,13 @@ impl Bus {
     }
 }
 
-/// Serial buses by device path, so hosts on one port share one [`Bus`].
+/// Serial buses by device path, so hosts on one port share one [`Bus`]; and
+/// the TCP connections of the hosts by (address, unit), so a proxy forwards
+/// through a host's own connection.
 #[derive(Default)]
 pub struct Buses {
     buses: Mutex<HashMap<String, Arc<Bus>>>,
+    tcp: Mutex<HashMap<(String, u8), Weak<TcpShared>>>,
 }
 
 impl Buses {
@@ -433,6 +539,41 @@ impl Buses {
             .or_insert_with(|| Bus::new(path, settings))
             .clone()
     }
+
+    /// The connection to `address` for `unit`: the live one of that unit, or
+    /// (with `any_unit`, for a proxy) a live one of another unit at the same
+    /// address, else a new one.
+    fn tcp(&self, address: &str, unit: u8, any_unit: bool) -> Arc<TcpShared> {
+        let mut map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        let key = (address.to_string(), unit);
+        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+            return live;
+        }
+        if any_unit {
+            if let Some(live) = map
+                .iter()
+                .filter(|((a, _), _)| a == address)
+                .find_map(|(_, w)| w.upgrade())
+            {
+                return live;
+            }
+        }
+        let shared = Arc::new(TcpShared {
+            address: address.to_string(),
+            ctx: tokio::sync::Mutex::new(None),
+            gate: Arc::default(),
+        });
+        map.insert(key, Arc::downgrade(&shared));
+        shared
+    }
+}
+
+/// One TCP connection, shared by its host and any proxy forwarding to the device.
+struct TcpShared {
+    address: String,
+    ctx: tokio::sync::Mutex<Option<Context>>,
+    gate: Arc<Gate>,
 }
 
 /// A host's turn on its shared serial bus for one config request (read,
@@ -460,25 +601,33 @@ pub struct Link {
 }
 
 enum Target {
-    Tcp {
-        address: String,
-        ctx: Option<Context>,
-    },
+    Tcp(Arc<TcpShared>),
     Serial(Arc<Bus>),
 }
 
 impl Link {
     /// The link for a host; TCP connects lazily, serial shares `buses`.
     pub fn new(host: &HostSpec, buses: &Buses) -> Link {
+        Link::with_sharing(host, buses, false)
+    }
+
+    /// A proxy's link to `host`'s device: the host's own connection (or,
+    /// for a unit no host polls, any connection the gateway holds to that
+    /// TCP device) and the host's settings, so its pacing applies.
+    pub fn for_proxy(host: &HostSpec, buses: &Buses) -> Link {
+        Link::with_sharing(host, buses, true)
+    }
+
+    fn with_sharing(host: &HostSpec, buses: &Buses, any_unit: bool) -> Link {
         let target = match &host.connection {
-            Connection::Tcp { host: h, port } => Target::Tcp {
-                address: if h.contains(':') {
+            Connection::Tcp { host: h, port } => {
+                let address = if h.contains(':') {
                     format!("[{h}]:{port}")
                 } else {
                     format!("{h}:{port}")
-                },
-                ctx: None,
-            },
+                };
+                Target::Tcp(buses.tcp(&address, host.unit, any_unit))
+            }
             Connection::Rtu { path } => {
                 Target::Serial(buses.get(path, host.serial.unwrap_or_default()))
             }
@@ -499,9 +648,28 @@ impl Link {
     /// True while a TCP connection is open (serial: while the port is usable).
     pub fn is_connected(&self) -> bool {
         match &self.target {
-            Target::Tcp { ctx, .. } => ctx.is_some(),
+            // Locked: a request is under way on it.
+            Target::Tcp(shared) => shared.ctx.try_lock().map_or(true, |c| c.is_some()),
             Target::Serial(_) => true,
         }
+    }
+
+    fn gate(&self) -> &Arc<Gate> {
+        match &self.target {
+            Target::Tcp(shared) => &shared.gate,
+            Target::Serial(bus) => &bus.gate,
+        }
+    }
+
+    /// Starts a poll cycle: held for the cycle's requests, so that proxied
+    /// requests on this link come between cycles (see [`Gate`]).
+    pub async fn cycle(&self) -> CycleTurn {
+        self.gate().enter_cycle().await
+    }
+
+    /// A proxied request's turn: waits for the cycles under way on this link.
+    pub async fn proxy_turn(&self) -> ProxyTurn {
+        self.gate().enter_proxy().await
     }
 
     /// Holds off the bus's poll reads until the returned turn is dropped; the
@@ -514,14 +682,17 @@ impl Link {
                     bus: Some(bus.clone()),
                 }
             }
-            Target::Tcp { .. } => WriteTurn { bus: None },
+            Target::Tcp(_) => WriteTurn { bus: None },
         }
     }
 
-    /// Drops the connection (TCP); the next request reconnects.
+    /// Drops the connection (TCP); the next request reconnects. A request
+    /// under way on it (a proxy's) drops it itself if it fails.
     pub fn disconnect(&mut self) {
-        if let Target::Tcp { ctx, .. } = &mut self.target {
-            *ctx = None;
+        if let Target::Tcp(shared) = &self.target {
+            if let Ok(mut ctx) = shared.ctx.try_lock() {
+                *ctx = None;
+            }
         }
     }
 
@@ -575,9 +746,10 @@ impl Link {
         priority: Priority,
     ) -> Result<Answer, RequestError> {
         match &mut self.target {
-            Target::Tcp { address, ctx } => {
+            Target::Tcp(shared) => {
+                let mut ctx = shared.ctx.lock().await;
                 if ctx.is_none() {
-                    *ctx = Some(connect_tcp(address, self.unit, self.timeout).await?);
+                    *ctx = Some(connect_tcp(&shared.address, self.unit, self.timeout).await?);
                 }
                 let Some(context) = ctx.as_mut() else {
                     return Err(RequestError::Transport("not connected".into()));

@@ -64,6 +64,8 @@ struct Inner {
     /// Vendor, product code and revision it answers 43/14 with; none: exception 01.
     identification: Mutex<Option<[String; 3]>>,
     requests: AtomicU64,
+    /// TCP connections accepted so far.
+    connections: AtomicU64,
     /// Bumped by `drop_connections`; connections of older epochs close.
     epoch: AtomicU64,
 }
@@ -100,6 +102,7 @@ impl SimDevice {
                 units: Mutex::new(HashSet::new()),
                 identification: Mutex::new(None),
                 requests: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             }),
         }
@@ -238,6 +241,11 @@ impl SimDevice {
         self.inner.requests.load(Ordering::Relaxed)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
     fn answer(&self, req: &Request<'_>) -> Result<Response, ExceptionCode> {
         let faults = lock(&self.inner.faults).clone();
         let touches = |table: Table, start: u16, count: usize| {
@@ -357,6 +365,7 @@ impl SimDevice {
                 let device = device.clone();
                 async move {
                     let _ = stream.set_nodelay(true);
+                    device.inner.connections.fetch_add(1, Ordering::Relaxed);
                     let epoch = device.inner.epoch.load(Ordering::SeqCst);
                     let transport = Killable {
                         stream,

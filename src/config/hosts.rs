@@ -43,7 +43,7 @@ pub(super) const HOST_KEYS: [&str; 20] = [
 ];
 
 /// The serial line settings among [`HOST_KEYS`].
-const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
+pub(super) const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
 
 /// Keys of `[[hosts.items]]` and of a profile's `[[items]]`.
 pub(super) const ITEM_KEYS: [&str; 17] = [
@@ -406,7 +406,7 @@ fn read_byte_order(section: &Section<'_, '_>, report: &mut Report) -> Option<Byt
 }
 
 /// The serial settings of an `rtu://` host; on a TCP host, each serial key is an error.
-fn read_serial(
+pub(super) fn read_serial(
     section: &Section<'_, '_>,
     connection: Option<&Connection>,
     report: &mut Report,
@@ -1108,7 +1108,7 @@ fn check_overlaps(items: &[ItemSpec], drafts: &[ItemDraft], label: &str, report:
 }
 
 /// `9600 8N1`
-fn describe_serial(s: &SerialSettings) -> String {
+pub(super) fn describe_serial(s: &SerialSettings) -> String {
     let parity = match s.parity {
         Parity::None => 'N',
         Parity::Even => 'E',
