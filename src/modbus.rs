@@ -800,6 +800,45 @@ mod tests {
         assert!(b.fail() <= Duration::from_millis(100));
     }
 
+    /// Polls a future once: `Some` if it is ready.
+    fn now<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(Arc::new(Noop));
+        let mut cx = TaskContext::from_waker(&waker);
+        match Pin::new(f).poll(&mut cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn proxied_requests_go_between_cycles_and_delay_a_cycle_by_one() {
+        let gate: Arc<Gate> = Arc::default();
+        let mut first = Box::pin(gate.enter_cycle());
+        let cycle_a = now(&mut first).expect("no proxy waits: the cycle starts");
+        // A proxied request waits for the cycle under way.
+        let mut p1 = Box::pin(gate.enter_proxy());
+        assert!(now(&mut p1).is_none());
+        // A cycle that would start now lets the waiting request go first.
+        let mut cycle_b = Box::pin(gate.enter_cycle());
+        assert!(now(&mut cycle_b).is_none());
+        drop(cycle_a);
+        let turn1 = now(&mut p1).expect("the cycle ended: the proxied request goes");
+        assert!(now(&mut cycle_b).is_none());
+        // The next proxied request queues behind the first...
+        let mut p2 = Box::pin(gate.enter_proxy());
+        assert!(now(&mut p2).is_none());
+        drop(turn1);
+        // ...but the delayed cycle goes before it: one proxied request per cycle.
+        let cycle_b = now(&mut cycle_b).expect("delayed by one proxied request only");
+        assert!(now(&mut p2).is_none(), "waits for the cycle under way");
+        drop(cycle_b);
+        assert!(now(&mut p2).is_some());
+    }
+
     #[test]
     fn exception_names() {
         assert_eq!(
