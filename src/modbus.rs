@@ -137,10 +137,15 @@ struct Gate {
 struct GateState {
     /// Poll cycles under way.
     cycles: usize,
-    /// A proxied request waits for the cycles under way to end.
+    /// A proxied request waits for the cycles under way to end, or is under way.
     proxy_waiting: bool,
     /// Proxied requests done so far.
     proxied: u64,
+    /// Cycles waiting for a proxied request to finish.
+    delayed: usize,
+    /// Of those, the ones whose proxied request has finished: they go before
+    /// the next proxied request.
+    entitled: usize,
 }
 
 impl Gate {
@@ -149,38 +154,85 @@ impl Gate {
     }
 
     async fn enter_cycle(self: &Arc<Gate>) -> CycleTurn {
-        let mut wait_for: Option<u64> = None;
+        let mut delay: Option<Delay> = None;
         loop {
             let notified = self.changed.notified();
             {
                 let mut st = self.lock();
-                let passed = wait_for.is_some_and(|n| st.proxied > n);
-                if !st.proxy_waiting || passed {
+                let passed = delay.as_ref().is_some_and(|d| st.proxied > d.ticket);
+                if passed || (delay.is_none() && !st.proxy_waiting) {
+                    if let Some(d) = delay.take() {
+                        d.leave(&mut st);
+                    }
                     st.cycles += 1;
                     return CycleTurn {
                         gate: Some(self.clone()),
                     };
                 }
-                wait_for.get_or_insert(st.proxied);
+                if delay.is_none() {
+                    st.delayed += 1;
+                    delay = Some(Delay {
+                        gate: self.clone(),
+                        ticket: st.proxied,
+                        done: false,
+                    });
+                }
             }
             notified.await;
         }
     }
 
     async fn enter_proxy(self: &Arc<Gate>) -> ProxyTurn {
-        let turn = self.proxy.clone().lock_owned().await;
+        let lock = self.proxy.clone().lock_owned().await;
         self.lock().proxy_waiting = true;
+        // Dropped (also when this future is), it lets the cycles go again.
+        let turn = ProxyTurn {
+            gate: self.clone(),
+            _turn: lock,
+        };
         loop {
             let notified = self.changed.notified();
-            if self.lock().cycles == 0 {
-                break;
+            {
+                let st = self.lock();
+                if st.cycles == 0 && st.entitled == 0 {
+                    return turn;
+                }
             }
             notified.await;
         }
-        ProxyTurn {
-            gate: self.clone(),
-            _turn: turn,
+    }
+}
+
+/// A cycle waiting for a proxied request; dropped unfinished (the host task
+/// stopped while it waited), it stops counting.
+struct Delay {
+    gate: Arc<Gate>,
+    ticket: u64,
+    done: bool,
+}
+
+impl Delay {
+    fn leave(mut self, st: &mut GateState) {
+        st.delayed = st.delayed.saturating_sub(1);
+        if st.proxied > self.ticket {
+            st.entitled = st.entitled.saturating_sub(1);
         }
+        self.done = true;
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.gate.lock();
+        st.delayed = st.delayed.saturating_sub(1);
+        if st.proxied > self.ticket {
+            st.entitled = st.entitled.saturating_sub(1);
+        }
+        drop(st);
+        self.gate.changed.notify_waiters();
     }
 }
 
@@ -211,6 +263,8 @@ impl Drop for ProxyTurn {
         let mut st = self.gate.lock();
         st.proxy_waiting = false;
         st.proxied += 1;
+        // Every cycle that waited has waited for this one: they go first.
+        st.entitled = st.delayed;
         drop(st);
         self.gate.changed.notify_waiters();
     }
@@ -833,10 +887,37 @@ mod tests {
         assert!(now(&mut p2).is_none());
         drop(turn1);
         // ...but the delayed cycle goes before it: one proxied request per cycle.
+        // ...and even when it asks before the delayed cycle has run again,
+        // the delayed cycle goes before it: one proxied request per cycle.
+        assert!(now(&mut p2).is_none(), "a delayed cycle is owed its turn");
         let cycle_b = now(&mut cycle_b).expect("delayed by one proxied request only");
         assert!(now(&mut p2).is_none(), "waits for the cycle under way");
         drop(cycle_b);
-        assert!(now(&mut p2).is_some());
+        let turn2 = now(&mut p2).expect("the cycle ended");
+        // A proxied request given up while it waits (its client went away)
+        // does not hold the cycles back.
+        let mut waiting_cycle = Box::pin(gate.enter_cycle());
+        assert!(now(&mut waiting_cycle).is_none());
+        drop(turn2);
+        let c = now(&mut waiting_cycle).expect("goes after the proxied request");
+        let mut p3 = Box::pin(gate.enter_proxy());
+        assert!(now(&mut p3).is_none());
+        drop(p3);
+        drop(c);
+        let mut fresh = Box::pin(gate.enter_cycle());
+        assert!(
+            now(&mut fresh).is_some(),
+            "no proxied request waits any more"
+        );
+        // A cycle given up while it waits does not hold proxied requests back.
+        let mut p4 = Box::pin(gate.enter_proxy());
+        let t4 = now(&mut p4).expect("no cycle under way");
+        let mut given_up = Box::pin(gate.enter_cycle());
+        assert!(now(&mut given_up).is_none());
+        drop(given_up);
+        drop(t4);
+        let mut p5 = Box::pin(gate.enter_proxy());
+        assert!(now(&mut p5).is_some(), "nobody is owed a turn");
     }
 
     #[test]
