@@ -298,27 +298,39 @@ pub async fn bind(spec: &ProxySpec) -> io::Result<TcpListener> {
     TcpListener::bind(spec.listen).await
 }
 
-/// Serves Modbus TCP on `listener` for `proxy` until `cancel`.
+/// Serves Modbus TCP on `listener` for `proxy` until `cancel`, with at most
+/// [`MAX_CLIENTS`] clients, each closed after [`IDLE_TIMEOUT`] without traffic.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, cancel: CancellationToken) {
+    serve_limited(listener, proxy, cancel, MAX_CLIENTS, IDLE_TIMEOUT).await;
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_limited(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    cancel: CancellationToken,
+    max_clients: usize,
+    idle: Duration,
+) {
     let addr = listener.local_addr().ok();
     tracing::info!(proxy = %proxy.name, listen = ?addr, connection = %proxy.spec.connection, "proxy listening");
     if let Some(addr) = addr {
         proxy.status.set_bound(&proxy.name, addr);
     }
-    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let permits = Arc::new(Semaphore::new(max_clients.max(1)));
     let server = tokio_modbus::server::tcp::Server::new(listener);
     let on_connected = |stream: TcpStream, peer: SocketAddr| {
         let proxy = proxy.clone();
         let permit = permits.clone().try_acquire_owned();
         async move {
             let Ok(permit) = permit else {
-                tracing::warn!(proxy = %proxy.name, %peer, max = MAX_CLIENTS, "proxy: too many clients; connection closed");
+                tracing::warn!(proxy = %proxy.name, %peer, max = max_clients, "proxy: too many clients; connection closed");
                 proxy.status.update(&proxy.name, |c| c.refused_clients += 1);
                 return Ok(None);
             };
             let _ = stream.set_nodelay(true);
             tracing::debug!(proxy = %proxy.name, %peer, "proxy: client connected");
-            let transport = Guarded::new(stream, permit, IDLE_TIMEOUT);
+            let transport = Guarded::new(stream, permit, idle);
             Ok(Some((Service { proxy, peer }, transport)))
         }
     };

@@ -226,8 +226,84 @@ async fn clients_share_the_serial_line_with_polling() {
     assert_eq!(counters.of(modbridge::proxy::Outcome::Unit), 2);
     assert_eq!(counters.of(modbridge::proxy::Outcome::NoAnswer), 1);
     assert_eq!(counters.of(modbridge::proxy::Outcome::Exception), 1);
+    // `scan` through the proxy finds exactly the units on the line: the
+    // proxy's 0A (outside `units`) and 0B (silent unit 4) mean "not there".
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_modbridge"))
+            .args([
+                "scan",
+                "--connection",
+                &format!("tcp://{addr}"),
+                "--units",
+                "1-6",
+                "--timeout",
+                "2s",
+            ])
+            .output()
+            .expect("run modbridge scan")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<&str> = stdout.lines().filter(|l| l.starts_with("found:")).collect();
+    assert_eq!(
+        found.len(),
+        2,
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        found[0].contains(" unit 2") && found[1].contains(" unit 3"),
+        "{found:?}"
+    );
     drop((ctx, other, silent, broadcast));
     running.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_client_is_closed() {
+    let device = SimDevice::new();
+    let server = device.bind_tcp("127.0.0.1:0").await.expect("bind");
+    let sim = server.addr().expect("addr");
+    let spec = modbridge::model::ProxySpec {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        connection: modbridge::model::Connection::Tcp {
+            host: sim.ip().to_string(),
+            port: sim.port(),
+        },
+        serial: None,
+        units: None,
+        writes: false,
+        timeout: Duration::from_secs(1),
+    };
+    let listener = modbridge::proxy::bind(&spec).await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let status = modbridge::proxy::ProxyStatus::new();
+    let proxy = modbridge::proxy::Proxy::new(spec, &[], Default::default(), status);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(modbridge::proxy::serve_limited(
+        listener,
+        proxy,
+        cancel.clone(),
+        16,
+        Duration::from_millis(300),
+    ));
+    let mut ctx = client(addr, 1).await;
+    assert_eq!(read(&mut ctx, 0, 1).await, Ok(vec![0]));
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed only once idle"
+    );
+    cancel.cancel();
+    task.await.expect("join");
 }
 
 #[tokio::test]
@@ -321,6 +397,19 @@ writes = true
     // A unit no host polls goes over the same connection too.
     let mut other = client(addr, 9).await;
     assert_eq!(read(&mut other, 5, 1).await, Ok(vec![77]));
+    // Device identification (43/14) is forwarded.
+    device.set_identification("ACME", "Inverter 5k", "1.0");
+    let request = modbridge::scan::identification_request().expect("43/14 request");
+    let answer = tokio_modbus::client::Client::call(&mut ctx, request)
+        .await
+        .expect("no transport error");
+    match answer {
+        Ok(tokio_modbus::Response::ReadDeviceIdentification(id)) => {
+            let vendor = &id.device_id_objects[0];
+            assert_eq!((vendor.id, vendor.value_as_str()), (0, Some("ACME")));
+        }
+        other => panic!("not an identification: {other:?}"),
+    }
     // One connection to the device, the gateway's, whatever the clients did.
     assert_eq!(device.connections(), 1);
     let (polls, errors) = polls(&running, "inverter");
