@@ -100,6 +100,20 @@ async fn scan_finds_exactly_the_units_behind_a_tcp_endpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A device that ignores the unit id: one line, not one per unit.
+    let any = SimDevice::new();
+    let server3 = any.bind_tcp("127.0.0.1:0").await.expect("bind");
+    let mut a = args("1-20");
+    a[2] = format!("tcp://{}", server3.addr().expect("addr"));
+    let out = modbridge(a).await;
+    assert_eq!(
+        found_units(&out).len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ignores the unit id"));
+
     // Nobody there: exit 1.
     let out = modbridge(args("1-2")).await;
     assert_eq!(out.status.code(), Some(1));

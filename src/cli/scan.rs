@@ -210,6 +210,14 @@ pub(super) async fn cmd_scan(args: ScanArgs) -> ExitCode {
     };
     let mut found = scan::scan(&plan, &mut progress).await;
     let profiles = scan::load_profiles(&args.profiles.unwrap_or_else(default_profiles));
+    if !plan.connection.is_serial() && plan.units.len() > 2 && found.len() == plan.units.len() {
+        // A device that ignores the unit id answers every one: one line.
+        found.truncate(1);
+        println!(
+            "every unit id tried answers: the device at {} ignores the unit id (any unit works; 1 is usual)",
+            plan.connection
+        );
+    }
     for f in &mut found {
         f.identity = scan::identify(&plan, f).await;
         f.profile = scan::suggest_profile(&plan, f, &profiles).await;
