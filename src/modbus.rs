@@ -594,30 +594,35 @@ impl Buses {
             .clone()
     }
 
-    /// The connection to `address` for `unit`: the live one of that unit, or
-    /// (with `any_unit`, for a proxy) a live one of another unit at the same
-    /// address, else a new one.
-    fn tcp(&self, address: &str, unit: u8, any_unit: bool) -> Arc<TcpShared> {
+    /// A connection to `address` for a host polling `unit`: always its own
+    /// (a restarted host connects anew), registered for proxies to find.
+    fn tcp_for_host(&self, address: &str, unit: u8) -> Arc<TcpShared> {
+        let shared = TcpShared::new(address, true);
+        let mut map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert((address.to_string(), unit), Arc::downgrade(&shared));
+        shared
+    }
+
+    /// The connection a proxy forwards to `unit` at `address` through: the
+    /// live one of the host polling that unit, else any live one to that
+    /// address, else a new one (registered until a host has its own).
+    fn tcp_for_proxy(&self, address: &str, unit: u8) -> Arc<TcpShared> {
         let mut map = self.tcp.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, w| w.strong_count() > 0);
         let key = (address.to_string(), unit);
-        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
-            return live;
+        // A host's connection first (the one of this unit, else any at the
+        // address), then one of the proxy's own (this unit's first).
+        let mut live: Vec<(bool, bool, Arc<TcpShared>)> = map
+            .iter()
+            .filter(|((a, _), _)| a == address)
+            .filter_map(|((_, u), w)| w.upgrade().map(|s| (s.host_owned, *u == unit, s)))
+            .collect();
+        live.sort_by_key(|(host, this_unit, _)| (!host, !this_unit));
+        if let Some((_, _, best)) = live.into_iter().next() {
+            return best;
         }
-        if any_unit {
-            if let Some(live) = map
-                .iter()
-                .filter(|((a, _), _)| a == address)
-                .find_map(|(_, w)| w.upgrade())
-            {
-                return live;
-            }
-        }
-        let shared = Arc::new(TcpShared {
-            address: address.to_string(),
-            ctx: tokio::sync::Mutex::new(None),
-            gate: Arc::default(),
-        });
+        let shared = TcpShared::new(address, false);
         map.insert(key, Arc::downgrade(&shared));
         shared
     }
@@ -628,6 +633,19 @@ struct TcpShared {
     address: String,
     ctx: tokio::sync::Mutex<Option<Context>>,
     gate: Arc<Gate>,
+    /// A host's own connection (else a proxy's, while no host has one).
+    host_owned: bool,
+}
+
+impl TcpShared {
+    fn new(address: &str, host_owned: bool) -> Arc<TcpShared> {
+        Arc::new(TcpShared {
+            host_owned,
+            address: address.to_string(),
+            ctx: tokio::sync::Mutex::new(None),
+            gate: Arc::default(),
+        })
+    }
 }
 
 /// A host's turn on its shared serial bus for one config request (read,
@@ -672,7 +690,7 @@ impl Link {
         Link::with_sharing(host, buses, true)
     }
 
-    fn with_sharing(host: &HostSpec, buses: &Buses, any_unit: bool) -> Link {
+    fn with_sharing(host: &HostSpec, buses: &Buses, for_proxy: bool) -> Link {
         let target = match &host.connection {
             Connection::Tcp { host: h, port } => {
                 let address = if h.contains(':') {
@@ -680,7 +698,11 @@ impl Link {
                 } else {
                     format!("{h}:{port}")
                 };
-                Target::Tcp(buses.tcp(&address, host.unit, any_unit))
+                Target::Tcp(if for_proxy {
+                    buses.tcp_for_proxy(&address, host.unit)
+                } else {
+                    buses.tcp_for_host(&address, host.unit)
+                })
             }
             Connection::Rtu { path } => {
                 Target::Serial(buses.get(path, host.serial.unwrap_or_default()))
@@ -705,6 +727,15 @@ impl Link {
             // Locked: a request is under way on it.
             Target::Tcp(shared) => shared.ctx.try_lock().map_or(true, |c| c.is_some()),
             Target::Serial(_) => true,
+        }
+    }
+
+    /// Identifies the bus or connection this link uses: equal for two links
+    /// that share it.
+    pub fn target_id(&self) -> usize {
+        match &self.target {
+            Target::Tcp(shared) => Arc::as_ptr(shared) as usize,
+            Target::Serial(bus) => Arc::as_ptr(bus) as usize,
         }
     }
 
@@ -918,6 +949,46 @@ mod tests {
         drop(t4);
         let mut p5 = Box::pin(gate.enter_proxy());
         assert!(now(&mut p5).is_some(), "nobody is owed a turn");
+    }
+
+    #[test]
+    fn proxies_find_the_hosts_connections() {
+        let buses = Buses::default();
+        let host = |unit: u8| HostSpec {
+            unit,
+            ..HostSpec::tcp("h", "10.0.0.9", 502, Vec::new())
+        };
+        // No host yet: the proxy's own connection, the same for every unit.
+        let own = Link::for_proxy(&host(9), &buses);
+        assert_eq!(
+            own.target_id(),
+            Link::for_proxy(&host(4), &buses).target_id()
+        );
+        // A host's connection is its own, and the proxy prefers it.
+        let h1 = Link::new(&host(1), &buses);
+        assert_ne!(h1.target_id(), own.target_id());
+        assert_eq!(
+            Link::for_proxy(&host(1), &buses).target_id(),
+            h1.target_id()
+        );
+        assert_eq!(
+            Link::for_proxy(&host(9), &buses).target_id(),
+            h1.target_id()
+        );
+        // A restarted host connects anew; the proxy follows.
+        let restarted = Link::new(&host(1), &buses);
+        assert_ne!(restarted.target_id(), h1.target_id());
+        drop(h1);
+        assert_eq!(
+            Link::for_proxy(&host(1), &buses).target_id(),
+            restarted.target_id()
+        );
+        // Another address is another device.
+        let other = HostSpec::tcp("o", "10.0.0.10", 502, Vec::new());
+        assert_ne!(
+            Link::for_proxy(&other, &buses).target_id(),
+            restarted.target_id()
+        );
     }
 
     #[test]

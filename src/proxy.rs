@@ -175,7 +175,9 @@ pub struct Proxy {
     /// The hosts on the proxy's connection, whose settings its links take.
     hosts: Vec<Arc<HostSpec>>,
     buses: Arc<Buses>,
-    links: tokio::sync::Mutex<HashMap<u8, Arc<tokio::sync::Mutex<Link>>>>,
+    /// Per unit: the link's settings, the connection it uses, the link.
+    #[allow(clippy::type_complexity)]
+    links: tokio::sync::Mutex<HashMap<u8, (Arc<HostSpec>, usize, Arc<tokio::sync::Mutex<Link>>)>>,
     status: Arc<ProxyStatus>,
 }
 
@@ -212,30 +214,42 @@ impl Proxy {
         self.spec.units.as_ref().map_or(true, |u| u.contains(&unit))
     }
 
-    /// The link for `unit`, built once: the host's settings where a host
-    /// polls that unit, the proxy's otherwise; the proxy's timeout, no retries.
+    /// The settings the link to `unit` takes: the host's where a host polls
+    /// that unit, the proxy's otherwise; the proxy's timeout, no retries.
+    fn spec_for(&self, unit: u8) -> HostSpec {
+        let base = match self.hosts.iter().find(|h| h.unit == unit) {
+            Some(h) => (**h).clone(),
+            None => HostSpec {
+                connection: self.spec.connection.clone(),
+                serial: self.spec.serial,
+                unit,
+                ..HostSpec::tcp("proxy", "127.0.0.1", 502, Vec::new())
+            },
+        };
+        HostSpec {
+            timeout: self.spec.timeout,
+            retries: 0,
+            ..base
+        }
+    }
+
+    /// The link for `unit`: kept between requests, and rebuilt when the
+    /// gateway's connection to the device changed (a host restarted on a
+    /// reload connects anew; the proxy follows it).
     async fn link(&self, unit: u8) -> Arc<tokio::sync::Mutex<Link>> {
         let mut links = self.links.lock().await;
-        links
-            .entry(unit)
-            .or_insert_with(|| {
-                let base = match self.hosts.iter().find(|h| h.unit == unit) {
-                    Some(h) => (**h).clone(),
-                    None => HostSpec {
-                        connection: self.spec.connection.clone(),
-                        serial: self.spec.serial,
-                        unit,
-                        ..HostSpec::tcp("proxy", "127.0.0.1", 502, Vec::new())
-                    },
-                };
-                let spec = HostSpec {
-                    timeout: self.spec.timeout,
-                    retries: 0,
-                    ..base
-                };
-                Arc::new(tokio::sync::Mutex::new(Link::for_proxy(&spec, &self.buses)))
-            })
-            .clone()
+        let entry = links.entry(unit).or_insert_with(|| {
+            let spec = Arc::new(self.spec_for(unit));
+            let link = Link::for_proxy(&spec, &self.buses);
+            let id = link.target_id();
+            (spec, id, Arc::new(tokio::sync::Mutex::new(link)))
+        });
+        let fresh = Link::for_proxy(&entry.0, &self.buses);
+        if fresh.target_id() != entry.1 {
+            entry.1 = fresh.target_id();
+            entry.2 = Arc::new(tokio::sync::Mutex::new(fresh));
+        }
+        entry.2.clone()
     }
 
     /// Answers one client request.
