@@ -59,7 +59,7 @@ connection = "rtu://PTY"
 baud = 19200
 unit = 2
 poll_interval = "200ms"
-timeout = "300ms"
+timeout = "1s"
 retries = 0
 
 [[hosts.items]]
@@ -73,7 +73,7 @@ connection = "rtu://PTY"
 baud = 19200
 unit = 3
 poll_interval = "200ms"
-timeout = "300ms"
+timeout = "1s"
 retries = 0
 
 [[hosts.items]]
@@ -85,7 +85,7 @@ type = "u16"
 listen = "127.0.0.1:0"
 connection = "rtu://PTY"
 units = [2, 3, 4]
-timeout = "300ms"
+timeout = "1s"
 "#;
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn clients_share_the_serial_line_with_polling() {
     // No overlapping frames: every poll and every proxied request answered.
     assert_eq!(after.0 .1, 0, "host a saw request errors");
     assert_eq!(after.1 .1, 0, "host b saw request errors");
-    // Polling kept its rate: one cycle per 200 ms, give or take one.
+    // Polling kept its rate: one cycle per 200 ms (two of slack for a busy machine).
     let cycles = (elapsed.as_millis() / 200) as u64;
     assert!(
         cycles >= 5,

@@ -53,7 +53,7 @@ async fn scan_finds_exactly_the_units_behind_a_tcp_endpoint() {
             "--units",
             units,
             "--timeout",
-            "100ms",
+            "200ms",
             "--profiles",
             &profiles_dir(),
         ]
@@ -64,7 +64,7 @@ async fn scan_finds_exactly_the_units_behind_a_tcp_endpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("scanning 10 units, 100ms per try: at most 1.0s"),
+        stderr.contains("scanning 10 units, 200ms per try: at most 2.0s"),
         "{stderr}"
     );
     let lines = found_units(&out);
@@ -153,7 +153,7 @@ async fn scan_finds_exactly_the_units_on_a_serial_line() {
             "--parity",
             "none",
             "--timeout",
-            "100ms",
+            "200ms",
             "--profiles",
             &profiles_dir(),
         ]
@@ -212,8 +212,9 @@ async fn a_silent_setting_stops_early_and_an_answering_one_is_swept() {
     let pty = PtyPair::new();
     let device = SimDevice::new();
     // The first unit answers at every setting (a pty has no baud rate); the
-    // second is too far up to be reached by a setting that stops early.
-    device.answer_units(&[1, 30]);
+    // second is too far up to be reached by a setting that stops early
+    // unless the first answered.
+    device.answer_units(&[1, 20]);
     let _server = device.serve_rtu(&pty.b, 19200).expect("serve rtu");
     let setting = |baud| SerialSettings {
         baud,
@@ -224,9 +225,9 @@ async fn a_silent_setting_stops_early_and_an_answering_one_is_swept() {
         connection: Connection::Rtu {
             path: pty.a.clone(),
         },
-        units: (1..=40).collect(),
+        units: (1..=24).collect(),
         settings: vec![setting(9600), setting(19200)],
-        timeout: Duration::from_millis(60),
+        timeout: Duration::from_millis(150),
     };
     let mut record = Record::default();
     let found = scan::scan(&plan, &mut record).await;
@@ -234,13 +235,13 @@ async fn a_silent_setting_stops_early_and_an_answering_one_is_swept() {
         .iter()
         .map(|f| (f.settings.map(|s| s.baud).unwrap_or(0), f.unit))
         .collect();
-    assert_eq!(units, vec![(9600, 1), (9600, 30), (19200, 1), (19200, 30)]);
-    assert_eq!(record.done, vec![(9600, 40, false), (19200, 40, false)]);
+    assert_eq!(units, vec![(9600, 1), (9600, 20), (19200, 1), (19200, 20)]);
+    assert_eq!(record.done, vec![(9600, 24, false), (19200, 24, false)]);
 
     // From unit 2 on, the first 16 units are silent at both settings: each
-    // is given up before it reaches unit 30.
+    // is given up before it reaches unit 20.
     let far = ScanPlan {
-        units: (2..=40).collect(),
+        units: (2..=24).collect(),
         ..plan
     };
     let mut record = Record::default();
