@@ -249,6 +249,22 @@ impl Default for SerialSettings {
     }
 }
 
+/// `9600 8N1`: baud rate, data bits, parity, stop bits.
+impl fmt::Display for SerialSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parity = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        write!(
+            f,
+            "{} {}{parity}{}",
+            self.baud, self.data_bits, self.stop_bits
+        )
+    }
+}
+
 impl SerialSettings {
     /// Bits on the wire per character: start bit, data bits, parity, stop bits.
     pub fn bits_per_char(&self) -> u32 {

@@ -86,14 +86,7 @@ fn split(s: &str) -> impl Iterator<Item = &str> {
 fn settings_label(settings: Option<SerialSettings>) -> String {
     match settings {
         None => String::new(),
-        Some(s) => {
-            let p = match s.parity {
-                Parity::None => 'N',
-                Parity::Even => 'E',
-                Parity::Odd => 'O',
-            };
-            format!("{} {}{p}{}", s.baud, s.data_bits, s.stop_bits)
-        }
+        Some(s) => s.to_string(),
     }
 }
 

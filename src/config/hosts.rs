@@ -1109,12 +1109,7 @@ fn check_overlaps(items: &[ItemSpec], drafts: &[ItemDraft], label: &str, report:
 
 /// `9600 8N1`
 pub(super) fn describe_serial(s: &SerialSettings) -> String {
-    let parity = match s.parity {
-        Parity::None => 'N',
-        Parity::Even => 'E',
-        Parity::Odd => 'O',
-    };
-    format!("{} {}{parity}{}", s.baud, s.data_bits, s.stop_bits)
+    s.to_string()
 }
 
 /// Checks across hosts: unique ids, one setting per serial port, one host per
