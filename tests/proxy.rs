@@ -449,7 +449,7 @@ baud = 9600
         ":12:10: proxy[1]: listen \"nowhere\" must be an IP address and port",
         ":14:13: proxy[1]: units must be whole numbers from 0 to 255",
         ":15:10: proxy[1]: writes must be true or false",
-        ":16:1: proxy[1]: baud is a serial line setting",
+        ":16:1: proxy[1]: baud is a serial line setting, but this proxy connects over TCP",
         ":17:1: proxy[1]: unknown key \"colour\" in [[proxy]]",
         "proxy[2]: listen is required in [[proxy]]",
     ] {

@@ -329,7 +329,7 @@ fn read_host(
         .map(|n| n.value)
         .unwrap_or_else(|| host.clone());
 
-    let serial = read_serial(&section, connection.as_ref(), report);
+    let serial = read_serial(&section, "host", connection.as_ref(), report);
     let serial_pos = SERIAL_KEYS
         .iter()
         .filter_map(|k| section.key_pos(k))
@@ -405,9 +405,11 @@ fn read_byte_order(section: &Section<'_, '_>, report: &mut Report) -> Option<Byt
     }
 }
 
-/// The serial settings of an `rtu://` host; on a TCP host, each serial key is an error.
+/// The serial settings of an `rtu://` host (or proxy, `what`); on a TCP one,
+/// each serial key is an error.
 pub(super) fn read_serial(
     section: &Section<'_, '_>,
+    what: &str,
     connection: Option<&Connection>,
     report: &mut Report,
 ) -> Option<SerialSettings> {
@@ -418,7 +420,7 @@ pub(super) fn read_serial(
                     report,
                     &pos,
                     &format!(
-                        "{key} is a serial line setting, but this host connects over TCP; remove it or use connection = \"rtu:///dev/ttyUSB0\""
+                        "{key} is a serial line setting, but this {what} connects over TCP; remove it or use connection = \"rtu:///dev/ttyUSB0\""
                     ),
                 );
             }

@@ -121,7 +121,7 @@ fn read_proxy(
         .map(|b| b.value)
         .unwrap_or(false);
     let timeout = section.duration(report, "timeout", false).map(|d| d.value);
-    let serial = read_serial(section, connection.as_ref(), report);
+    let serial = read_serial(section, "proxy", connection.as_ref(), report);
     let (listen, connection) = (listen?, connection?);
     let on_link: Vec<&HostSpec> = hosts
         .iter()
