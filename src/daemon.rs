@@ -153,6 +153,36 @@ fn start_host(
     }
 }
 
+/// Starts every `[[proxy]]` of the config the gateway started with, on the
+/// hosts' `buses`. A proxy whose address cannot be bound is logged and left
+/// out; polling goes on. A changed `[[proxy]]` takes effect on restart.
+async fn start_proxies(
+    gateway: &Gateway,
+    buses: &Arc<Buses>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let config = gateway.config();
+    for spec in &config.proxies {
+        match crate::proxy::bind(spec).await {
+            Ok(listener) => {
+                let proxy = crate::proxy::Proxy::new(
+                    spec.clone(),
+                    &config.hosts,
+                    buses.clone(),
+                    gateway.proxies.clone(),
+                );
+                tracker.spawn(crate::proxy::serve(listener, proxy, cancel.clone()));
+            }
+            Err(e) => tracing::error!(
+                listen = %spec.listen,
+                error = %e,
+                "proxy: cannot listen; it is not running"
+            ),
+        }
+    }
+}
+
 /// How long shutdown waits for host tasks (and the alarm task) to finish what
 /// they are in. With the uplink's goodbye and the store's final commit this
 /// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
@@ -176,7 +206,7 @@ pub async fn run_gateway_with_api(
 ) -> Result<(), DaemonError> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let buses = Buses::default();
+    let buses = Arc::new(Buses::default());
     let mut tasks: BTreeMap<String, HostTask> = BTreeMap::new();
     let mut reloads = gateway.reloads();
     let sync_hosts = |tasks: &mut BTreeMap<String, HostTask>| {
@@ -209,6 +239,7 @@ pub async fn run_gateway_with_api(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
+    start_proxies(&gateway, &buses, &cancel, &tracker).await;
     let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads());
     tracker.spawn(crate::alarm::run(
         gateway.alarms.clone(),
@@ -224,6 +255,7 @@ pub async fn run_gateway_with_api(
         "gateway running"
     );
     let systemd = crate::notify::Service::start(&gateway);
+    let first_proxies = gateway.config().proxies.clone();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -234,6 +266,9 @@ pub async fn run_gateway_with_api(
                 }
                 let (started, stopped) = sync_hosts(&mut tasks);
                 tracing::info!(started, stopped, running = tasks.len(), "host tasks updated after reload");
+                if gateway.config().proxies != first_proxies {
+                    tracing::warn!("[[proxy]] changed: the proxies keep their old settings until restart");
+                }
             }
         }
     }

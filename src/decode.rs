@@ -350,12 +350,23 @@ pub fn written_value(item: &ItemSpec, target: f64) -> Result<f64, EncodeError> {
 /// words remain; `u64 ABCD`, `i64 ABCD`, `f64 ABCD`, ... where four remain.
 /// Orders follow [`ByteOrder::ALL`].
 pub fn all_decodings(words: &[u16]) -> Vec<(usize, String, f64)> {
+    decodings(words)
+        .into_iter()
+        .map(|(off, vt, order, v)| match order {
+            Some(o) => (off, format!("{vt} {o}"), v),
+            None => (off, vt.name().to_string(), v),
+        })
+        .collect()
+}
+
+/// [`all_decodings`] typed: (offset, type, byte order for 32/64-bit types, raw value).
+fn decodings(words: &[u16]) -> Vec<(usize, ValueType, Option<ByteOrder>, f64)> {
     let mut out = Vec::new();
     for off in 0..words.len() {
         let rest = &words[off..];
         for vt in [ValueType::U16, ValueType::I16] {
             if let Ok(v) = decode_raw(rest, vt, ByteOrder::Abcd, None) {
-                out.push((off, vt.name().to_string(), v));
+                out.push((off, vt, None, v));
             }
         }
         for group in [
@@ -365,13 +376,105 @@ pub fn all_decodings(words: &[u16]) -> Vec<(usize, String, f64)> {
             for order in ByteOrder::ALL {
                 for vt in group {
                     if let Ok(v) = decode_raw(rest, vt, order, None) {
-                        out.push((off, format!("{vt} {order}"), v));
+                        out.push((off, vt, Some(order), v));
                     }
                 }
             }
         }
     }
     out
+}
+
+/// The scales `probe --expect` tries.
+pub const EXPECT_SCALES: [f64; 4] = [1.0, 0.1, 0.01, 0.001];
+
+/// One register layout that decodes to the value a technician expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// The 0-based address of its first register.
+    pub address: u16,
+    pub value_type: ValueType,
+    /// For 32/64-bit types only.
+    pub byte_order: Option<ByteOrder>,
+    pub scale: f64,
+    /// raw * scale.
+    pub value: f64,
+    /// |value - expected| / |expected| (absolute when expected is 0).
+    pub error: f64,
+}
+
+/// Every (address, type, byte order, scale among [`EXPECT_SCALES`]) of
+/// `words` (read from `start` on) that decodes to `expected` within
+/// `tolerance` (absolute), best first: smallest error; ties go to the
+/// address `asked` for, then to fewer registers, then to the order types,
+/// byte orders and scales are listed in.
+pub fn matching_layouts(
+    start: u16,
+    words: &[u16],
+    asked: u16,
+    expected: f64,
+    tolerance: f64,
+) -> Vec<Layout> {
+    let mut found = Vec::new();
+    for (off, vt, order, raw) in decodings(words) {
+        let Ok(address) = u16::try_from(usize::from(start) + off) else {
+            continue;
+        };
+        for scale in EXPECT_SCALES {
+            let value = raw * scale;
+            let diff = (value - expected).abs();
+            if !value.is_finite() || diff > tolerance {
+                continue;
+            }
+            let error = if expected == 0.0 {
+                diff
+            } else {
+                diff / expected.abs()
+            };
+            found.push(Layout {
+                address,
+                value_type: vt,
+                byte_order: order,
+                scale,
+                value,
+                error,
+            });
+        }
+    }
+    let rank = |l: &Layout| {
+        (
+            l.address != asked,
+            vt_rank(l.value_type),
+            l.byte_order
+                .and_then(|o| ByteOrder::ALL.iter().position(|&a| a == o))
+                .unwrap_or(0),
+            EXPECT_SCALES
+                .iter()
+                .position(|&s| s == l.scale)
+                .unwrap_or(0),
+        )
+    };
+    found.sort_by(|a, b| {
+        a.error
+            .total_cmp(&b.error)
+            .then_with(|| rank(a).cmp(&rank(b)))
+    });
+    found
+}
+
+/// Smaller types first, signed before unsigned.
+fn vt_rank(vt: ValueType) -> u8 {
+    match vt {
+        ValueType::I16 => 0,
+        ValueType::U16 => 1,
+        ValueType::I32 => 2,
+        ValueType::U32 => 3,
+        ValueType::F32 => 4,
+        ValueType::I64 => 5,
+        ValueType::U64 => 6,
+        ValueType::F64 => 7,
+        ValueType::Bool => 8,
+    }
 }
 
 /// A float with up to 6 significant digits (like C's `%g`); NaN and infinity
@@ -400,13 +503,6 @@ pub fn format_g6(x: f64) -> String {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
     }
-}
-
-/// A float a technician would take for a measurement: finite, non-zero and
-/// of everyday magnitude (0.001 ..< 10,000,000). Garbage from mis-ordered or
-/// integer registers is mostly tiny (denormals) or huge.
-fn plausible(x: f64) -> bool {
-    x.is_finite() && x != 0.0 && (1e-3..1e7).contains(&x.abs())
 }
 
 fn render(headers: &[String], rows: &[Vec<String>], left: &[bool]) -> String {
@@ -466,8 +562,9 @@ pub fn probe_table(start_address: u16, words: &[u16]) -> String {
 ///
 /// 1. address, Modicon reference (`table` given), raw hex and decimal, `i16`,
 ///    the two bytes as text (to spot model names and serial numbers), and `f32`
-///    in the four byte orders; a float of everyday magnitude is marked `*`, so a
-///    reading like `21.5*` stands out among the garbage of the wrong orders;
+///    in the four byte orders (no order is marked as likely: a plausible
+///    looking float is often garbage while the real value is a scaled
+///    integer; `probe --expect` finds the layout of a known value);
 /// 2. address, raw hex, and `u32`/`i32` in the four byte orders (`i16`/`i32`
 ///    only where they differ from `u16`/`u32`, i.e. negative).
 ///
@@ -513,7 +610,6 @@ fn probe(table: Option<Table>, start: u16, words: &[u16]) -> String {
         h2.push(format!("i32 {o}"));
     }
     let mut rows2 = Vec::new();
-    let mut marked = false;
 
     for off in 0..words.len() {
         let w = words[off];
@@ -535,9 +631,7 @@ fn probe(table: Option<Table>, start: u16, words: &[u16]) -> String {
                 Some(p) => {
                     let bits = gather(p, 2, order) as u32;
                     let f = f32::from_bits(bits) as f64;
-                    let mark = plausible(f);
-                    marked |= mark;
-                    r1.push(format!("{}{}", format_g6(f), if mark { "*" } else { " " }));
+                    r1.push(format_g6(f));
                     r2.push(bits.to_string());
                     r2.push(if (bits as i32) < 0 {
                         (bits as i32).to_string()
@@ -556,9 +650,6 @@ fn probe(table: Option<Table>, start: u16, words: &[u16]) -> String {
         rows2.push(r2);
     }
     let mut out = render(&h1, &rows1, &left1);
-    if marked {
-        out.push_str("* float of everyday magnitude (0.001 to 1e7): a likely layout\n");
-    }
     out.push('\n');
     out.push_str(&render(&h2, &rows2, &[]));
     out.push_str("i16/i32 shown only where negative (otherwise equal to u16/u32)\n");
@@ -1042,13 +1133,12 @@ mod tests {
         let words = [0x41AC, 0x0000, 0x4631, 0xFFFE];
         let out = probe_table_for(Table::Holding, 100, &words);
         let want = "\
-addr    ref     hex    u16  i16  text      f32 ABCD       f32 DCBA       f32 BADC      f32 CDAB
-----  -----  ------  -----  ---  ----  ------------  -------------  -------------  ------------
- 100  40101  0x41AC  16812       A.           21.5*   6.17931e-41   -2.74269e-12   2.35586e-41
- 101  40102  0x0000      0       ..    2.51799e-41    2.88128e-09     1.7676e-41         11328*
- 102  40103  0x4631  17969       F1          11392*  -1.69604e+38    2.89577e-09             -
+addr    ref     hex    u16  i16  text     f32 ABCD      f32 DCBA      f32 BADC     f32 CDAB
+----  -----  ------  -----  ---  ----  -----------  ------------  ------------  -----------
+ 100  40101  0x41AC  16812       A.           21.5   6.17931e-41  -2.74269e-12  2.35586e-41
+ 101  40102  0x0000      0       ..    2.51799e-41   2.88128e-09    1.7676e-41        11328
+ 102  40103  0x4631  17969       F1          11392  -1.69604e+38   2.89577e-09            -
  103  40104  0xFFFE  65534   -2  ..
-* float of everyday magnitude (0.001 to 1e7): a likely layout
 
 addr    ref     hex    u32 ABCD  i32 ABCD    u32 DCBA   i32 DCBA    u32 BADC     i32 BADC    u32 CDAB  i32 CDAB
 ----  -----  ------  ----------  --------  ----------  ---------  ----------  -----------  ----------  --------
@@ -1062,7 +1152,7 @@ i16/i32 shown only where negative (otherwise equal to u16/u32)
         // Without a table: no ref column; one word: no 32-bit values, no panic.
         let one = probe_table(7, &[0x0001]);
         assert!(one.starts_with("addr     hex  u16"), "{one}");
-        assert!(!one.contains('*'), "{one}");
+        assert!(!one.contains('*'), "no layout is marked as likely: {one}");
         assert_eq!(probe_table(0, &[]), "no registers read\n");
         // The top of the address space does not overflow.
         let top = probe_table_for(Table::Input, 65535, &[1, 2]);
@@ -1070,5 +1160,67 @@ i16/i32 shown only where negative (otherwise equal to u16/u32)
         // NaN shows as '-'.
         let nan = probe_table(0, &[0x7FC0, 0x0000]);
         assert!(nan.lines().nth(2).unwrap_or("").contains(" -"), "{nan}");
+    }
+
+    fn best(words: &[u16], start: u16, asked: u16, expected: f64) -> Layout {
+        let tolerance = expected.abs() * 0.005;
+        let found = matching_layouts(start, words, asked, expected, tolerance);
+        found
+            .first()
+            .cloned()
+            .unwrap_or_else(|| panic!("no layout for {expected}"))
+    }
+
+    #[test]
+    fn expect_finds_a_scaled_i16() {
+        // The heat pump's outdoor temperature: 18.2 degC as i16 x 0.1, with a
+        // neighbour that makes an f32 DCBA look plausible.
+        let words = [0x0000, 182, 0xC202];
+        let b = best(&words, 2, 3, 18.2);
+        assert_eq!(
+            (b.address, b.value_type, b.byte_order),
+            (3, ValueType::I16, None)
+        );
+        assert_eq!(b.scale, 0.1);
+        let neg = best(&[(-42i16) as u16], 7, 7, -4.2);
+        assert_eq!(
+            (neg.address, neg.value_type, neg.scale),
+            (7, ValueType::I16, 0.1)
+        );
+        // Nothing within tolerance: nothing listed.
+        assert!(matching_layouts(0, &[500], 0, 18.2, 0.09).is_empty());
+    }
+
+    #[test]
+    fn expect_finds_u32_and_f32_cdab() {
+        // 123456 as u32 ABCD at 10.
+        let found = matching_layouts(10, &[0x0001, 0xE240], 10, 123_456.0, 617.0);
+        let exact: Vec<_> = found.iter().filter(|l| l.error == 0.0).collect();
+        assert_eq!(exact.len(), 2, "signed and unsigned: {found:?}");
+        assert!(exact
+            .iter()
+            .all(|l| l.address == 10 && l.byte_order == Some(ByteOrder::Abcd) && l.scale == 1.0));
+        assert_eq!(exact[1].value_type, ValueType::U32);
+        // 21.5 as f32 CDAB at 20, neighbours on both sides.
+        let words = [0x1234, 0x0000, 0x41AC, 0x5678];
+        let b = best(&words, 19, 20, 21.5);
+        assert_eq!((b.address, b.value_type), (20, ValueType::F32));
+        assert_eq!(b.byte_order, Some(ByteOrder::Cdab));
+        assert_eq!(b.error, 0.0);
+    }
+
+    #[test]
+    fn expect_ranks_by_error_then_the_asked_address() {
+        // 250 at 4 and 5: exact at both; the asked address (5) comes first.
+        let found = matching_layouts(4, &[250, 250, 251], 5, 250.0, 2.0);
+        assert_eq!(found[0].address, 5);
+        assert_eq!(found[0].value_type, ValueType::I16);
+        assert!(found.windows(2).all(|w| w[0].error <= w[1].error));
+        let off = found.iter().position(|l| l.address == 4).unwrap_or(0);
+        let inexact = found.iter().position(|l| l.value != 250.0).unwrap_or(0);
+        assert!(off < inexact, "{found:?}");
+        // A hit only one register off is still found.
+        let b = best(&[0, 215, 0], 9, 11, 21.5);
+        assert_eq!(b.address, 10);
     }
 }

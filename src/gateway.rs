@@ -23,6 +23,8 @@ pub struct Gateway {
     pub writes: ConfigRequests,
     pub alarms: Alarms,
     pub mqtt: Arc<MqttStatus>,
+    /// The Modbus TCP proxies' counters.
+    pub proxies: Arc<crate::proxy::ProxyStatus>,
     running: SnapshotHandle,
     reloads: tokio::sync::watch::Sender<u64>,
 }
@@ -123,6 +125,7 @@ pub fn open(config: Config) -> Result<Gateway, StoreError> {
         writes: ConfigRequests::open(ledger.clone(), config.clone())?,
         alarms: Alarms::new(ledger.clone(), running.clone())?,
         mqtt: MqttStatus::new(),
+        proxies: crate::proxy::ProxyStatus::new(),
         store,
         ledger,
         running,

@@ -8,6 +8,7 @@
 //! - [`units`]: durations (`"10s"`) and sizes (`"1GiB"`).
 //! - [`diag`]: `Diagnostic`, source positions and the "did you mean" suggesters.
 //! - [`expr`]: the trigger language (lexer, parser, AST, printer); knows nothing of config or alarms.
+//! - [`netlimit`]: a TCP stream with a connection permit and an idle timeout (API, proxy).
 //!
 //! The pipeline:
 //! - [`model`]: the validated, immutable config types; no I/O.
@@ -23,6 +24,8 @@
 //! - [`wire`]: every outgoing JSON shape (hosts, items, data, config statuses, events, triggers).
 //! - [`config_requests`]: writes of settings: request parsing, value checks, the service, the device side.
 //! - [`poll`]: one task per host: schedule (pure), read and narrow exceptions, live state, the task loop.
+//! - [`proxy`]: `[[proxy]]`, a Modbus TCP server forwarding through the gateway's own links.
+//! - [`scan`]: `modbridge scan`, finding the units (and settings) on a line or TCP endpoint.
 //! - [`snapshot`]: the config and live host states a reload replaces, as one value.
 //! - [`alarm`]: trigger evaluation (pure engine), the alarm service and its task.
 //! - [`uplink_status`]: the uplink's counters, read by `/health` and `/metrics`.
@@ -40,6 +43,7 @@
 pub mod clock;
 pub mod diag;
 pub mod expr;
+pub mod netlimit;
 pub mod units;
 
 pub mod alarm;
@@ -52,6 +56,8 @@ pub mod modbus;
 pub mod model;
 pub mod plan;
 pub mod poll;
+pub mod proxy;
+pub mod scan;
 pub mod snapshot;
 pub mod store;
 pub mod uplink_status;

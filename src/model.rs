@@ -249,6 +249,22 @@ impl Default for SerialSettings {
     }
 }
 
+/// `9600 8N1`: baud rate, data bits, parity, stop bits.
+impl fmt::Display for SerialSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parity = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        write!(
+            f,
+            "{} {}{parity}{}",
+            self.baud, self.data_bits, self.stop_bits
+        )
+    }
+}
+
 impl SerialSettings {
     /// Bits on the wire per character: start bit, data bits, parity, stop bits.
     pub fn bits_per_char(&self) -> u32 {
@@ -720,6 +736,31 @@ pub struct Config {
     pub api: ApiSpec,
     pub hosts: Vec<std::sync::Arc<HostSpec>>,
     pub triggers: Vec<TriggerSpec>,
+    /// Modbus TCP proxies onto the gateway's links (`[[proxy]]`).
+    pub proxies: Vec<ProxySpec>,
+}
+
+/// One `[[proxy]]`: a Modbus TCP server that forwards each request through
+/// the gateway's own link to `connection`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySpec {
+    pub listen: std::net::SocketAddr,
+    pub connection: Connection,
+    /// The serial line's settings (those of the hosts on it).
+    pub serial: Option<SerialSettings>,
+    /// Unit ids it forwards; `None`: any.
+    pub units: Option<Vec<u8>>,
+    /// Whether write function codes are forwarded.
+    pub writes: bool,
+    /// Per forwarded request, from when it goes out on the link.
+    pub timeout: Duration,
+}
+
+impl ProxySpec {
+    /// The name in metrics and logs: its listen address.
+    pub fn name(&self) -> String {
+        self.listen.to_string()
+    }
 }
 
 impl Config {
@@ -735,6 +776,7 @@ impl Config {
             api: ApiSpec::default(),
             hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
             triggers: Vec::new(),
+            proxies: Vec::new(),
         }
     }
 

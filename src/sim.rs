@@ -83,12 +83,16 @@ struct Inner {
     animations: Mutex<Vec<Animation>>,
     /// Unit ids this device answers; empty answers every unit.
     units: Mutex<HashSet<u8>>,
+    /// Vendor, product code and revision it answers 43/14 with; none: exception 01.
+    identification: Mutex<Option<[String; 3]>>,
     requests: AtomicU64,
     /// Sees `requests` move, for tests that wait for a request to arrive.
     arrived: tokio::sync::watch::Sender<u64>,
     /// When recording: TCP connections accepted, and each request's arrival
     /// and answer (see [`SimDevice::record_timing`]).
     timing: Mutex<Option<Timing>>,
+    /// TCP connections accepted so far.
+    connections: AtomicU64,
     /// Bumped by `drop_connections`; connections of older epochs close.
     epoch: AtomicU64,
 }
@@ -123,9 +127,11 @@ impl SimDevice {
                 faults: Mutex::new(Faults::default()),
                 animations: Mutex::new(Vec::new()),
                 units: Mutex::new(HashSet::new()),
+                identification: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 arrived: tokio::sync::watch::Sender::new(0),
                 timing: Mutex::new(None),
+                connections: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
             }),
         }
@@ -134,6 +140,15 @@ impl SimDevice {
     /// Answer only these unit ids (a unit on a shared serial line).
     pub fn answer_units(&self, units: &[u8]) {
         *lock(&self.inner.units) = units.iter().copied().collect();
+    }
+
+    /// Answer device identification (43/14, basic objects) with these.
+    pub fn set_identification(&self, vendor: &str, product: &str, revision: &str) {
+        *lock(&self.inner.identification) = Some([
+            vendor.to_string(),
+            product.to_string(),
+            revision.to_string(),
+        ]);
     }
 
     /// Sets one register.
@@ -279,6 +294,11 @@ impl SimDevice {
         }
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
     fn answer(&self, req: &Request<'_>) -> Result<Response, ExceptionCode> {
         let faults = lock(&self.inner.faults).clone();
         if let Some(code) = faults.refuse_all {
@@ -341,8 +361,27 @@ impl SimDevice {
                 let n = self.write(&faults, Table::Holding, *a, vs)?;
                 Ok(Response::WriteMultipleRegisters(*a, n))
             }
+            Request::ReadDeviceIdentification(..) => self.identification(),
             _ => Err(ExceptionCode::IllegalFunction),
         }
+    }
+
+    /// The basic device identification objects (vendor, product code,
+    /// revision), whatever was asked for: the PDU as a device sends it.
+    fn identification(&self) -> Result<Response, ExceptionCode> {
+        let Some(objects) = lock(&self.inner.identification).clone() else {
+            return Err(ExceptionCode::IllegalFunction);
+        };
+        // Function, MEI type, read code, conformity level, more follows,
+        // next object id, object count, then (id, length, value) per object.
+        let mut pdu = vec![0x2B, 0x0E, 0x01, 0x81, 0x00, 0x00, objects.len() as u8];
+        for (id, value) in (0u8..).zip(&objects) {
+            let bytes = &value.as_bytes()[..value.len().min(64)];
+            pdu.extend([id, bytes.len() as u8]);
+            pdu.extend_from_slice(bytes);
+        }
+        Response::try_from(tokio_modbus::bytes::Bytes::from(pdu))
+            .map_err(|_| ExceptionCode::ServerDeviceFailure)
     }
 
     /// A master's write of `values` from `start` (coils as 0/1): refused with
@@ -383,6 +422,7 @@ impl SimDevice {
                 async move {
                     let _ = stream.set_nodelay(true);
                     device.record(|t| t.connects.push(std::time::Instant::now()));
+                    device.inner.connections.fetch_add(1, Ordering::Relaxed);
                     let epoch = device.inner.epoch.load(Ordering::SeqCst);
                     let transport = Killable {
                         stream,

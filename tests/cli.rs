@@ -258,6 +258,134 @@ async fn read_and_probe_show_what_the_device_holds() {
     assert!(text(&out.stdout).contains("ERROR"), "{}", text(&out.stdout));
 }
 
+async fn probe_expect(
+    addr: &str,
+    table: &str,
+    address: u16,
+    count: u16,
+    expect: &str,
+) -> (Option<i32>, String) {
+    let out = modbridge_async(
+        [
+            "probe",
+            "--connection",
+            &format!("tcp://{addr}"),
+            "--table",
+            table,
+            "--address",
+            &address.to_string(),
+            "--count",
+            &count.to_string(),
+            "--expect",
+            expect,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    (out.status.code(), text(&out.stdout) + &text(&out.stderr))
+}
+
+/// The part of `probe --expect`'s output after the tables: the layouts, best first.
+fn layouts(out: &str) -> &str {
+    out.split_once("best first:").map(|(_, l)| l).unwrap_or("")
+}
+
+#[tokio::test]
+async fn probe_expect_names_the_layout() {
+    let device = SimDevice::new();
+    // 18.2 degC as i16 x 0.1 at input 3, between registers that make a
+    // plausible looking float of the wrong order.
+    device.set_registers(Table::Input, 2, &[0x3333, 182, 0xC202]);
+    device.set_registers(Table::Input, 20, &[(-42i16) as u16]);
+    // 3000000 as u32 at holding 100; 21.5 as f32 CDAB at holding 200.
+    device.set_registers(Table::Holding, 100, &[0x002D, 0xC6C0]);
+    device.set_registers(Table::Holding, 200, &[0x0000, 0x41AC]);
+    let server = device.bind_tcp("127.0.0.1:0").await.expect("bind");
+    let addr = server.addr().expect("addr").to_string();
+
+    let (code, out) = probe_expect(&addr, "input", 3, 1, "18.2").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains('*'), "no false likely marks: {out}");
+    assert!(
+        layouts(&out).trim_start().starts_with(
+            "# input 3 (30004): i16 x 0.1 = 18.2\n[[hosts.items]]\ntable = \"input\"\naddress = 3\ntype = \"i16\"\nscale = 0.1\n"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("note:"), "{out}");
+
+    let (code, out) = probe_expect(&addr, "input", 20, 1, "-4.2").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        layouts(&out)
+            .trim_start()
+            .starts_with("# input 20 (30021): i16 x 0.1 = -4.2"),
+        "{out}"
+    );
+
+    let (code, out) = probe_expect(&addr, "holding", 100, 2, "3000000").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        layouts(&out)
+            .contains("address = 100\ntype = \"u32\"\nbyte_order = \"ABCD\"\nscale = 1.0\n"),
+        "{out}"
+    );
+
+    let (code, out) = probe_expect(&addr, "holding", 200, 2, "21.5").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        layouts(&out)
+            .trim_start()
+            .starts_with("# holding 200 (40201): f32 CDAB x 1 = 21.5\n"),
+        "{out}"
+    );
+
+    // The documentation's 1-based "register 4" is address 3: flagged.
+    let (code, out) = probe_expect(&addr, "input", 4, 1, "18.2").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        layouts(&out)
+            .trim_start()
+            .starts_with("# input 3 (30004): i16 x 0.1 = 18.2  (one register off"),
+        "{out}"
+    );
+    assert!(
+        out.contains("note: the best match is at address 3, one below the 4 asked for"),
+        "{out}"
+    );
+
+    // Nothing decodes to it: exit 1 and say so; a bad tolerance is a usage error.
+    let (code, out) = probe_expect(&addr, "input", 3, 1, "77.7").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no layout decodes to 77.7 within 0.5%"),
+        "{out}"
+    );
+    let bad = modbridge_async(
+        [
+            "probe",
+            "--connection",
+            &format!("tcp://{addr}"),
+            "--table",
+            "coil",
+            "--address",
+            "0",
+            "--expect",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("--expect needs registers"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
 #[tokio::test]
 async fn sigterm_commits_everything_in_memory() {
     let device = SimDevice::new();

@@ -350,6 +350,7 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
     uplink_figures(&mut m, &gateway, running.config.mqtt.is_some());
     config_request_figures(&mut m, &gateway.writes.stats());
     trigger_figures(&mut m, &gateway.alarms.stats());
+    proxy_figures(&mut m, &gateway.proxies.snapshot());
     st.commits.failing(&stats);
     Ok((
         [
@@ -573,6 +574,51 @@ fn uplink_figures(m: &mut Exposition, gateway: &Gateway, mqtt_configured: bool) 
             .connect_errors
             .load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
+}
+
+/// Writes the Modbus TCP proxies' request, write and refused-client counters.
+fn proxy_figures(m: &mut Exposition, proxies: &[(String, crate::proxy::Counters)]) {
+    if proxies.is_empty() {
+        return;
+    }
+    m.family(
+        "modbridge_proxy_requests_total",
+        "counter",
+        "Requests proxy clients sent, by how they ended.",
+    );
+    for (name, c) in proxies {
+        for outcome in crate::proxy::Outcome::ALL {
+            m.sample(
+                "modbridge_proxy_requests_total",
+                &[("proxy", name), ("result", outcome.label())],
+                c.of(outcome) as f64,
+            );
+        }
+    }
+    m.family(
+        "modbridge_proxy_writes_total",
+        "counter",
+        "Writes proxy clients sent that were forwarded to the device.",
+    );
+    for (name, c) in proxies {
+        m.sample(
+            "modbridge_proxy_writes_total",
+            &[("proxy", name)],
+            c.writes as f64,
+        );
+    }
+    m.family(
+        "modbridge_proxy_clients_refused_total",
+        "counter",
+        "Client connections closed at once because the proxy had its maximum open.",
+    );
+    for (name, c) in proxies {
+        m.sample(
+            "modbridge_proxy_clients_refused_total",
+            &[("proxy", name)],
+            c.refused_clients as f64,
+        );
+    }
 }
 
 /// Writes the config requests by status and the refused and unreachable-write counters.

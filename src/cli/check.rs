@@ -91,6 +91,21 @@ pub fn check_report(config: &crate::model::Config) -> String {
             }
         }
     }
+    for proxy in &config.proxies {
+        let _ = writeln!(out);
+        let units = match &proxy.units {
+            Some(u) => u.iter().map(u8::to_string).collect::<Vec<_>>().join(","),
+            None => "any".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "proxy {} -> {}, units {units}, writes {}, timeout {}",
+            proxy.listen,
+            proxy.connection,
+            if proxy.writes { "forwarded" } else { "refused" },
+            crate::units::format_duration(proxy.timeout)
+        );
+    }
     out
 }
 

@@ -1,10 +1,10 @@
-//! The command line: `run`, `check`, `read`, `probe`, `write`, `ack`, `demo`, `simulate`.
+//! The command line: `run`, `check`, `read`, `probe`, `scan`, `write`, `ack`, `demo`, `simulate`.
 //!
 //! Exit status: 0 success, 2 bad config or bad usage, 1 anything else.
 
 //! The clap definitions and the dispatch live here; each group of subcommands
 //! has its own file: `run` ([`run`]), `check` ([`check`]), `read` and `probe`
-//! on the field bus ([`field`]), `write` and `ack` through the running
+//! on the field bus ([`field`]), `scan` ([`scan`]), `write` and `ack` through the running
 //! gateway's API ([`remote`]), and `demo`/`simulate` ([`demo`]).
 
 mod check;
@@ -12,6 +12,7 @@ mod demo;
 mod field;
 mod remote;
 mod run;
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ use crate::config::DEFAULT_PATH;
 pub use check::check_report;
 pub use demo::{DEMO_CONFIG, DEMO_PROFILE};
 pub use field::{read_table, ProbeArgs};
+pub use scan::ScanArgs;
 
 /// modbridge: a Modbus edge gateway.
 #[derive(Debug, Parser)]
@@ -61,6 +63,9 @@ pub enum Command {
     },
     /// Read raw registers and show every plausible decoding side by side.
     Probe(ProbeArgs),
+    /// Find the devices on a serial line (each baud rate, parity and unit) or
+    /// behind a TCP endpoint (each unit).
+    Scan(ScanArgs),
     /// Ask the running gateway (through its HTTP API) to write a value to a
     /// configurable item, and wait for the device's answer.
     Write {
@@ -139,6 +144,7 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime.block_on(field::cmd_read(&config, &host, key.as_deref()))
         }
         Command::Probe(args) => runtime.block_on(field::cmd_probe(args)),
+        Command::Scan(args) => runtime.block_on(scan::cmd_scan(args)),
         Command::Write {
             config,
             host,

@@ -45,7 +45,7 @@ pub(super) const HOST_KEYS: [&str; 22] = [
 ];
 
 /// The serial line settings among [`HOST_KEYS`].
-const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
+pub(super) const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
 
 /// Keys of `[[hosts.items]]` and of a profile's `[[items]]`.
 pub(super) const ITEM_KEYS: [&str; 17] = [
@@ -332,7 +332,7 @@ fn read_host(
         .map(|n| n.value)
         .unwrap_or_else(|| host.clone());
 
-    let serial = read_serial(&section, connection.as_ref(), report);
+    let serial = read_serial(&section, "host", connection.as_ref(), report);
     let serial_pos = SERIAL_KEYS
         .iter()
         .filter_map(|k| section.key_pos(k))
@@ -472,9 +472,11 @@ fn read_byte_order(section: &Section<'_, '_>, report: &mut Report) -> Option<Byt
     }
 }
 
-/// The serial settings of an `rtu://` host; on a TCP host, each serial key is an error.
-fn read_serial(
+/// The serial settings of an `rtu://` host (or proxy, `what`); on a TCP one,
+/// each serial key is an error.
+pub(super) fn read_serial(
     section: &Section<'_, '_>,
+    what: &str,
     connection: Option<&Connection>,
     report: &mut Report,
 ) -> Option<SerialSettings> {
@@ -485,7 +487,7 @@ fn read_serial(
                     report,
                     &pos,
                     &format!(
-                        "{key} is a serial line setting, but this host connects over TCP; remove it or use connection = \"rtu:///dev/ttyUSB0\""
+                        "{key} is a serial line setting, but this {what} connects over TCP; remove it or use connection = \"rtu:///dev/ttyUSB0\""
                     ),
                 );
             }
@@ -1175,13 +1177,8 @@ fn check_overlaps(items: &[ItemSpec], drafts: &[ItemDraft], label: &str, report:
 }
 
 /// `9600 8N1`
-fn describe_serial(s: &SerialSettings) -> String {
-    let parity = match s.parity {
-        Parity::None => 'N',
-        Parity::Even => 'E',
-        Parity::Odd => 'O',
-    };
-    format!("{} {}{parity}{}", s.baud, s.data_bits, s.stop_bits)
+pub(super) fn describe_serial(s: &SerialSettings) -> String {
+    s.to_string()
 }
 
 /// Checks across hosts: unique ids, one setting per serial port, one host per

@@ -7,6 +7,7 @@
 //! walk, because the rest of the document cannot be trusted after it.
 
 mod hosts;
+mod proxies;
 pub mod schema;
 mod source;
 mod triggers;
@@ -80,7 +81,7 @@ pub(crate) fn load_str_without_expressions(
 }
 
 /// Every key the loader accepts, per table: `""` is the top level, then
-/// `gateway`, `storage`, `mqtt`, `api`, `hosts`, `hosts.items` and `triggers`;
+/// `gateway`, `storage`, `mqtt`, `api`, `hosts`, `hosts.items`, `triggers` and `proxy`;
 /// `profile` and `profile.items` are a device profile's. `[severity]` takes
 /// numbers as keys and is not listed. The config schema is checked against this.
 pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
@@ -93,6 +94,7 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("hosts", &hosts::HOST_KEYS),
         ("hosts.items", &hosts::ITEM_KEYS),
         ("triggers", &TRIGGER_KEYS),
+        ("proxy", &proxies::PROXY_KEYS),
         ("profile", &hosts::PROFILE_KEYS),
         ("profile.items", &hosts::ITEM_KEYS),
     ]
@@ -163,8 +165,8 @@ const TRIGGER_KEYS: [&str; 5] = [
 ];
 
 /// The top-level sections.
-const SECTIONS: [&str; 7] = [
-    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers",
+const SECTIONS: [&str; 8] = [
+    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers", "proxy",
 ];
 
 /// Walks the whole document. Returns the config with defaults wherever a
@@ -221,6 +223,10 @@ fn build_config(
         Some(v) => read_triggers(src, v, &severity, report),
         None => Vec::new(),
     };
+    let proxies = match top.get("proxy") {
+        Some(v) => proxies::read_proxies(src, v, &hosts, &api, report),
+        None => Vec::new(),
+    };
     let config = Config {
         path: src.path.clone(),
         gateway,
@@ -230,6 +236,7 @@ fn build_config(
         api,
         hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
         triggers: Vec::new(),
+        proxies,
     };
     Some((config, triggers))
 }

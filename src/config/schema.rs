@@ -268,6 +268,36 @@ pub struct ConfigFile {
     pub hosts: Option<Vec<Host>>,
     /// Alarm rules over items, one `[[triggers]]` block each.
     pub triggers: Option<Vec<Trigger>>,
+    /// Modbus TCP servers that forward to a serial line or TCP device through
+    /// the gateway's own link, one `[[proxy]]` block each.
+    pub proxy: Option<Vec<Proxy>>,
+}
+
+/// `[[proxy]]`: a Modbus TCP server onto one of the gateway's links.
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+pub struct Proxy {
+    /// Address and port to serve Modbus TCP on (e.g. "0.0.0.0:5020").
+    pub listen: ListenAddress,
+    /// The serial line or TCP device to forward to: tcp://HOST[:PORT] or rtu:///dev/ttyUSB0.
+    pub connection: ConnectionUrl,
+    /// The unit ids it forwards (default: any); others answer exception 0A.
+    pub units: Option<Vec<u8>>,
+    /// Forward the write function codes 5, 6, 15, 16 and 23 (default false: exception 01).
+    pub writes: Option<bool>,
+    /// Per forwarded request, from when it goes out on the link (default: the hosts' timeout, else "1s").
+    pub timeout: Option<Duration>,
+    /// Serial only: line speed (default: the line's hosts', else 9600).
+    #[schemars(range(min = 50, max = 4000000))]
+    pub baud: Option<u32>,
+    /// Serial only (default: the line's hosts', else "none").
+    pub parity: Option<Parity>,
+    /// Serial only (default: the line's hosts', else 8).
+    #[schemars(range(min = 5, max = 8))]
+    pub data_bits: Option<u8>,
+    /// Serial only (default: the line's hosts', else 1).
+    #[schemars(range(min = 1, max = 2))]
+    pub stop_bits: Option<u8>,
 }
 
 /// `[gateway]`

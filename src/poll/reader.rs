@@ -161,6 +161,8 @@ impl HostReader {
 
     /// Reads the given items (sorted indices into the host's items) once.
     pub async fn read(&mut self, items: &[usize]) -> CycleReport {
+        // Proxied requests on this link wait for the cycle's end.
+        let _cycle = self.link.cycle().await;
         let mut report = CycleReport::default();
         let plan = self.requests_for(items);
         // The plan's requests are taken one at a time; `pending` holds the
