@@ -24,6 +24,8 @@
 //! - [`config_requests`]: writes of settings: request parsing, value checks, the service, the device side.
 //! - [`poll`]: one task per host: schedule (pure), read and narrow exceptions, live state, the task loop.
 //! - [`snapshot`]: the config and live host states a reload replaces, as one value.
+//! - [`things`]: the upstream model's Things and Time-series with their stable ids.
+//! - [`datasets`]: the config and its profiles as Datasets, with their checksums.
 //! - [`alarm`]: trigger evaluation (pure engine), the alarm service and its task.
 //! - [`uplink_status`]: the uplink's counters, read by `/health` and `/metrics`.
 //! - [`gateway`]: the handles every running part shares; opening and reloading them.
@@ -45,6 +47,7 @@ pub mod units;
 pub mod alarm;
 pub mod config;
 pub mod config_requests;
+pub mod datasets;
 pub mod decode;
 pub mod gateway;
 pub mod ledger;
@@ -54,6 +57,7 @@ pub mod plan;
 pub mod poll;
 pub mod snapshot;
 pub mod store;
+pub mod things;
 pub mod uplink_status;
 pub mod wire;
 

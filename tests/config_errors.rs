@@ -102,6 +102,7 @@ cases!(
     missing_profile,
     broken_profile,
     bad_expressions,
+    bad_things,
 );
 
 /// Every config shipped under `config/` loads without errors (including any

@@ -6,7 +6,8 @@
 //!   events, config requests) runs on the blocking pool, so a slow query never
 //!   delays polling.
 //! - `routes`: hosts, items, history, trends, config requests, events,
-//!   acknowledgements, triggers; `health`: `/health` and `/metrics`;
+//!   acknowledgements, triggers; `upstream`: Things, Time-series and
+//!   Datasets; `health`: `/health` and `/metrics`;
 //!   `auth`: the bearer token; `error`: every error answer is
 //!   `{"error": "..."}`; `page`: the status page (one self-contained HTML file).
 //! - [`client`]: the small HTTP/1.1 client `modbridge write` and `ack` use.
@@ -27,6 +28,7 @@ mod limit;
 mod page;
 mod params;
 mod routes;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -198,6 +200,13 @@ fn router(state: State) -> Router {
         )
         .route("/triggers", get(routes::triggers))
         .route("/triggers/{triggerid}", get(routes::trigger))
+        .route("/things", get(upstream::things))
+        .route("/things/{uuid}", get(upstream::thing))
+        .route("/timeseries", get(upstream::timeseries))
+        .route("/timeseries/{id}", get(upstream::one_timeseries))
+        .route("/timeseries/{id}/data", get(upstream::timeseries_data))
+        .route("/datasets", get(upstream::datasets))
+        .route("/datasets/{*rest}", get(upstream::dataset))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)

@@ -214,6 +214,17 @@ pub async fn history(
     q: RawQuery,
 ) -> Result<Response, HttpError> {
     let (host, key) = params::path(p)?;
+    history_of(&st, host, key, q).await
+}
+
+/// An item's history as the answer of `GET .../history` (and of a
+/// Time-series' `/data`).
+pub(super) async fn history_of(
+    st: &AppState,
+    host: String,
+    key: String,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let params = Params::parse(q, &["from", "to", "limit"])?;
     let (from, to) = params.range(unix_now())?;
     let limit = params.count("limit")?;

@@ -10,6 +10,7 @@
 mod connect;
 mod downlink;
 mod session;
+mod upstream;
 mod window;
 
 use tokio_util::sync::CancellationToken;

@@ -46,6 +46,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const MAX_RESEND_QUEUED: u64 = 2 * MAX_RESEND_POINTS;
 /// Events handled per wake-up before the window is refilled.
 const EVENT_BATCH: usize = 512;
+/// How often the Things' states are compared with what was published.
+const THING_STATE_CHECK: Duration = Duration::from_secs(1);
 
 /// Where the uplink goes: the `[mqtt]` section and the topic root.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +198,7 @@ struct Session<'a> {
     acked_seqs: Vec<u64>,
     acked_ids: Vec<u64>,
     cleared_hosts: Vec<String>,
+    thing_states: super::upstream::ThingStates,
 }
 
 impl<'a> Session<'a> {
@@ -226,6 +229,7 @@ impl<'a> Session<'a> {
             acked_seqs: Vec::new(),
             acked_ids: Vec::new(),
             cleared_hosts: Vec::new(),
+            thing_states: Default::default(),
         }
     }
 
@@ -293,6 +297,8 @@ impl<'a> Session<'a> {
         let mut commits = self.gateway.store.commits();
         let mut uplink_changes = self.gateway.ledger.uplink_changes();
         let (mut commits_open, mut uplink_open, mut reloads_open) = (true, true, true);
+        let mut thing_check = tokio::time::interval(THING_STATE_CHECK);
+        thing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.pump();
             self.flush_releases();
@@ -341,6 +347,12 @@ impl<'a> Session<'a> {
                 r = uplink_changes.changed(), if uplink_open && !self.uplink_more => {
                     uplink_open = r.is_ok();
                     self.uplink_more = true;
+                }
+                _ = thing_check.tick() => {
+                    let running = self.gateway.running();
+                    for (below, payload) in self.thing_states.changed(&running) {
+                        self.push_ctrl(&below, payload, true, Tag::Other);
+                    }
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
@@ -611,8 +623,9 @@ impl<'a> Session<'a> {
         self.acks.push_back(p);
     }
 
-    /// Retained metadata of every configured host, and empty retained
-    /// messages for hosts published earlier that are no longer configured.
+    /// Retained metadata of every configured host and of the upstream model
+    /// (Things, Time-series, Datasets), and empty retained messages for
+    /// those published earlier that are gone from the config.
     fn queue_hosts(&mut self) {
         let running = self.gateway.running();
         let mut topics = Vec::new();
@@ -646,11 +659,16 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        for (below, payload) in super::upstream::model_messages(&running) {
+            topics.push(format!("{}/{below}", self.target.root));
+            self.push_ctrl(&below, payload, true, Tag::Other);
+        }
+        self.thing_states.reset(&running);
         let stale = self.gateway.ledger.remember_host_topics(&topics);
         match stale {
             Ok(stale) => {
                 for topic in stale {
-                    tracing::info!(topic = %topic, "mqtt: clearing metadata of a removed host");
+                    tracing::info!(topic = %topic, "mqtt: clearing retained metadata of something gone from the config");
                     self.ctrl.push_back(Out {
                         topic: topic.clone(),
                         payload: Vec::new(),

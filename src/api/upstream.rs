@@ -1,0 +1,137 @@
+//! The upstream model: `/things`, `/timeseries` (with `/data`), `/datasets`
+//! (with `/content`). Answers come from the running config and live state
+//! in memory, except a Time-series' data (history, on the blocking pool).
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error::HttpError;
+use super::params::{self, Params, RawQuery};
+use super::routes::{history_of, json_bytes, to_json};
+use super::State as AppState;
+
+type IdPath = Result<Path<String>, PathRejection>;
+
+fn ok<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
+    Ok(json_bytes(StatusCode::OK, to_json(value)?))
+}
+
+/// `GET /things`
+pub async fn things(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
+    Params::parse(q, &[])?;
+    ok(&crate::things::things(&st.gateway.running()))
+}
+
+/// `GET /things/{uuid}`
+pub async fn thing(
+    State(st): State<AppState>,
+    p: IdPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
+    let uuid = params::path(p)?;
+    Params::parse(q, &[])?;
+    let wanted = uuid.to_ascii_lowercase();
+    crate::things::things(&st.gateway.running())
+        .into_iter()
+        .find(|t| t.uuid == wanted)
+        .map_or_else(
+            || Err(HttpError::not_found(format!("no thing {uuid:?}"))),
+            |t| ok(&t),
+        )
+}
+
+/// `GET /timeseries`
+pub async fn timeseries(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
+    Params::parse(q, &[])?;
+    ok(&crate::things::timeseries(&st.gateway.config()))
+}
+
+/// The host and key of a Time-series id, or 404.
+fn find_series(st: &AppState, id: &str) -> Result<(String, String), HttpError> {
+    let config = st.gateway.config();
+    crate::things::find_timeseries(&config, id)
+        .map(|(h, i)| (h.host.clone(), i.key.clone()))
+        .ok_or_else(|| HttpError::not_found(format!("no time-series {id:?}")))
+}
+
+/// `GET /timeseries/{id}`
+pub async fn one_timeseries(
+    State(st): State<AppState>,
+    p: IdPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
+    let id = params::path(p)?;
+    Params::parse(q, &[])?;
+    let (host, key) = find_series(&st, &id)?;
+    let config = st.gateway.config();
+    let spec = config.host(&host);
+    let item = spec.and_then(|h| h.item(&key).map(|i| (h, i)));
+    match item {
+        Some((h, i)) => ok(&crate::things::timeseries_of(&config, h, i)),
+        None => Err(HttpError::not_found(format!("no time-series {id:?}"))),
+    }
+}
+
+/// `GET /timeseries/{id}/data?from=&to=&limit=`: the item's history.
+pub async fn timeseries_data(
+    State(st): State<AppState>,
+    p: IdPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
+    let id = params::path(p)?;
+    let (host, key) = find_series(&st, &id)?;
+    history_of(&st, host, key, q).await
+}
+
+/// `GET /datasets`
+pub async fn datasets(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
+    Params::parse(q, &[])?;
+    ok(&crate::datasets::datasets(&st.gateway.config()))
+}
+
+/// `GET /datasets/{uuid}` and `GET /datasets/{uuid}/content` (the bytes,
+/// with the checksum as `ETag`; `If-None-Match` with it answers 304).
+pub async fn dataset(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    p: IdPath,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
+    let rest = params::path(p)?;
+    Params::parse(q, &[])?;
+    let (uuid, content) = match rest.strip_suffix("/content") {
+        Some(uuid) => (uuid, true),
+        None => (rest.as_str(), false),
+    };
+    let config = st.gateway.config();
+    let Some(source) = crate::datasets::find(&config, uuid) else {
+        return Err(HttpError::not_found(format!("no dataset {uuid:?}")));
+    };
+    let object = crate::datasets::dataset_of(&config, source);
+    if !content {
+        return ok(&object);
+    }
+    let etag = format!("\"{}\"", object.checksum);
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (header::ETAG, etag_value),
+        ],
+        source.text.to_string(),
+    )
+        .into_response())
+}
