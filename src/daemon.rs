@@ -63,7 +63,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// reload itself is [`Gateway::reload`].
 pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
     tracing::info!(path = %path.display(), "reloading config");
-    match crate::config::load(path) {
+    match crate::remote::load_effective(path) {
         Ok(config) => {
             if config.gateway.data_dir != gateway.config().gateway.data_dir {
                 tracing::error!(
@@ -209,7 +209,9 @@ pub async fn run_gateway_with_api(
         (started, stopped)
     };
     sync_hosts(&mut tasks);
-    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads());
+    let remote = crate::remote::Remote::open(&gateway);
+    tracker.spawn(remote.clone().run(cancel.clone()));
+    let mqtt = crate::mqtt::spawn(gateway.clone(), remote.clone(), gateway.reloads());
     tracker.spawn(crate::alarm::run(
         gateway.alarms.clone(),
         gateway.snapshot(),
@@ -217,7 +219,9 @@ pub async fn run_gateway_with_api(
         cancel.clone(),
     ));
     let api_stop = CancellationToken::new();
-    let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
+    let api_task = api.map(|server| {
+        tokio::spawn(server.serve(gateway.clone(), remote.clone(), api_stop.clone()))
+    });
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),

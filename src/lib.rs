@@ -29,6 +29,8 @@
 //! - [`alarm`]: trigger evaluation (pure engine), the alarm service and its task.
 //! - [`uplink_status`]: the uplink's counters, read by `/health` and `/metrics`.
 //! - [`gateway`]: the handles every running part shares; opening and reloading them.
+//! - [`remote`]: configs and profiles deployed from upstream: checked, applied, on
+//!   probation, rolled back by themselves; kept under `data_dir`.
 //!
 //! On top:
 //! - [`mqtt`]: the uplink and downlink.
@@ -55,6 +57,7 @@ pub mod modbus;
 pub mod model;
 pub mod plan;
 pub mod poll;
+pub mod remote;
 pub mod snapshot;
 pub mod store;
 pub mod things;

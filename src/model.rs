@@ -777,6 +777,9 @@ pub struct TriggerSpec {
 pub struct Config {
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// The local config file this config stands for: `path` itself, or the
+    /// local file of a config deployed from upstream.
+    pub local_path: PathBuf,
     pub gateway: GatewaySpec,
     pub storage: StorageSpec,
     /// Severity number -> text; defaults 3 C-Larm, 4 B-Larm, 5 A-Larm.
@@ -797,6 +800,7 @@ impl Config {
     /// default storage, API and severity table, no MQTT, no triggers.
     pub fn new(path: PathBuf, gateway: GatewaySpec, hosts: Vec<HostSpec>) -> Config {
         Config {
+            local_path: path.clone(),
             path,
             gateway,
             storage: StorageSpec::default(),

@@ -140,10 +140,15 @@ impl Server {
     }
 
     /// Serves until `stop` is cancelled, then finishes the requests under way.
-    pub async fn serve(self, gateway: Gateway, stop: CancellationToken) {
+    pub async fn serve(
+        self,
+        gateway: Gateway,
+        remote: crate::remote::Remote,
+        stop: CancellationToken,
+    ) {
         let addr = self.addr;
         self.token.bind_config(&gateway.config());
-        let state = State::new(gateway, self.token);
+        let state = State::new(gateway, remote, self.token);
         let app = router(state).into_make_service_with_connect_info::<limit::Peer>();
         let listener = limit::Limited::new(self.listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
         tracing::info!(listen = %addr, "HTTP API listening");
@@ -161,14 +166,16 @@ impl Server {
 #[derive(Clone)]
 pub(crate) struct State {
     pub gateway: Gateway,
+    pub remote: crate::remote::Remote,
     pub tokens: Arc<auth::Tokens>,
     pub commits: Arc<health::CommitWatch>,
 }
 
 impl State {
-    fn new(gateway: Gateway, tokens: auth::Tokens) -> State {
+    fn new(gateway: Gateway, remote: crate::remote::Remote, tokens: auth::Tokens) -> State {
         State {
             gateway,
+            remote,
             tokens: Arc::new(tokens),
             commits: Arc::new(health::CommitWatch::default()),
         }
@@ -206,7 +213,13 @@ fn router(state: State) -> Router {
         .route("/timeseries/{id}", get(upstream::one_timeseries))
         .route("/timeseries/{id}/data", get(upstream::timeseries_data))
         .route("/datasets", get(upstream::datasets))
-        .route("/datasets/{*rest}", get(upstream::dataset))
+        .route(
+            "/datasets/{*rest}",
+            get(upstream::dataset)
+                .put(upstream::put_dataset)
+                .layer(DefaultBodyLimit::max(crate::remote::MAX_REQUEST_BYTES)),
+        )
+        .route("/deploy", get(upstream::deploy))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)

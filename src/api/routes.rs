@@ -306,7 +306,7 @@ pub async fn trend_field(
 /// Bodies must be JSON. Refusing the content types a browser may send
 /// cross-site without asking first (form posts, text/plain) keeps other web
 /// pages from writing through a technician's browser.
-fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
+pub(super) fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -332,7 +332,7 @@ fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
+pub(super) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::new(

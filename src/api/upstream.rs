@@ -2,15 +2,18 @@
 //! (with `/content`). Answers come from the running config and live state
 //! in memory, except a Time-series' data (history, on the blocking pool).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::HttpError;
+use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
-use super::routes::{history_of, json_bytes, to_json};
+use super::routes::{blocking, check_json_body, history_of, json_bytes, to_json};
 use super::State as AppState;
+use crate::remote::Refusal;
 
 type IdPath = Result<Path<String>, PathRejection>;
 
@@ -134,4 +137,74 @@ pub async fn dataset(
         source.text.to_string(),
     )
         .into_response())
+}
+
+/// `GET /deploy`: the latest deployment's status.
+pub async fn deploy(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {
+    Params::parse(q, &[])?;
+    match st.remote.latest() {
+        Some(status) => ok(&status),
+        None => Err(HttpError::not_found(
+            "nothing has been deployed to this gateway",
+        )),
+    }
+}
+
+impl From<Refusal> for HttpError {
+    fn from(r: Refusal) -> HttpError {
+        let status = match &r {
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::Off => StatusCode::FORBIDDEN,
+            Refusal::Busy(_) => StatusCode::CONFLICT,
+            Refusal::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        HttpError::new(status, r.to_string())
+    }
+}
+
+/// `PUT /datasets/{name}` with a deployment: 202 with its status (`PENDING`,
+/// or `REFUSED` with every problem); refusals that change nothing are
+/// 400/403/409/422.
+pub async fn put_dataset(
+    State(st): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    p: IdPath,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, HttpError> {
+    st.tokens.authorize(&st.gateway.config(), &headers)?;
+    let name = params::path(p)?;
+    check_json_body(&headers)?;
+    let body = b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a deployment may have at most {} bytes",
+                    crate::remote::MAX_REQUEST_BYTES
+                ),
+            )
+        } else {
+            HttpError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    let named = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string));
+    if named.as_deref().is_some_and(|n| n != name) {
+        return Err(HttpError::bad_request(format!(
+            "the body names {:?} but the path {name:?}",
+            named.unwrap_or_default()
+        )));
+    }
+    let remote = st.remote.clone();
+    let status = blocking(move || {
+        remote
+            .deploy(&body, &format!("api {peer}"))
+            .map_err(HttpError::from)
+    })
+    .await?;
+    tracing::info!(%name, %peer, status = %status.status, "deployment through the API");
+    Ok(json_bytes(StatusCode::ACCEPTED, to_json(&status)?))
 }

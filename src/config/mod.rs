@@ -319,6 +319,10 @@ fn build_config(
     sources.append(&mut ctx.profiles);
     let config = Config {
         path: src.path.clone(),
+        local_path: options
+            .base
+            .as_ref()
+            .map_or_else(|| src.path.clone(), |b| b.local_path.clone()),
         gateway,
         storage,
         severity,

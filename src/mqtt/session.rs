@@ -27,13 +27,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{self, CHANNEL_CAPACITY, MAX_OUTGOING_PACKET, WINDOW};
-use super::downlink::{self, Outcome, COMMAND_TOPICS, MAX_RESEND_POINTS};
+use super::downlink::{self, Outcome, COMMAND_TOPICS, DATASET_TOPIC, MAX_RESEND_POINTS};
 use super::window::{Tag, Window};
 use super::MqttStatus;
 use crate::clock::unix_now;
 use crate::gateway::Gateway;
 use crate::modbus::Backoff;
 use crate::model::{Config, MqttSpec};
+use crate::remote::{Refusal, Remote};
+
+/// A deployment carried out off the runtime: its command and the outcome.
+type Deployed = (Publish, Result<(), Refusal>);
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_CAP`] (with jitter).
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -96,6 +100,7 @@ enum End {
 /// The MQTT task: one connection after another until `cancel`.
 pub(crate) async fn run(
     gateway: Gateway,
+    remote: Remote,
     mut reloads: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
@@ -122,7 +127,7 @@ pub(crate) async fn run(
         let clean = keep.purge.is_some();
         let wait = match connect::options(&target.spec, &target.root, clean) {
             Ok(options) => {
-                let end = Session::start(&gateway, &mut keep, target.clone(), options)
+                let end = Session::start(&gateway, &remote, &mut keep, target.clone(), options)
                     .run(&mut reloads, &cancel)
                     .await;
                 match end {
@@ -179,6 +184,10 @@ type EventResult = Result<Event, ConnectionError>;
 /// One connection.
 struct Session<'a> {
     gateway: &'a Gateway,
+    remote: &'a Remote,
+    /// Deployments under way report here; their command is acknowledged then.
+    deployed_tx: mpsc::UnboundedSender<Deployed>,
+    deployed: mpsc::UnboundedReceiver<Deployed>,
     status: &'a MqttStatus,
     keep: &'a mut Keep,
     target: Target,
@@ -204,6 +213,7 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     fn start(
         gateway: &'a Gateway,
+        remote: &'a Remote,
         keep: &'a mut Keep,
         target: Target,
         options: rumqttc::MqttOptions,
@@ -211,8 +221,12 @@ impl<'a> Session<'a> {
         let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
         let (tx, events) = mpsc::channel(EVENT_BATCH);
         let poller = tokio::spawn(poll_events(eventloop, tx));
+        let (deployed_tx, deployed) = mpsc::unbounded_channel();
         Session {
             gateway,
+            remote,
+            deployed_tx,
+            deployed,
             status: &gateway.mqtt,
             keep,
             target,
@@ -347,6 +361,12 @@ impl<'a> Session<'a> {
                 r = uplink_changes.changed(), if uplink_open && !self.uplink_more => {
                     uplink_open = r.is_ok();
                     self.uplink_more = true;
+                }
+                Some((p, outcome)) = self.deployed.recv() => {
+                    if let Err(e) = outcome {
+                        self.reject(&p.topic, &e.to_string());
+                    }
+                    self.acks.push_back(p);
                 }
                 _ = thing_check.tick() => {
                     let running = self.gateway.running();
@@ -585,6 +605,9 @@ impl<'a> Session<'a> {
                 &p.topic,
                 "retained commands are refused (they would be carried out again at every connection); publish without retain and clear this one with an empty retained message",
             );
+        } else if p.topic == format!("{}/{DATASET_TOPIC}", self.target.root) {
+            self.deploy(p, hash);
+            return;
         } else {
             let r = downlink::handle(
                 self.gateway,
@@ -621,6 +644,24 @@ impl<'a> Session<'a> {
             }
         }
         self.acks.push_back(p);
+    }
+
+    /// Carries out a deployment off the runtime; its command is acknowledged
+    /// (and refused on `R/rejected` if it was not taken) when it is done.
+    fn deploy(&mut self, p: Publish, hash: u64) {
+        let remote = self.remote.clone();
+        let tx = self.deployed_tx.clone();
+        self.keep.recent.push_back(hash);
+        if self.keep.recent.len() > 256 {
+            self.keep.recent.pop_front();
+        }
+        tokio::spawn(async move {
+            let payload = p.payload.clone();
+            let outcome = tokio::task::spawn_blocking(move || remote.deploy(&payload, "mqtt"))
+                .await
+                .unwrap_or_else(|e| Err(Refusal::Failed(format!("the deployment failed: {e}"))));
+            let _ = tx.send((p, outcome.map(|_| ())));
+        });
     }
 
     /// Retained metadata of every configured host and of the upstream model
