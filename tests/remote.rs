@@ -693,3 +693,90 @@ async fn what_was_applied_survives_a_restart_and_null_content_returns_to_the_loc
     })
     .await;
 }
+
+fn writer_block(addr: SocketAddr, poll: &str) -> String {
+    format!(
+        r#"
+[[hosts]]
+host = "writer"
+connection = "tcp://{addr}"
+poll_interval = "{poll}"
+timeout = "300ms"
+retries = 0
+
+[[hosts.items]]
+key = "sp"
+table = "holding"
+address = 5
+configurable = true
+"#
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pending_config_request_carries_over_a_deployment_and_its_rollback() {
+    let (keep, writer) = (device(7).await, device(0).await);
+    writer.sim.faults(|f| f.silent = true);
+    let keep_block = host_block("keep", keep.addr, 1);
+    let local_writer = writer_block(writer.addr, "1s");
+    let fx = Fixture::start(|data, token| {
+        format!(
+            "{}{keep_block}{local_writer}",
+            head(data, None, "127.0.0.1:0", token, true)
+        )
+    })
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let reply = http(
+        fx.api,
+        "PUT",
+        "/hosts/writer/items/sp/config",
+        &[("Authorization", &auth)],
+        Some(r#"{"target": 30, "id": "w1"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.json()["status"], "PENDING");
+
+    // The writer's settings change (its task restarts) and a dead host is added.
+    let content = format!(
+        "{keep_block}{}{}",
+        writer_block(writer.addr, "2s"),
+        host_block("ghost", dead_address(), 1)
+    );
+    let status = fx
+        .put(
+            "modbridge.toml",
+            &deployment("modbridge.toml", Some(&content), 1),
+        )
+        .await
+        .json();
+    assert_eq!(status["status"], "PENDING");
+    let rolled = fx.deploy_status("ROLLED_BACK").await;
+    assert!(
+        rolled["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("host ghost"),
+        "{rolled}"
+    );
+    let config = fx.get("/hosts/writer/items/sp/config").await;
+    assert_eq!(config["status"], "PENDING", "{config}");
+    assert_eq!(config["id"], "w1");
+
+    // Once the device answers, the request that waited through both reloads is carried out.
+    writer.sim.faults(|f| f.silent = false);
+    let done = async {
+        loop {
+            let c = fx.get("/hosts/writer/items/sp/config").await;
+            if c["status"] != "PENDING" {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let config = tokio::time::timeout(WAIT, done).await.expect("carried out");
+    assert_eq!(config["status"], "SUCCESS", "{config}");
+    assert_eq!(writer.sim.register(Table::Holding, 5), 30);
+    fx.stop().await;
+}

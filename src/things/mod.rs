@@ -139,11 +139,14 @@ pub fn things(running: &Snapshot) -> Vec<ThingObject> {
         });
     }
     for host in &config.hosts {
-        let live = running.hosts.get(&host.host).map(|l| l.lock().clone());
+        let state = match running.hosts.get(&host.host) {
+            Some(live) => host_state(Some(&live.lock())),
+            None => host_state(None),
+        };
         list.push(ThingObject {
             uuid: host_uuid(config, host).to_string(),
             name: host.name.clone(),
-            state: host_state(live.as_ref()),
+            state,
             kind: host.kind.clone(),
             created_by: None,
             tags: host.tags.clone(),
