@@ -190,18 +190,7 @@ impl Fixture {
 
     /// Waits for the latest deployment to have `status`.
     async fn deploy_status(&self, status: &str) -> Value {
-        let wait = async {
-            loop {
-                let d = self.get("/deploy").await;
-                if d["status"] == status {
-                    return d;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no deployment {status}"))
+        wait_json(self.api, "/deploy", status, |d| d["status"] == status).await
     }
 
     fn hosts(&self) -> Vec<String> {
@@ -766,16 +755,10 @@ async fn a_pending_config_request_carries_over_a_deployment_and_its_rollback() {
 
     // Once the device answers, the request that waited through both reloads is carried out.
     writer.sim.faults(|f| f.silent = false);
-    let done = async {
-        loop {
-            let c = fx.get("/hosts/writer/items/sp/config").await;
-            if c["status"] != "PENDING" {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let config = tokio::time::timeout(WAIT, done).await.expect("carried out");
+    let config = wait_json(fx.api, "/hosts/writer/items/sp/config", "the write", |c| {
+        c["status"] != "PENDING"
+    })
+    .await;
     assert_eq!(config["status"], "SUCCESS", "{config}");
     assert_eq!(writer.sim.register(Table::Holding, 5), 30);
     fx.stop().await;

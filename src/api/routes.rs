@@ -86,7 +86,7 @@ fn json_at(status: StatusCode, body: Vec<u8>, location: &str) -> Response {
     res
 }
 
-fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
+pub(super) fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
     Ok(json_bytes(StatusCode::OK, to_json(value)?))
 }
 

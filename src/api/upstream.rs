@@ -11,15 +11,11 @@ use axum::response::{IntoResponse, Response};
 use super::error::HttpError;
 use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
-use super::routes::{blocking, check_json_body, history_of, json_bytes, to_json};
+use super::routes::{blocking, check_json_body, history_of, json_bytes, ok_json as ok, to_json};
 use super::State as AppState;
 use crate::remote::Refusal;
 
 type IdPath = Result<Path<String>, PathRejection>;
-
-fn ok<T: serde::Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
-    Ok(json_bytes(StatusCode::OK, to_json(value)?))
-}
 
 /// `GET /things`
 pub async fn things(State(st): State<AppState>, q: RawQuery) -> Result<Response, HttpError> {

@@ -144,6 +144,18 @@ fn restore_previous(dirs: &Dirs, had_previous: bool) -> std::io::Result<()> {
     }
 }
 
+/// Makes `status` a refusal for these problems.
+fn refuse(status: &mut DeployObject, errors: Vec<String>) {
+    tracing::warn!(name = %status.name, problems = errors.len(), "deployment refused");
+    status.status = REFUSED.to_string();
+    status.reason = Some(format!(
+        "the config has {} problem{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    ));
+    status.errors = errors;
+}
+
 /// Queues `R/deploy` (retained, durable).
 fn publish(gateway: &Gateway, status: &DeployObject) {
     let payload = match serde_json::to_string(status) {
@@ -239,15 +251,11 @@ impl Remote {
             Ok((local, _)) => local,
             Err(errors) => {
                 let local_dir = local_path.parent().unwrap_or(Path::new(""));
-                status.status = REFUSED.to_string();
-                status.errors = files::as_dataset_errors(&errors, &[&dirs.staging, local_dir]);
-                status.reason = Some(format!(
-                    "the config has {} problem{}",
-                    status.errors.len(),
-                    if status.errors.len() == 1 { "" } else { "s" }
-                ));
+                refuse(
+                    &mut status,
+                    files::as_dataset_errors(&errors, &[&dirs.staging, local_dir]),
+                );
                 let _ = files::remove_dir(&dirs.staging);
-                tracing::warn!(name = %request.name, problems = status.errors.len(), "deployment refused");
                 self.record(&mut state, status.clone(), None);
                 return Ok(status);
             }
@@ -359,12 +367,28 @@ impl Remote {
     /// did not answer. Blocking.
     fn end_probation(&self) {
         let mut state = self.lock();
-        let Some(probation) = state.probation.clone() else {
+        let (Some(probation), Some(mut status)) = (state.probation.clone(), state.deploy.clone())
+        else {
             return;
         };
-        let gateway = &self.inner.gateway;
-        let running = gateway.running();
-        let silent: Vec<String> = probation
+        let silent = self.silent_hosts(&probation);
+        status.clock = unix_now();
+        if silent.is_empty() {
+            status.status = APPLIED.to_string();
+            if let Err(e) = files::remove_dir(&self.inner.dirs.previous) {
+                tracing::warn!(error = %e, "cannot remove the previous deployment");
+            }
+            tracing::info!(name = %status.name, "deployment applied");
+        } else {
+            self.roll_back(&mut status, &silent, &probation);
+        }
+        self.record(&mut state, status, None);
+    }
+
+    /// The hosts of the probation that have not answered since it started.
+    fn silent_hosts(&self, probation: &Probation) -> Vec<String> {
+        let running = self.inner.gateway.running();
+        probation
             .hosts
             .iter()
             .filter(|h| {
@@ -374,47 +398,39 @@ impl Remote {
                     .is_some_and(|live| live.lock().last_ok.map_or(true, |t| t < probation.started))
             })
             .cloned()
-            .collect();
-        let Some(mut status) = state.deploy.clone() else {
-            return;
-        };
-        status.clock = unix_now();
-        let dirs = &self.inner.dirs;
-        if silent.is_empty() {
-            status.status = APPLIED.to_string();
-            if let Err(e) = files::remove_dir(&dirs.previous) {
-                tracing::warn!(error = %e, "cannot remove the previous deployment");
-            }
-            tracing::info!(name = %status.name, "deployment applied");
-        } else {
-            let probation_text = format_duration(running.config.remote.rollback_after);
-            status.status = ROLLED_BACK.to_string();
-            status.reason = Some(format!(
-                "host{} {} did not answer within the {probation_text} probation; the previous config runs again",
-                if silent.len() == 1 { "" } else { "s" },
-                silent.join(", ")
-            ));
-            tracing::warn!(name = %status.name, silent = ?silent, "deployment rolled back");
-            if let Err(e) = restore_previous(dirs, probation.had_previous) {
-                tracing::error!(error = %e, "cannot put the previous deployment back");
-            }
-            match load_effective(&running.config.local_path) {
-                Ok(config) => {
-                    if let Err(e) = gateway.reload(config) {
-                        tracing::error!(error = %e, "cannot reload the previous config");
-                    }
+            .collect()
+    }
+
+    /// Puts the previous config back in force and runs it.
+    fn roll_back(&self, status: &mut DeployObject, silent: &[String], probation: &Probation) {
+        let gateway = &self.inner.gateway;
+        let running = gateway.config();
+        status.status = ROLLED_BACK.to_string();
+        status.reason = Some(format!(
+            "host{} {} did not answer within the {} probation; the previous config runs again",
+            if silent.len() == 1 { "" } else { "s" },
+            silent.join(", "),
+            format_duration(running.remote.rollback_after)
+        ));
+        tracing::warn!(name = %status.name, silent = ?silent, "deployment rolled back");
+        if let Err(e) = restore_previous(&self.inner.dirs, probation.had_previous) {
+            tracing::error!(error = %e, "cannot put the previous deployment back");
+        }
+        match load_effective(&running.local_path) {
+            Ok(config) => {
+                if let Err(e) = gateway.reload(config) {
+                    tracing::error!(error = %e, "cannot reload the previous config");
                 }
-                Err(errors) => {
-                    for line in errors.to_string().lines() {
-                        tracing::error!("{line}");
-                    }
-                    tracing::error!(
-                        "the previous config does not load; the deployed one keeps running"
-                    );
+            }
+            Err(errors) => {
+                for line in errors.to_string().lines() {
+                    tracing::error!("{line}");
                 }
+                tracing::error!(
+                    "the previous config does not load; the deployed one keeps running"
+                );
             }
         }
-        self.record(&mut state, status, None);
     }
 
     /// Ends each probation at its deadline until `cancel`.
