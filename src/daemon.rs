@@ -29,10 +29,11 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
 }
 
-/// Runs the gateway until `shutdown` completes, reloading `config.path` on
+/// Runs the gateway until `shutdown` completes, reloading `config.local_path` (and what is deployed) on
 /// SIGHUP, then stops every task and commits everything before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let path = config.path.clone();
+    // The local file: a SIGHUP reloads it together with what is deployed.
+    let path = config.local_path.clone();
     // Before anything else: from here on a SIGHUP is a reload, never fatal.
     let hup = hangup_signals();
     // The API's port and token file are checked before anything else starts.

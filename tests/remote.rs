@@ -536,19 +536,26 @@ async fn a_deployment_is_rolled_back_when_a_new_host_or_a_changed_one_does_not_a
 /// The real binary on a config file, with its API on `port`.
 struct Daemon {
     child: Child,
+    log: PathBuf,
 }
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_modbridge"))
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(file)
             .spawn()
             .expect("start modbridge");
-        Daemon { child }
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn stop(mut self) {
@@ -650,6 +657,15 @@ async fn what_was_applied_survives_a_restart_and_null_content_returns_to_the_loc
         wait_json(api, "/deploy", "the status", |_| true).await["status"],
         "APPLIED"
     );
+    // A SIGHUP reloads the local file with what is deployed.
+    signal(&daemon.child, "HUP");
+    eventually("the reload", WAIT, || {
+        daemon.log().contains("config reloaded")
+    })
+    .await;
+    assert!(!daemon.log().contains("reload refused"), "{}", daemon.log());
+    let hosts = wait_json(api, "/hosts", "hosts", |_| true).await;
+    assert_eq!(hosts.as_array().map(Vec::len), Some(2), "{hosts}");
 
     // Back to the local file.
     let reply = http(

@@ -77,15 +77,7 @@ pub(super) fn read_remote(
         remote.config = on.value;
     }
     if let Some(d) = section.duration(report, "rollback_after", false) {
-        if d.value.is_zero() {
-            section.error_at(
-                report,
-                &d.pos,
-                "rollback_after must be longer than 0s: every host needs time to answer once",
-            );
-        } else {
-            remote.rollback_after = d.value;
-        }
+        remote.rollback_after = d.value;
     }
     remote
 }

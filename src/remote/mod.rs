@@ -47,7 +47,10 @@ pub struct Remote {
 struct Inner {
     gateway: Gateway,
     dirs: Dirs,
+    /// Held for the whole of a deployment or the end of a probation.
     state: Mutex<State>,
+    /// The latest status, for readers that must not wait for a deployment.
+    latest: Mutex<Option<DeployObject>>,
     wake: tokio::sync::Notify,
 }
 
@@ -196,6 +199,7 @@ impl Remote {
             inner: Arc::new(Inner {
                 gateway: gateway.clone(),
                 dirs,
+                latest: Mutex::new(state.deploy.clone()),
                 state: Mutex::new(state),
                 wake: tokio::sync::Notify::new(),
             }),
@@ -208,7 +212,8 @@ impl Remote {
 
     /// The latest deployment's status.
     pub fn latest(&self) -> Option<DeployObject> {
-        self.lock().deploy.clone()
+        let latest = self.inner.latest.lock();
+        latest.unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Takes a deployment (the request's JSON), `channel` naming where it
@@ -355,6 +360,7 @@ impl Remote {
     /// Records and publishes a status.
     fn record(&self, state: &mut State, status: DeployObject, probation: Option<Probation>) {
         state.deploy = Some(status.clone());
+        *self.inner.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
         state.probation = probation;
         state.unpublished = false;
         if let Err(e) = files::write_state(&self.inner.dirs, state) {
