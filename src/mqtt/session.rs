@@ -50,8 +50,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const MAX_RESEND_QUEUED: u64 = 2 * MAX_RESEND_POINTS;
 /// Events handled per wake-up before the window is refilled.
 const EVENT_BATCH: usize = 512;
-/// How often the Things' states are compared with what was published.
+/// How often, at most, the Things' states are compared with what was
+/// published: at a wake-up for anything else once this has passed...
 const THING_STATE_CHECK: Duration = Duration::from_secs(1);
+/// ...and at the latest after this, when nothing else woke the session (no
+/// extra wake-ups while data flows).
+const THING_STATE_IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Where the uplink goes: the `[mqtt]` section and the topic root.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,9 +315,12 @@ impl<'a> Session<'a> {
         let mut commits = self.gateway.store.commits();
         let mut uplink_changes = self.gateway.ledger.uplink_changes();
         let (mut commits_open, mut uplink_open, mut reloads_open) = (true, true, true);
-        let mut thing_check = tokio::time::interval(THING_STATE_CHECK);
-        thing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut thing_checked = tokio::time::Instant::now();
         loop {
+            if thing_checked.elapsed() >= THING_STATE_CHECK {
+                thing_checked = tokio::time::Instant::now();
+                self.queue_thing_changes();
+            }
             self.pump();
             self.flush_releases();
             self.update_status();
@@ -368,12 +375,7 @@ impl<'a> Session<'a> {
                     }
                     self.acks.push_back(p);
                 }
-                _ = thing_check.tick() => {
-                    let running = self.gateway.running();
-                    for (below, payload) in self.thing_states.changed(&running) {
-                        self.push_ctrl(&below, payload, true, Tag::Other);
-                    }
-                }
+                () = tokio::time::sleep_until(thing_checked + THING_STATE_IDLE_CHECK) => {}
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
                     self.data_more = true;
@@ -644,6 +646,14 @@ impl<'a> Session<'a> {
             }
         }
         self.acks.push_back(p);
+    }
+
+    /// The Things whose `state` changed since they were published, again.
+    fn queue_thing_changes(&mut self) {
+        let running = self.gateway.running();
+        for (below, payload) in self.thing_states.changed(&running) {
+            self.push_ctrl(&below, payload, true, Tag::Other);
+        }
     }
 
     /// Carries out a deployment off the runtime; its command is acknowledged
