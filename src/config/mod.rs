@@ -294,6 +294,11 @@ fn build_config(
         profiles: Vec::new(),
         profile_dirs: &options.profile_dirs,
     };
+    if let (Some(uuid), Some(raw)) = (gateway.uuid, table_value(top, "gateway", "uuid")) {
+        let pos = src.pos(raw.span().start);
+        let at = source::At { value: uuid, pos };
+        ctx.refs.uuids.push((at, "[gateway]".to_string()));
+    }
     let hosts = match top.get("hosts") {
         Some(v) => hosts::read_hosts(src, v, &mut ctx, report),
         None => Vec::new(),
@@ -336,6 +341,15 @@ fn build_config(
     };
     things::check_upstream(&config, &thing_list, &ctx.refs, report);
     Some((config, triggers))
+}
+
+/// The value of `key` in the top-level table `section`, if both exist.
+fn table_value<'s, 'i>(
+    top: &'s DeTable<'i>,
+    section: &str,
+    key: &str,
+) -> Option<&'s Spanned<DeValue<'i>>> {
+    top.get(section)?.get_ref().as_table()?.get(key)
 }
 
 /// Reads the sections a deployed config may not change: from the base
