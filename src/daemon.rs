@@ -29,10 +29,11 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
 }
 
-/// Runs the gateway until `shutdown` completes, reloading `config.path` on
+/// Runs the gateway until `shutdown` completes, reloading `config.local_path` (and what is deployed) on
 /// SIGHUP, then stops every task and commits everything before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let path = config.path.clone();
+    // The local file: a SIGHUP reloads it together with what is deployed.
+    let path = config.local_path.clone();
     // Before anything else: from here on a SIGHUP is a reload, never fatal.
     let hup = hangup_signals();
     // The API's port and token file are checked before anything else starts.
@@ -63,7 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// reload itself is [`Gateway::reload`].
 pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
     tracing::info!(path = %path.display(), "reloading config");
-    match crate::config::load(path) {
+    match crate::remote::load_effective(path) {
         Ok(config) => {
             if config.gateway.data_dir != gateway.config().gateway.data_dir {
                 tracing::error!(
@@ -240,7 +241,9 @@ pub async fn run_gateway_with_api(
     };
     sync_hosts(&mut tasks);
     start_proxies(&gateway, &buses, &cancel, &tracker).await;
-    let mqtt = crate::mqtt::spawn(gateway.clone(), gateway.reloads());
+    let remote = crate::remote::Remote::open(&gateway);
+    tracker.spawn(remote.clone().run(cancel.clone()));
+    let mqtt = crate::mqtt::spawn(gateway.clone(), remote.clone(), gateway.reloads());
     tracker.spawn(crate::alarm::run(
         gateway.alarms.clone(),
         gateway.snapshot(),
@@ -248,7 +251,9 @@ pub async fn run_gateway_with_api(
         cancel.clone(),
     ));
     let api_stop = CancellationToken::new();
-    let api_task = api.map(|server| tokio::spawn(server.serve(gateway.clone(), api_stop.clone())));
+    let api_task = api.map(|server| {
+        tokio::spawn(server.serve(gateway.clone(), remote.clone(), api_stop.clone()))
+    });
     tracing::info!(
         gateway = %gateway.config().gateway.id,
         hosts = tasks.len(),

@@ -27,9 +27,13 @@
 //! - [`proxy`]: `[[proxy]]`, a Modbus TCP server forwarding through the gateway's own links.
 //! - [`scan`]: `modbridge scan`, finding the units (and settings) on a line or TCP endpoint.
 //! - [`snapshot`]: the config and live host states a reload replaces, as one value.
+//! - [`things`]: the upstream model's Things and Time-series with their stable ids.
+//! - [`datasets`]: the config and its profiles as Datasets, with their checksums.
 //! - [`alarm`]: trigger evaluation (pure engine), the alarm service and its task.
 //! - [`uplink_status`]: the uplink's counters, read by `/health` and `/metrics`.
 //! - [`gateway`]: the handles every running part shares; opening and reloading them.
+//! - [`remote`]: configs and profiles deployed from upstream: checked, applied, on
+//!   probation, rolled back by themselves; kept under `data_dir`.
 //!
 //! On top:
 //! - [`mqtt`]: the uplink and downlink.
@@ -49,6 +53,7 @@ pub mod units;
 pub mod alarm;
 pub mod config;
 pub mod config_requests;
+pub mod datasets;
 pub mod decode;
 pub mod gateway;
 pub mod ledger;
@@ -57,9 +62,11 @@ pub mod model;
 pub mod plan;
 pub mod poll;
 pub mod proxy;
+pub mod remote;
 pub mod scan;
 pub mod snapshot;
 pub mod store;
+pub mod things;
 pub mod uplink_status;
 pub mod wire;
 

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use uuid::Uuid;
 
 use crate::expr::Expr;
 
@@ -410,6 +413,19 @@ pub struct ItemExtra {
     pub lower_bound: Option<f64>,
     pub upper_bound: Option<f64>,
     pub tags: Vec<String>,
+    /// How the item appears upstream; None when nothing of it is set.
+    pub upstream: Option<Box<ItemUpstream>>,
+}
+
+/// The upstream settings of an item as a Time-series, rarely set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemUpstream {
+    /// An id assigned upstream (`uuid = "..."`); else the stable derived one.
+    pub uuid: Option<Uuid>,
+    /// The `[[things]]` entry the item belongs to instead of its host.
+    pub thing: Option<String>,
+    /// The SI symbol of its unit when the automatic one is not right.
+    pub si_unit: Option<String>,
 }
 
 impl ItemSpec {
@@ -446,6 +462,11 @@ impl ItemSpec {
 
     pub fn tags(&self) -> &[String] {
         self.extra.as_ref().map_or(&[], |x| &x.tags)
+    }
+
+    /// The upstream settings (Time-series uuid, thing, SI unit), if any is set.
+    pub fn upstream(&self) -> Option<&ItemUpstream> {
+        self.extra.as_ref().and_then(|x| x.upstream.as_deref())
     }
 
     /// The extra settings, created with defaults if the item has none yet.
@@ -553,6 +574,10 @@ pub struct HostSpec {
     pub write_expiry: Duration,
     /// Pauses the device needs between requests and after a connect.
     pub pacing: Pacing,
+    /// The Thing's id assigned upstream (`uuid = "..."`); else the derived one.
+    pub uuid: Option<Uuid>,
+    /// The `[[things]]` entry that is the host's parent (default: the gateway).
+    pub thing: Option<String>,
     pub items: Vec<ItemSpec>,
 }
 
@@ -592,6 +617,8 @@ impl HostSpec {
             tags: Vec::new(),
             write_expiry: Duration::from_secs(600),
             pacing: Pacing::default(),
+            uuid: None,
+            thing: None,
             items,
         }
     }
@@ -618,6 +645,8 @@ pub struct GatewaySpec {
     pub name: String,
     /// The SQLite database lives here.
     pub data_dir: PathBuf,
+    /// The gateway Thing's id assigned upstream; else the derived one.
+    pub uuid: Option<Uuid>,
 }
 
 impl GatewaySpec {
@@ -627,6 +656,7 @@ impl GatewaySpec {
             id: id.to_string(),
             name: id.to_string(),
             data_dir,
+            uuid: None,
         }
     }
 }
@@ -706,6 +736,59 @@ impl Default for ApiSpec {
     }
 }
 
+/// `[[things]]`: a group of hosts or items that belong together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThingSpec {
+    /// Unique among things and hosts; `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    pub uuid: Option<Uuid>,
+    pub name: String,
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    /// Another thing's id or a host; None: the gateway.
+    pub parent: Option<String>,
+}
+
+/// `[remote]`: configuration deployed from upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSpec {
+    /// Upstream may deploy configs and profiles.
+    pub config: bool,
+    /// Probation after a deployment before it counts as applied.
+    pub rollback_after: Duration,
+}
+
+impl Default for RemoteSpec {
+    fn default() -> Self {
+        RemoteSpec {
+            config: false,
+            rollback_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Who brought a file: `"local"` or a deployment's audit strings.
+pub const LOCAL_ORIGIN: &str = "local";
+
+/// One file the running config was built from (the config or a profile),
+/// with the exact text that was loaded: a Dataset upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSource {
+    /// `modbridge.toml` for the config, else the profile path as the config writes it.
+    pub name: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    pub text: Arc<str>,
+    /// Unix seconds.
+    pub created: i64,
+    pub updated: i64,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+/// The Dataset name of the running config, whatever its file is called.
+pub const CONFIG_DATASET: &str = "modbridge.toml";
+
 /// Kept here too for the config readers that name it with the model types.
 pub use crate::diag::SourcePos;
 
@@ -728,6 +811,9 @@ pub struct TriggerSpec {
 pub struct Config {
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// The local config file this config stands for: `path` itself, or the
+    /// local file of a config deployed from upstream.
+    pub local_path: PathBuf,
     pub gateway: GatewaySpec,
     pub storage: StorageSpec,
     /// Severity number -> text; defaults 3 C-Larm, 4 B-Larm, 5 A-Larm.
@@ -738,6 +824,11 @@ pub struct Config {
     pub triggers: Vec<TriggerSpec>,
     /// Modbus TCP proxies onto the gateway's links (`[[proxy]]`).
     pub proxies: Vec<ProxySpec>,
+    /// `[[things]]`, in file order.
+    pub things: Vec<ThingSpec>,
+    pub remote: RemoteSpec,
+    /// The config file (first) and the profiles it uses, as loaded.
+    pub sources: Vec<DatasetSource>,
 }
 
 /// One `[[proxy]]`: a Modbus TCP server that forwards each request through
@@ -768,6 +859,7 @@ impl Config {
     /// default storage, API and severity table, no MQTT, no triggers.
     pub fn new(path: PathBuf, gateway: GatewaySpec, hosts: Vec<HostSpec>) -> Config {
         Config {
+            local_path: path.clone(),
             path,
             gateway,
             storage: StorageSpec::default(),
@@ -777,6 +869,9 @@ impl Config {
             hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
             triggers: Vec::new(),
             proxies: Vec::new(),
+            things: Vec::new(),
+            remote: RemoteSpec::default(),
+            sources: Vec::new(),
         }
     }
 

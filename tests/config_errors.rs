@@ -103,6 +103,7 @@ cases!(
     broken_profile,
     bad_expressions,
     serial_units_and_pacing,
+    bad_things,
 );
 
 /// Every config shipped under `config/` loads without errors (including any

@@ -6,7 +6,8 @@
 //!   events, config requests) runs on the blocking pool, so a slow query never
 //!   delays polling.
 //! - `routes`: hosts, items, history, trends, config requests, events,
-//!   acknowledgements, triggers; `health`: `/health` and `/metrics`;
+//!   acknowledgements, triggers; `upstream`: Things, Time-series and
+//!   Datasets; `health`: `/health` and `/metrics`;
 //!   `auth`: the bearer token; `guard`: DNS rebinding and cross-site
 //!   protections; `error`: every error answer is
 //!   `{"error": "..."}`; `page`: the status page (one self-contained HTML file).
@@ -32,6 +33,7 @@ mod limit;
 mod page;
 mod params;
 mod routes;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,10 +145,15 @@ impl Server {
     }
 
     /// Serves until `stop` is cancelled, then finishes the requests under way.
-    pub async fn serve(self, gateway: Gateway, stop: CancellationToken) {
+    pub async fn serve(
+        self,
+        gateway: Gateway,
+        remote: crate::remote::Remote,
+        stop: CancellationToken,
+    ) {
         let addr = self.addr;
         self.token.bind_config(&gateway.config());
-        let state = State::new(gateway, self.token, guard::Site::here(&addr));
+        let state = State::new(gateway, remote, self.token, guard::Site::here(&addr));
         let app = router(state).into_make_service_with_connect_info::<limit::Peer>();
         let listener = limit::Limited::new(self.listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
         tracing::info!(listen = %addr, "HTTP API listening");
@@ -164,15 +171,22 @@ impl Server {
 #[derive(Clone)]
 pub(crate) struct State {
     pub gateway: Gateway,
+    pub remote: crate::remote::Remote,
     pub tokens: Arc<auth::Tokens>,
     pub commits: Arc<health::CommitWatch>,
     pub site: Arc<guard::Site>,
 }
 
 impl State {
-    fn new(gateway: Gateway, tokens: auth::Tokens, site: guard::Site) -> State {
+    fn new(
+        gateway: Gateway,
+        remote: crate::remote::Remote,
+        tokens: auth::Tokens,
+        site: guard::Site,
+    ) -> State {
         State {
             gateway,
+            remote,
             tokens: Arc::new(tokens),
             commits: Arc::new(health::CommitWatch::default()),
             site: Arc::new(site),
@@ -205,6 +219,19 @@ fn router(state: State) -> Router {
         )
         .route("/triggers", get(routes::triggers))
         .route("/triggers/{triggerid}", get(routes::trigger))
+        .route("/things", get(upstream::things))
+        .route("/things/{uuid}", get(upstream::thing))
+        .route("/timeseries", get(upstream::timeseries))
+        .route("/timeseries/{id}", get(upstream::one_timeseries))
+        .route("/timeseries/{id}/data", get(upstream::timeseries_data))
+        .route("/datasets", get(upstream::datasets))
+        .route(
+            "/datasets/{*rest}",
+            get(upstream::dataset)
+                .put(upstream::put_dataset)
+                .layer(DefaultBodyLimit::max(crate::remote::MAX_REQUEST_BYTES)),
+        )
+        .route("/deploy", get(upstream::deploy))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)

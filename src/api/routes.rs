@@ -86,7 +86,7 @@ fn json_at(status: StatusCode, body: Vec<u8>, location: &str) -> Response {
     res
 }
 
-fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
+pub(super) fn ok_json<T: Serialize + ?Sized>(value: &T) -> Result<Response, HttpError> {
     Ok(json_bytes(StatusCode::OK, to_json(value)?))
 }
 
@@ -214,6 +214,17 @@ pub async fn history(
     q: RawQuery,
 ) -> Result<Response, HttpError> {
     let (host, key) = params::path(p)?;
+    history_of(&st, host, key, q).await
+}
+
+/// An item's history as the answer of `GET .../history` (and of a
+/// Time-series' `/data`).
+pub(super) async fn history_of(
+    st: &AppState,
+    host: String,
+    key: String,
+    q: RawQuery,
+) -> Result<Response, HttpError> {
     let params = Params::parse(q, &["from", "to", "limit"])?;
     let (from, to) = params.range(unix_now())?;
     let limit = params.count("limit")?;
@@ -295,7 +306,7 @@ pub async fn trend_field(
 /// Bodies must be JSON. Refusing the content types a browser may send
 /// cross-site without asking first (form posts, text/plain) keeps other web
 /// pages from writing through a technician's browser.
-fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
+pub(super) fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         // A body without a type is what a cross-site "simple" request can send.
         return Err(HttpError::new(
@@ -325,7 +336,7 @@ fn check_json_body(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
+pub(super) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::new(

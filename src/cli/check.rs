@@ -134,6 +134,9 @@ pub(super) fn cmd_check(path: &Path) -> ExitCode {
     match load_or_report(path) {
         Ok(config) => {
             print!("{}", check_report(&config));
+            if let Some(note) = crate::remote::deployed_note(&config) {
+                println!("{note}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -179,19 +179,22 @@ pub fn main(cli: Cli) -> ExitCode {
 
 /// Loads the config at `path`, or prints its problems and gives exit status 2.
 pub(crate) fn load_or_report(path: &Path) -> Result<crate::model::Config, ExitCode> {
-    config::load(path).map_err(|errors| {
-        let prefix = crate::logging::error_prefix();
-        for d in &errors.0 {
-            eprintln!("{prefix}{d}");
-        }
-        eprintln!(
-            "{prefix}{}: {} problem{} found",
-            path.display(),
-            errors.0.len(),
-            if errors.0.len() == 1 { "" } else { "s" }
-        );
-        ExitCode::from(2)
-    })
+    config::load(path).map_err(|errors| report_errors(path, &errors))
+}
+
+/// Prints every problem of the config at `path`; exit status 2.
+pub(crate) fn report_errors(path: &Path, errors: &config::ConfigErrors) -> ExitCode {
+    let prefix = crate::logging::error_prefix();
+    for d in &errors.0 {
+        eprintln!("{prefix}{d}");
+    }
+    eprintln!(
+        "{prefix}{}: {} problem{} found",
+        path.display(),
+        errors.0.len(),
+        if errors.0.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(2)
 }
 
 /// The plural ending for `n` things: "" for one, "s" otherwise.

@@ -3,14 +3,15 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::load_or_report;
+use super::report_errors;
 use crate::daemon;
 
 /// Loads the config and runs the daemon until a termination signal.
 pub(super) async fn cmd_run(path: &Path) -> ExitCode {
-    let config = match load_or_report(path) {
+    // What was deployed from upstream runs instead of the local file.
+    let config = match crate::remote::load_for_start(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => return report_errors(path, &errors),
     };
     match daemon::run(config, daemon::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,16 +10,17 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::source::{is_name, At, Report, Section, Source};
+use super::things::{read_thing_ref, read_uuid, UpstreamRefs};
 use super::{array_of_tables, parse_document};
 use crate::diag::did_you_mean;
 use crate::model::{
-    default_key, ByteOrder, Connection, HostSpec, ItemExtra, ItemSpec, Pacing, Parity,
-    SerialSettings, SourcePos, Table, ValueType,
+    default_key, ByteOrder, Connection, DatasetSource, HostSpec, ItemExtra, ItemSpec, ItemUpstream,
+    Pacing, Parity, SerialSettings, SourcePos, Table, Uuid, ValueType, LOCAL_ORIGIN,
 };
 use crate::units::format_duration;
 
 /// Keys of `[[hosts]]`.
-pub(super) const HOST_KEYS: [&str; 22] = [
+pub(super) const HOST_KEYS: [&str; 24] = [
     "host",
     "name",
     "connection",
@@ -37,6 +38,8 @@ pub(super) const HOST_KEYS: [&str; 22] = [
     "write_expiry",
     "delay_between_requests",
     "delay_after_connect",
+    "uuid",
+    "thing",
     "baud",
     "parity",
     "data_bits",
@@ -48,7 +51,7 @@ pub(super) const HOST_KEYS: [&str; 22] = [
 pub(super) const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
 
 /// Keys of `[[hosts.items]]` and of a profile's `[[items]]`.
-pub(super) const ITEM_KEYS: [&str; 17] = [
+pub(super) const ITEM_KEYS: [&str; 20] = [
     "name",
     "table",
     "address",
@@ -66,6 +69,9 @@ pub(super) const ITEM_KEYS: [&str; 17] = [
     "upper_bound",
     "configurable",
     "tags",
+    "uuid",
+    "thing",
+    "si_unit",
 ];
 
 /// Top-level keys of a profile file.
@@ -116,6 +122,20 @@ struct ItemDraft {
     upper_bound: Option<f64>,
     configurable: bool,
     tags: Vec<String>,
+    uuid: Option<At<Uuid>>,
+    thing: Option<At<String>>,
+    si_unit: Option<String>,
+}
+
+/// What reading the hosts collects besides the hosts.
+pub(crate) struct HostsContext<'a> {
+    /// `thing` and `uuid` keys, checked once the whole file is read.
+    pub(crate) refs: UpstreamRefs,
+    /// The profile files used, in the order first named.
+    pub(crate) profiles: Vec<DatasetSource>,
+    /// Directories searched for profiles, first match wins; empty: the
+    /// config file's own directory.
+    pub(crate) profile_dirs: &'a [PathBuf],
 }
 
 /// A device profile file, read and checked once however many hosts use it.
@@ -129,6 +149,9 @@ struct Profile {
     poll_interval: Option<Duration>,
     timeout: Option<Duration>,
     items: Vec<ItemDraft>,
+    /// The exact text read, and when the file was last modified.
+    text: std::sync::Arc<str>,
+    modified: i64,
 }
 
 /// What became of a profile file.
@@ -154,6 +177,7 @@ struct HostPlace {
 pub(crate) fn read_hosts(
     src: &Source,
     value: &Spanned<DeValue<'_>>,
+    ctx: &mut HostsContext<'_>,
     report: &mut Report,
 ) -> Vec<HostSpec> {
     let Some(list) = array_of_tables(src, value, "hosts", report) else {
@@ -163,7 +187,7 @@ pub(crate) fn read_hosts(
     let mut hosts = Vec::new();
     let mut places = Vec::new();
     for (index, element) in list.iter().enumerate() {
-        if let Some((host, place)) = read_host(src, element, index, &mut profiles, report) {
+        if let Some((host, place)) = read_host(src, element, index, &mut profiles, ctx, report) {
             hosts.push(host);
             places.push(place);
         }
@@ -187,6 +211,7 @@ fn read_host(
     element: &Spanned<DeValue<'_>>,
     index: usize,
     profiles: &mut HashMap<PathBuf, ProfileState>,
+    ctx: &mut HostsContext<'_>,
     report: &mut Report,
 ) -> Option<(HostSpec, HostPlace)> {
     let number = index + 1;
@@ -238,7 +263,7 @@ fn read_host(
         .value_pos("host")
         .unwrap_or_else(|| section.pos.clone());
 
-    let profile = read_profile_reference(&section, profiles, report);
+    let profile = read_profile_reference(&section, profiles, ctx, report);
     let profile = profile.as_deref();
 
     let connection = match section.string(report, "connection") {
@@ -331,6 +356,12 @@ fn read_host(
         .nonempty_string(report, "name")
         .map(|n| n.value)
         .unwrap_or_else(|| host.clone());
+    let who = format!("host \"{host}\"");
+    let uuid = read_uuid(&section, report);
+    if let Some(u) = &uuid {
+        ctx.refs.uuids.push((u.clone(), who.clone()));
+    }
+    let thing = read_thing_ref(&section, &who, &mut ctx.refs, report);
 
     let serial = read_serial(&section, "host", connection.as_ref(), report);
     let serial_pos = SERIAL_KEYS
@@ -372,9 +403,11 @@ fn read_host(
         tags,
         write_expiry,
         pacing,
+        uuid: uuid.map(|u| u.value),
+        thing,
         items: Vec::new(),
     };
-    spec.items = resolve_items(&spec, &label, &drafts, &src.path, report);
+    spec.items = resolve_items(&spec, &label, &drafts, &src.path, &mut ctx.refs, report);
     if let Some(problem) = serial_unit_problem(&spec).filter(|_| on_serial) {
         section.error_at(report, &unit_pos, &problem);
     }
@@ -528,14 +561,26 @@ pub(super) fn read_serial(
 fn read_profile_reference(
     section: &Section<'_, '_>,
     profiles: &mut HashMap<PathBuf, ProfileState>,
+    ctx: &mut HostsContext<'_>,
     report: &mut Report,
 ) -> Option<Rc<Profile>> {
     let reference = section.nonempty_string(report, "profile")?;
-    let directory = section.src.path.parent().unwrap_or(Path::new(""));
-    let path = directory.join(&reference.value);
-    let state = profiles
-        .entry(path.clone())
-        .or_insert_with(|| load_profile(&path, report));
+    let path = profile_path(section.src, ctx.profile_dirs, &reference.value);
+    let state = profiles.entry(path.clone()).or_insert_with(|| {
+        let state = load_profile(&path, report);
+        if let ProfileState::Loaded(p) = &state {
+            ctx.profiles.push(DatasetSource {
+                name: reference.value.clone(),
+                path: path.clone(),
+                text: p.text.clone(),
+                created: p.modified,
+                updated: p.modified,
+                created_by: LOCAL_ORIGIN.to_string(),
+                updated_by: LOCAL_ORIGIN.to_string(),
+            });
+        }
+        state
+    });
     match state {
         ProfileState::Loaded(profile) => Some(Rc::clone(profile)),
         ProfileState::Unreadable(error) => {
@@ -554,12 +599,35 @@ fn read_profile_reference(
     }
 }
 
+/// Where a profile named `reference` is read from: in the first of `dirs`
+/// that has it (the config file's own directory when `dirs` is empty), else
+/// in the last one (whose error is then reported).
+fn profile_path(src: &Source, dirs: &[PathBuf], reference: &str) -> PathBuf {
+    let own = [src.path.parent().unwrap_or(Path::new("")).to_path_buf()];
+    let dirs = if dirs.is_empty() { &own[..] } else { dirs };
+    dirs.iter()
+        .map(|d| d.join(reference))
+        .find(|p| p.is_file())
+        .or_else(|| dirs.last().map(|d| d.join(reference)))
+        .unwrap_or_else(|| PathBuf::from(reference))
+}
+
+/// The modification time of a file in Unix seconds (0 when unknown).
+pub(crate) fn modified_unix(path: &Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
 /// Reads and checks a profile file; its problems are reported in its own file.
 fn load_profile(path: &Path, report: &mut Report) -> ProfileState {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => return ProfileState::Unreadable(e.to_string()),
     };
+    let shared: std::sync::Arc<str> = text.as_str().into();
     report.add_file(path);
     let src = Source::new(path, text);
     let Some(document) = parse_document(&src, report) else {
@@ -604,6 +672,8 @@ fn load_profile(path: &Path, report: &mut Report) -> ProfileState {
             .map(|d| d.value),
         timeout: section.duration(report, "timeout", false).map(|d| d.value),
         items: Vec::new(),
+        text: shared,
+        modified: modified_unix(path),
     };
     if let Some(model) = section.nonempty_string(report, "model") {
         if is_name(&model.value, "_.:-", 64) {
@@ -699,6 +769,9 @@ fn read_item(
     }
     let tags = section.strings(report, "tags").unwrap_or_default();
     let name = section.nonempty_string(report, "name").map(|n| n.value);
+    let uuid = read_uuid(&section, report);
+    let thing = section.nonempty_string(report, "thing");
+    let si_unit = section.nonempty_string(report, "si_unit").map(|u| u.value);
 
     if report.len() > errors_before {
         return None;
@@ -722,6 +795,9 @@ fn read_item(
         upper_bound: upper_bound.map(|b| b.value),
         configurable: configurable.is_some_and(|c| c.value),
         tags,
+        uuid,
+        thing,
+        si_unit,
     })
 }
 
@@ -1049,6 +1125,7 @@ fn resolve_items(
     label: &str,
     drafts: &[ItemDraft],
     config_file: &Path,
+    refs: &mut UpstreamRefs,
     report: &mut Report,
 ) -> Vec<ItemSpec> {
     let mut items = Vec::with_capacity(drafts.len());
@@ -1080,6 +1157,18 @@ fn resolve_items(
         } else {
             keys.insert(key.clone(), key_pos);
         }
+        let who = format!("{label}: item \"{key}\"");
+        if let Some(u) = &draft.uuid {
+            refs.uuids.push((u.clone(), who.clone()));
+        }
+        if let Some(t) = &draft.thing {
+            refs.things.push((t.clone(), who));
+        }
+        let upstream = ItemUpstream {
+            uuid: draft.uuid.as_ref().map(|u| u.value),
+            thing: draft.thing.as_ref().map(|t| t.value.clone()),
+            si_unit: draft.si_unit.clone(),
+        };
         let mut key = key;
         key.shrink_to_fit();
         let mut item = ItemSpec {
@@ -1102,6 +1191,7 @@ fn resolve_items(
                 lower_bound: draft.lower_bound,
                 upper_bound: draft.upper_bound,
                 tags: draft.tags.clone(),
+                upstream: (upstream != ItemUpstream::default()).then(|| Box::new(upstream)),
             })),
         };
         item.compact();

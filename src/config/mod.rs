@@ -10,17 +10,22 @@ mod hosts;
 mod proxies;
 pub mod schema;
 mod source;
+mod things;
 mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::diag::{did_you_mean, suggest_key, SourcePos};
-use crate::model::{default_severity, ApiSpec, Config, GatewaySpec, MqttSpec, StorageSpec};
+use crate::model::{
+    default_severity, ApiSpec, Config, DatasetSource, GatewaySpec, MqttSpec, RemoteSpec,
+    StorageSpec, CONFIG_DATASET, LOCAL_ORIGIN,
+};
 use source::{is_name, At, Report, Section, Source};
 use triggers::TriggerText;
 
@@ -39,8 +44,28 @@ pub const DEFAULT_PATH: &str = "/etc/modbridge/modbridge.toml";
 /// its directory. On failure, every problem found is returned, sorted by file
 /// and position.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// How a config is loaded besides its own text.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Directories searched for profiles, the first that has the file wins;
+    /// empty: the config file's own directory.
+    pub profile_dirs: Vec<PathBuf>,
+    /// The local config a deployed one stands in for: its `[gateway]`,
+    /// `[mqtt]`, `[api]` and `[remote]` are used where the deployed file
+    /// leaves them out, and must be equal where it has them.
+    pub base: Option<Arc<Config>>,
+}
+
+/// The sections a deployed config may not change: identity and uplink stay with the box.
+pub const PROTECTED_SECTIONS: [&str; 4] = ["gateway", "mqtt", "api", "remote"];
+
+/// Like [`load`], with [`LoadOptions`].
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(path, &text),
+        Ok(text) => load_str_with(path, &text, options),
         Err(e) => Err(ConfigErrors(vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
@@ -53,7 +78,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates config text as if it had been read from `path_for_messages`:
 /// messages name that path, and profiles are read relative to its directory.
 pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let (mut config, texts) = load_str_without_expressions(path_for_messages, text)?;
+    load_str_with(path_for_messages, text, &LoadOptions::default())
+}
+
+/// Like [`load_str`], with [`LoadOptions`].
+pub fn load_str_with(
+    path_for_messages: &Path,
+    text: &str,
+    options: &LoadOptions,
+) -> Result<Config, ConfigErrors> {
+    let (mut config, texts) = load_document(path_for_messages, text, options)?;
     // Trigger expressions name hosts and items, so they are checked against
     // the otherwise valid config.
     config.triggers = triggers::check_triggers(&config, &texts).map_err(ConfigErrors)?;
@@ -63,15 +97,24 @@ pub fn load_str(path_for_messages: &Path, text: &str) -> Result<Config, ConfigEr
 /// Like [`load_str`], but trigger expressions are left unchecked: the config
 /// has no triggers, and the `[[triggers]]` tables come back as text (for
 /// tests of the expression checker itself).
+#[cfg(test)]
 pub(crate) fn load_str_without_expressions(
     path_for_messages: &Path,
     text: &str,
+) -> Result<(Config, Vec<TriggerText>), ConfigErrors> {
+    load_document(path_for_messages, text, &LoadOptions::default())
+}
+
+fn load_document(
+    path_for_messages: &Path,
+    text: &str,
+    options: &LoadOptions,
 ) -> Result<(Config, Vec<TriggerText>), ConfigErrors> {
     let mut report = Report::default();
     report.add_file(path_for_messages);
     let src = Source::new(path_for_messages, text.to_string());
     let config = match parse_document(&src, &mut report) {
-        Some(document) => build_config(&src, &document, &mut report),
+        Some(document) => build_config(&src, &document, options, &mut report),
         None => None,
     };
     match config {
@@ -95,6 +138,8 @@ pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("hosts.items", &hosts::ITEM_KEYS),
         ("triggers", &TRIGGER_KEYS),
         ("proxy", &proxies::PROXY_KEYS),
+        ("things", &things::THING_KEYS),
+        ("remote", &things::REMOTE_KEYS),
         ("profile", &hosts::PROFILE_KEYS),
         ("profile.items", &hosts::ITEM_KEYS),
     ]
@@ -129,7 +174,7 @@ pub(crate) fn parse_document<'i>(
 }
 
 /// Keys of `[gateway]`.
-const GATEWAY_KEYS: [&str; 3] = ["id", "name", "data_dir"];
+const GATEWAY_KEYS: [&str; 4] = ["id", "name", "data_dir", "uuid"];
 
 /// Keys of `[storage]`.
 const STORAGE_KEYS: [&str; 4] = [
@@ -165,8 +210,9 @@ const TRIGGER_KEYS: [&str; 5] = [
 ];
 
 /// The top-level sections.
-const SECTIONS: [&str; 8] = [
-    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers", "proxy",
+const SECTIONS: [&str; 10] = [
+    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers", "proxy", "things",
+    "remote",
 ];
 
 /// Walks the whole document. Returns the config with defaults wherever a
@@ -174,6 +220,7 @@ const SECTIONS: [&str; 8] = [
 fn build_config(
     src: &Source,
     document: &Spanned<DeTable<'_>>,
+    options: &LoadOptions,
     report: &mut Report,
 ) -> Option<(Config, Vec<TriggerText>)> {
     let top = document.get_ref();
@@ -199,7 +246,17 @@ fn build_config(
         report.error(&src.pos(key.span().start), message);
     }
 
-    let gateway = read_gateway(src, top, report);
+    let protected = Protected {
+        src,
+        top,
+        base: options.base.as_deref(),
+    };
+    let gateway = protected.section(
+        "gateway",
+        |b| b.gateway.clone(),
+        |r| read_gateway(src, top, r),
+        report,
+    );
     let storage = match top.get("storage") {
         Some(v) => read_storage(src, v, report),
         None => StorageSpec::default(),
@@ -208,15 +265,49 @@ fn build_config(
         Some(v) => read_severity(src, v, report),
         None => default_severity(),
     };
-    let mqtt = top
-        .get("mqtt")
-        .and_then(|v| read_mqtt(src, v, &gateway.id, report));
-    let api = match top.get("api") {
-        Some(v) => read_api(src, v, report),
-        None => ApiSpec::default(),
+    let mqtt = protected.section(
+        "mqtt",
+        |b| b.mqtt.clone(),
+        |r| {
+            top.get("mqtt")
+                .and_then(|v| read_mqtt(src, v, &gateway.id, r))
+        },
+        report,
+    );
+    let api = protected.section(
+        "api",
+        |b| b.api.clone(),
+        |r| match top.get("api") {
+            Some(v) => read_api(src, v, r),
+            None => ApiSpec::default(),
+        },
+        report,
+    );
+    let remote = protected.section(
+        "remote",
+        |b| b.remote.clone(),
+        |r| match top.get("remote") {
+            Some(v) => things::read_remote(src, v, r),
+            None => RemoteSpec::default(),
+        },
+        report,
+    );
+    let mut ctx = hosts::HostsContext {
+        refs: things::UpstreamRefs::default(),
+        profiles: Vec::new(),
+        profile_dirs: &options.profile_dirs,
     };
+    if let (Some(uuid), Some(raw)) = (gateway.uuid, table_value(top, "gateway", "uuid")) {
+        let pos = src.pos(raw.span().start);
+        let at = source::At { value: uuid, pos };
+        ctx.refs.uuids.push((at, "[gateway]".to_string()));
+    }
     let hosts = match top.get("hosts") {
-        Some(v) => hosts::read_hosts(src, v, report),
+        Some(v) => hosts::read_hosts(src, v, &mut ctx, report),
+        None => Vec::new(),
+    };
+    let thing_list = match top.get("things") {
+        Some(v) => things::read_things(src, v, &mut ctx.refs, report),
         None => Vec::new(),
     };
     let triggers = match top.get("triggers") {
@@ -227,8 +318,23 @@ fn build_config(
         Some(v) => proxies::read_proxies(src, v, &hosts, &api, report),
         None => Vec::new(),
     };
+    let modified = hosts::modified_unix(&src.path);
+    let mut sources = vec![DatasetSource {
+        name: CONFIG_DATASET.to_string(),
+        path: src.path.clone(),
+        text: src.text.as_str().into(),
+        created: modified,
+        updated: modified,
+        created_by: LOCAL_ORIGIN.to_string(),
+        updated_by: LOCAL_ORIGIN.to_string(),
+    }];
+    sources.append(&mut ctx.profiles);
     let config = Config {
         path: src.path.clone(),
+        local_path: options
+            .base
+            .as_ref()
+            .map_or_else(|| src.path.clone(), |b| b.local_path.clone()),
         gateway,
         storage,
         severity,
@@ -237,8 +343,57 @@ fn build_config(
         hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
         triggers: Vec::new(),
         proxies,
+        things: thing_list.iter().map(|(t, _, _)| t.clone()).collect(),
+        remote,
+        sources,
     };
+    things::check_upstream(&config, &thing_list, &ctx.refs, report);
     Some((config, triggers))
+}
+
+/// The value of `key` in the top-level table `section`, if both exist.
+fn table_value<'s, 'i>(
+    top: &'s DeTable<'i>,
+    section: &str,
+    key: &str,
+) -> Option<&'s Spanned<DeValue<'i>>> {
+    top.get(section)?.get_ref().as_table()?.get(key)
+}
+
+/// Reads the sections a deployed config may not change: from the base
+/// config where the file leaves them out, else from the file, which must
+/// then say the same as the base.
+struct Protected<'a, 's, 'i> {
+    src: &'a Source,
+    top: &'s DeTable<'i>,
+    base: Option<&'a Config>,
+}
+
+impl Protected<'_, '_, '_> {
+    fn section<T: PartialEq>(
+        &self,
+        name: &str,
+        from_base: impl Fn(&Config) -> T,
+        read: impl FnOnce(&mut Report) -> T,
+        report: &mut Report,
+    ) -> T {
+        let Some(base) = self.base else {
+            return read(report);
+        };
+        let Some((key, _)) = self.top.get_key_value(name) else {
+            return from_base(base);
+        };
+        let value = read(report);
+        if value != from_base(base) {
+            report.error(
+                &self.src.pos(key.span().start),
+                format!(
+                    "[{name}] differs from the local file's; identity and uplink stay with the box, so leave [{name}] out of a deployed config (it is taken from the local file) or make it equal"
+                ),
+            );
+        }
+        from_base(base)
+    }
 }
 
 /// The position of a table header given a top-level key, or the file start.
@@ -252,6 +407,7 @@ fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> Gateway
         id: String::new(),
         name: String::new(),
         data_dir: PathBuf::from("/var/lib/modbridge"),
+        uuid: None,
     };
     let Some(value) = top.get("gateway") else {
         report.error(
@@ -285,6 +441,7 @@ fn read_gateway(src: &Source, top: &DeTable<'_>, report: &mut Report) -> Gateway
     if let Some(dir) = section.path(report, "data_dir") {
         gateway.data_dir = dir;
     }
+    gateway.uuid = things::read_uuid(&section, report).map(|u| u.value);
     gateway
 }
 

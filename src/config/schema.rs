@@ -186,6 +186,18 @@ string_type!(
     ["127.0.0.1:8080", "[::]:8080"]
 );
 string_type!(
+    /// A UUID assigned upstream.
+    UuidText,
+    "^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}$",
+    ["6ba7b811-9dad-11d1-80b4-00c04fd430c8"]
+);
+string_type!(
+    /// A `[[things]]` id.
+    ThingId,
+    "^[A-Za-z0-9_.-]{1,64}$",
+    ["circuit1"]
+);
+string_type!(
     /// A non-empty string.
     Text,
     "\\S",
@@ -271,6 +283,39 @@ pub struct ConfigFile {
     /// Modbus TCP servers that forward to a serial line or TCP device through
     /// the gateway's own link, one `[[proxy]]` block each.
     pub proxy: Option<Vec<Proxy>>,
+    /// Groups of hosts or items upstream (a heating circuit, a substation), one `[[things]]` block each.
+    pub things: Option<Vec<Thing>>,
+    /// Configuration deployed from upstream.
+    pub remote: Option<Remote>,
+}
+
+/// `[[things]]`: a group of hosts or items that belong together, as an upstream Thing.
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+pub struct Thing {
+    /// Unique among things and hosts: 1 to 64 of A-Z a-z 0-9 _ . -.
+    pub id: ThingId,
+    /// An id assigned upstream (default: UUID v5 of modbridge://<gateway id>/things/<id>).
+    pub uuid: Option<UuidText>,
+    /// A display name (default: the id).
+    pub name: Option<Text>,
+    /// The Thing's type, e.g. "heating/circuit".
+    #[schemars(rename = "type")]
+    pub kind: Option<Text>,
+    /// Free-form tags.
+    pub tags: Option<Vec<String>>,
+    /// Another thing's id or a host id (default: the gateway).
+    pub parent: Option<Text>,
+}
+
+/// `[remote]`
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+pub struct Remote {
+    /// Upstream may deploy configs and profiles over R/cmd/dataset and PUT /datasets/{name} (default false).
+    pub config: Option<bool>,
+    /// Probation of a deployment before it is APPLIED; a host that stops answering rolls it back (default "2m").
+    pub rollback_after: Option<Duration>,
 }
 
 /// `[[proxy]]`: a Modbus TCP server onto one of the gateway's links.
@@ -310,6 +355,8 @@ pub struct Gateway {
     pub name: Option<Text>,
     /// Where the SQLite database lives (default: /var/lib/modbridge).
     pub data_dir: Option<FilePath>,
+    /// The gateway Thing's id assigned upstream (default: UUID v5 of modbridge://<gateway id>).
+    pub uuid: Option<UuidText>,
 }
 
 /// `[storage]`
@@ -406,6 +453,10 @@ pub struct Host {
     pub delay_between_requests: Option<Duration>,
     /// TCP only: wait after connecting before the first request, at most "60s" (default "0s"; for devices such as some Huawei dongles).
     pub delay_after_connect: Option<Duration>,
+    /// The host Thing's id assigned upstream (default: UUID v5 of modbridge://<gateway id>/hosts/<host>).
+    pub uuid: Option<UuidText>,
+    /// The `[[things]]` id that is this host's parent Thing (default: the gateway).
+    pub thing: Option<ThingId>,
     /// Serial only: line speed (default 9600).
     #[schemars(range(min = 50, max = 4000000))]
     pub baud: Option<u32>,
@@ -463,6 +514,12 @@ pub struct Item {
     pub configurable: Option<bool>,
     /// Free-form tags.
     pub tags: Option<Vec<String>>,
+    /// The Time-series id assigned upstream (default: UUID v5 of modbridge://<gateway id>/hosts/<host>/items/<key>).
+    pub uuid: Option<UuidText>,
+    /// The `[[things]]` id whose Time-series this is (default: its host's Thing).
+    pub thing: Option<ThingId>,
+    /// The unit's SI symbol upstream (default: from unit, degC -> °C, m3/h -> m³/h, ...).
+    pub si_unit: Option<Text>,
 }
 
 /// `[[triggers]]`: an alarm rule.

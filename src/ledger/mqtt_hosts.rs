@@ -1,6 +1,7 @@
-//! The `mqtt_hosts` table: topics of the retained host metadata published on
-//! MQTT (`R/hosts/<host>`), so that a host removed from the config gets its
-//! retained message cleared, also across restarts.
+//! The `mqtt_hosts` table: topics of the retained metadata published on
+//! MQTT (`R/hosts/<host>`, and the upstream model's `R/things/...`,
+//! `R/timeseries/...`, `R/datasets/...`), so that whatever is removed from
+//! the config gets its retained message cleared, also across restarts.
 
 use super::Ledger;
 use crate::store::StoreError;

@@ -1,4 +1,5 @@
-//! Downlink commands: `R/cmd/config`, `R/cmd/ack`, `R/cmd/resend`.
+//! Downlink commands: `R/cmd/config`, `R/cmd/ack`, `R/cmd/resend`
+//! (`R/cmd/dataset`, a deployment, is the session's: it runs off the runtime).
 //!
 //! Each command is either carried out (a config request recorded, an
 //! acknowledgement stored, a resend planned) or refused with a reason that
@@ -16,7 +17,10 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub const MAX_RESEND_POINTS: u64 = 100_000;
 
 /// The commands the gateway subscribes to, below its root.
-pub(crate) const COMMAND_TOPICS: [&str; 3] = ["cmd/config", "cmd/ack", "cmd/resend"];
+pub(crate) const COMMAND_TOPICS: [&str; 4] = ["cmd/config", "cmd/ack", "cmd/resend", DATASET_TOPIC];
+
+/// The deployment command, below the root.
+pub(crate) const DATASET_TOPIC: &str = "cmd/dataset";
 
 /// What a carried-out command leaves for the session to publish.
 #[derive(Debug, PartialEq)]

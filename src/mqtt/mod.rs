@@ -10,6 +10,7 @@
 mod connect;
 mod downlink;
 mod session;
+mod upstream;
 mod window;
 
 use tokio_util::sync::CancellationToken;
@@ -37,10 +38,11 @@ pub struct MqttService {
 /// retained host metadata.
 pub fn spawn(
     gateway: crate::gateway::Gateway,
+    remote: crate::remote::Remote,
     reloads: tokio::sync::watch::Receiver<u64>,
 ) -> MqttService {
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(session::run(gateway, reloads, cancel.clone()));
+    let task = tokio::spawn(session::run(gateway, remote, reloads, cancel.clone()));
     MqttService { cancel, task }
 }
 

@@ -27,13 +27,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{self, CHANNEL_CAPACITY, MAX_OUTGOING_PACKET, WINDOW};
-use super::downlink::{self, Outcome, COMMAND_TOPICS, MAX_RESEND_POINTS};
+use super::downlink::{self, Outcome, COMMAND_TOPICS, DATASET_TOPIC, MAX_RESEND_POINTS};
 use super::window::{Tag, Window};
 use super::MqttStatus;
 use crate::clock::unix_now;
 use crate::gateway::Gateway;
 use crate::modbus::Backoff;
 use crate::model::{Config, MqttSpec};
+use crate::remote::{Refusal, Remote};
+
+/// A deployment carried out off the runtime: its command and the outcome.
+type Deployed = (Publish, Result<(), Refusal>);
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_CAP`] (with jitter).
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -46,6 +50,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const MAX_RESEND_QUEUED: u64 = 2 * MAX_RESEND_POINTS;
 /// Events handled per wake-up before the window is refilled.
 const EVENT_BATCH: usize = 512;
+/// How often, at most, the Things' states are compared with what was
+/// published: at a wake-up for anything else once this has passed...
+const THING_STATE_CHECK: Duration = Duration::from_secs(1);
+/// ...and at the latest after this, when nothing else woke the session (no
+/// extra wake-ups while data flows).
+const THING_STATE_IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Where the uplink goes: the `[mqtt]` section and the topic root.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +104,7 @@ enum End {
 /// The MQTT task: one connection after another until `cancel`.
 pub(crate) async fn run(
     gateway: Gateway,
+    remote: Remote,
     mut reloads: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
@@ -120,7 +131,7 @@ pub(crate) async fn run(
         let clean = keep.purge.is_some();
         let wait = match connect::options(&target.spec, &target.root, clean) {
             Ok(options) => {
-                let end = Session::start(&gateway, &mut keep, target.clone(), options)
+                let end = Session::start(&gateway, &remote, &mut keep, target.clone(), options)
                     .run(&mut reloads, &cancel)
                     .await;
                 match end {
@@ -177,6 +188,10 @@ type EventResult = Result<Event, ConnectionError>;
 /// One connection.
 struct Session<'a> {
     gateway: &'a Gateway,
+    remote: &'a Remote,
+    /// Deployments under way report here; their command is acknowledged then.
+    deployed_tx: mpsc::UnboundedSender<Deployed>,
+    deployed: mpsc::UnboundedReceiver<Deployed>,
     status: &'a MqttStatus,
     keep: &'a mut Keep,
     target: Target,
@@ -196,11 +211,13 @@ struct Session<'a> {
     acked_seqs: Vec<u64>,
     acked_ids: Vec<u64>,
     cleared_hosts: Vec<String>,
+    thing_states: super::upstream::ThingStates,
 }
 
 impl<'a> Session<'a> {
     fn start(
         gateway: &'a Gateway,
+        remote: &'a Remote,
         keep: &'a mut Keep,
         target: Target,
         options: rumqttc::MqttOptions,
@@ -208,8 +225,12 @@ impl<'a> Session<'a> {
         let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
         let (tx, events) = mpsc::channel(EVENT_BATCH);
         let poller = tokio::spawn(poll_events(eventloop, tx));
+        let (deployed_tx, deployed) = mpsc::unbounded_channel();
         Session {
             gateway,
+            remote,
+            deployed_tx,
+            deployed,
             status: &gateway.mqtt,
             keep,
             target,
@@ -226,6 +247,7 @@ impl<'a> Session<'a> {
             acked_seqs: Vec::new(),
             acked_ids: Vec::new(),
             cleared_hosts: Vec::new(),
+            thing_states: Default::default(),
         }
     }
 
@@ -293,7 +315,12 @@ impl<'a> Session<'a> {
         let mut commits = self.gateway.store.commits();
         let mut uplink_changes = self.gateway.ledger.uplink_changes();
         let (mut commits_open, mut uplink_open, mut reloads_open) = (true, true, true);
+        let mut thing_checked = tokio::time::Instant::now();
         loop {
+            if thing_checked.elapsed() >= THING_STATE_CHECK {
+                thing_checked = tokio::time::Instant::now();
+                self.queue_thing_changes();
+            }
             self.pump();
             self.flush_releases();
             self.update_status();
@@ -342,6 +369,13 @@ impl<'a> Session<'a> {
                     uplink_open = r.is_ok();
                     self.uplink_more = true;
                 }
+                Some((p, outcome)) = self.deployed.recv() => {
+                    if let Err(e) = outcome {
+                        self.reject(&p.topic, &e.to_string());
+                    }
+                    self.acks.push_back(p);
+                }
+                () = tokio::time::sleep_until(thing_checked + THING_STATE_IDLE_CHECK) => {}
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
                     self.data_more = true;
@@ -573,6 +607,9 @@ impl<'a> Session<'a> {
                 &p.topic,
                 "retained commands are refused (they would be carried out again at every connection); publish without retain and clear this one with an empty retained message",
             );
+        } else if p.topic == format!("{}/{DATASET_TOPIC}", self.target.root) {
+            self.deploy(p, hash);
+            return;
         } else {
             let r = downlink::handle(
                 self.gateway,
@@ -611,8 +648,35 @@ impl<'a> Session<'a> {
         self.acks.push_back(p);
     }
 
-    /// Retained metadata of every configured host, and empty retained
-    /// messages for hosts published earlier that are no longer configured.
+    /// The Things whose `state` changed since they were published, again.
+    fn queue_thing_changes(&mut self) {
+        let running = self.gateway.running();
+        for (below, payload) in self.thing_states.changed(&running) {
+            self.push_ctrl(&below, payload, true, Tag::Other);
+        }
+    }
+
+    /// Carries out a deployment off the runtime; its command is acknowledged
+    /// (and refused on `R/rejected` if it was not taken) when it is done.
+    fn deploy(&mut self, p: Publish, hash: u64) {
+        let remote = self.remote.clone();
+        let tx = self.deployed_tx.clone();
+        self.keep.recent.push_back(hash);
+        if self.keep.recent.len() > 256 {
+            self.keep.recent.pop_front();
+        }
+        tokio::spawn(async move {
+            let payload = p.payload.clone();
+            let outcome = tokio::task::spawn_blocking(move || remote.deploy(&payload, "mqtt"))
+                .await
+                .unwrap_or_else(|e| Err(Refusal::Failed(format!("the deployment failed: {e}"))));
+            let _ = tx.send((p, outcome.map(|_| ())));
+        });
+    }
+
+    /// Retained metadata of every configured host and of the upstream model
+    /// (Things, Time-series, Datasets), and empty retained messages for
+    /// those published earlier that are gone from the config.
     fn queue_hosts(&mut self) {
         let running = self.gateway.running();
         let mut topics = Vec::new();
@@ -646,11 +710,16 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        for (below, payload) in super::upstream::model_messages(&running) {
+            topics.push(format!("{}/{below}", self.target.root));
+            self.push_ctrl(&below, payload, true, Tag::Other);
+        }
+        self.thing_states.reset(&running);
         let stale = self.gateway.ledger.remember_host_topics(&topics);
         match stale {
             Ok(stale) => {
                 for topic in stale {
-                    tracing::info!(topic = %topic, "mqtt: clearing metadata of a removed host");
+                    tracing::info!(topic = %topic, "mqtt: clearing retained metadata of something gone from the config");
                     self.ctrl.push_back(Out {
                         topic: topic.clone(),
                         payload: Vec::new(),
