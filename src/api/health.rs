@@ -521,6 +521,16 @@ fn store_figures(m: &mut Exposition, stats: &StoreStats) {
         "History points never sent upstream and dropped (memory cap or max_size).",
         stats.dropped_unsent as f64,
     );
+    m.by_label(
+        "modbridge_clock_steps_total",
+        "counter",
+        "Steps of the wall clock: back, or forward by more than a minute beyond the expected time.",
+        "direction",
+        &[
+            ("back", stats.clock_steps_back as f64),
+            ("forward", stats.clock_steps_forward as f64),
+        ],
+    );
     m.single(
         "modbridge_database_bytes",
         "gauge",

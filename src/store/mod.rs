@@ -76,6 +76,10 @@ pub struct StoreStats {
     pub dropped_unsent: u64,
     /// Outbox messages (journal rows) not yet marked sent.
     pub outbox_messages: u64,
+    /// Steps of the wall clock backwards seen since open.
+    pub clock_steps_back: u64,
+    /// Jumps of the wall clock forward (beyond the expected time) seen since open.
+    pub clock_steps_forward: u64,
 }
 
 /// One MQTT data message of `R/data/<host>`.
@@ -168,6 +172,8 @@ pub(crate) struct Counters {
     commit_errors: AtomicU64,
     dropped_unsent: AtomicU64,
     outbox: AtomicU64,
+    clock_steps_back: AtomicU64,
+    clock_steps_forward: AtomicU64,
 }
 
 /// How the writer treats one configured item; 12 bytes, one per item.
@@ -475,6 +481,8 @@ impl Store {
                 commit_errors: AtomicU64::new(0),
                 dropped_unsent: AtomicU64::new(0),
                 outbox: AtomicU64::new(outbox.max(0) as u64),
+                clock_steps_back: AtomicU64::new(0),
+                clock_steps_forward: AtomicU64::new(0),
             },
             commits_tx,
             drained_tx: tokio::sync::watch::Sender::new(0),
@@ -677,6 +685,10 @@ impl Store {
             }
         }
         drop(tx);
+        // Chunks are in clock order; journal points in arrival order, which
+        // after a step back of the wall clock is not clock order. Stable:
+        // points sharing a second stay in arrival order.
+        out.sort_by_key(|p| p.0);
         if let Some(limit) = limit {
             if out.len() > limit {
                 out.drain(..out.len() - limit);
@@ -845,6 +857,8 @@ impl Store {
             commit_errors: c.commit_errors.load(Ordering::Relaxed),
             dropped_unsent: c.dropped_unsent.load(Ordering::Relaxed),
             outbox_messages: self.outbox_len(),
+            clock_steps_back: c.clock_steps_back.load(Ordering::Relaxed),
+            clock_steps_forward: c.clock_steps_forward.load(Ordering::Relaxed),
         }
     }
 

@@ -92,16 +92,94 @@ fn store_history_without_deadband_every_sample() {
     let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
     assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
     assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
-    // Out-of-order and duplicate clocks are not history points.
-    store.push(&[s(a, t0 + 50, 1.0), s(a, t0 + 99, 2.0)]);
-    store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 1000, None).unwrap().len(), 100);
     let st = store.stats();
-    assert_eq!(st.samples_received, 202);
+    assert_eq!(st.samples_received, 200);
     assert_eq!(st.history_points, 200);
     assert!(st.commits >= 1);
     assert!(st.db_bytes > 0);
     assert_eq!(st.outbox_messages, 0, "no mqtt: nothing to send");
+    store.close().unwrap();
+}
+
+#[test]
+fn store_keeps_samples_whatever_their_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let (a, b) = (id[0][0], id[0][1]);
+    let t0 = now() - 10_000;
+    // Before: a's history in chunks, ending at t0 + 999.
+    store.push(
+        &(0..1000)
+            .map(|i| s(a, t0 + i, i as f64))
+            .collect::<Vec<_>>(),
+    );
+    store.maintain().unwrap();
+    // The clock steps back by 600 s; then two samples in one second, and
+    // one in the same second as the last point before the step.
+    let back: Vec<Sample> = (0..5)
+        .map(|i| s(a, t0 + 400 + i, -(i as f64)))
+        .chain([
+            s(a, t0 + 404, -10.0),
+            s(a, t0 + 999, -20.0),
+            s(b, t0, 1.0),
+            s(b, t0, 2.0),
+        ])
+        .collect();
+    store.push(&back);
+    store.flush().unwrap();
+    let expected = |h: &[(i64, f64)]| {
+        assert_eq!(h.len(), 1000 + 7, "every sample kept");
+        assert!(h.windows(2).all(|w| w[0].0 <= w[1].0), "ascending by clock");
+        let at = |c: i64| {
+            h.iter()
+                .filter(|p| p.0 == c)
+                .map(|p| p.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            at(t0 + 400),
+            vec![400.0, 0.0],
+            "old point first, then the new one"
+        );
+        assert_eq!(at(t0 + 404), vec![404.0, -4.0, -10.0]);
+        assert_eq!(at(t0 + 999), vec![999.0, -20.0]);
+    };
+    // Uncompacted (journal) and compacted (chunks) give the same answer.
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    let msgs = store.outbox_after(0, 100).unwrap();
+    let sent: Vec<i64> = msgs
+        .last()
+        .iter()
+        .flat_map(|m| m.items.iter().filter(|(k, _)| k == "k0"))
+        .flat_map(|(_, p)| p.iter().map(|p| p.0 - t0))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![400, 401, 402, 403, 404, 404, 999],
+        "sent upstream in arrival order"
+    );
+    store.maintain().unwrap();
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    assert_eq!(
+        store.history(a, t0 + 404, t0 + 404, None).unwrap(),
+        vec![(t0 + 404, 404.0), (t0 + 404, -4.0), (t0 + 404, -10.0)]
+    );
+    assert_eq!(
+        store.history(b, t0, t0, None).unwrap(),
+        vec![(t0, 1.0), (t0, 2.0)]
+    );
+    assert_eq!(
+        store.history(a, t0, t0 + 2000, Some(2)).unwrap(),
+        vec![(t0 + 999, 999.0), (t0 + 999, -20.0)]
+    );
+    // The deadband baseline is the newest point received, whatever its clock.
+    assert_eq!(store.latest(a).unwrap(), Some((t0 + 999, -20.0)));
+    store.close().unwrap();
+    // A restart keeps them all.
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
     store.close().unwrap();
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct Writer {
     unknown_items: u64,
     failing_since: Option<Instant>,
     consecutive_failures: u64,
+    /// Steps of the wall clock, looked for at every drain.
+    steps: crate::clock::StepWatch,
 }
 
 /// Marks the writer dead however `run` ends (so flush/close never wait forever).
@@ -95,6 +97,7 @@ impl Writer {
             unknown_items: 0,
             failing_since: None,
             consecutive_failures: 0,
+            steps: crate::clock::StepWatch::default(),
         };
         w.apply_settings(settings);
         w.restore()?;
@@ -259,6 +262,7 @@ impl Writer {
                         s.closing || s.req_gen > s.done_gen || Instant::now() >= deadline;
                     (batch, commit_now)
                 };
+                self.watch_clock();
                 self.process(&batch);
                 batch.clear();
                 self.spare = batch;
@@ -325,6 +329,30 @@ impl Writer {
         }
     }
 
+    /// Counts and logs a step of the wall clock. Samples are kept whatever
+    /// their clock: after a step back they are stored with the clock the box
+    /// has, and history answers sort them by clock.
+    fn watch_clock(&mut self) {
+        let c = &self.inner.counters;
+        match self.steps.look() {
+            Some(crate::clock::ClockStep::Back(d)) => {
+                c.clock_steps_back.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    step_seconds = d.as_secs_f64(),
+                    "the wall clock stepped back; samples keep the new clock and are stored and sent"
+                );
+            }
+            Some(crate::clock::ClockStep::Forward(d)) => {
+                c.clock_steps_forward.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    step_seconds = d.as_secs_f64(),
+                    "the wall clock jumped forward"
+                );
+            }
+            None => {}
+        }
+    }
+
     /// Deadband/heartbeat and trends for a batch of samples.
     fn process(&mut self, batch: &[Packed]) {
         if batch.is_empty() {
@@ -371,11 +399,14 @@ impl Writer {
                 slot @ None => *slot = Some(TrendAcc::new(hour, value)),
             }
             // History: deadband and heartbeat against the last history point.
+            // A clock before the last point's (the wall clock stepped back)
+            // is a point whatever its value: it starts the item's history
+            // again from the box's new clock.
             let is_point = match live.last(item) {
                 None => true,
                 Some((lc, lv)) => {
-                    clock > lc
-                        && (it.deadband == 0
+                    clock < lc
+                        || (it.deadband == 0
                             || (value - lv).abs()
                                 >= self
                                     .deadbands
@@ -746,37 +777,13 @@ impl Writer {
             }
         }
         {
-            let mut last = tx.prepare_cached(
-                "SELECT start, end, data FROM history WHERE item_id = ?1 ORDER BY start DESC LIMIT 1",
-            )?;
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO history(item_id, start, end, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             let mut merged: Vec<(i64, f64)> = Vec::new();
             for (id, mut pts) in per_item {
-                let prev: Option<(i64, i64, Vec<u8>)> = last
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                merged.clear();
-                if let Some((start, end, blob)) = prev {
-                    // Never store a point twice or out of order.
-                    pts.retain(|p| p.0 > end);
-                    if blob.len() < CHUNK_TARGET_BYTES / 2
-                        && pts
-                            .first()
-                            .is_some_and(|p| p.0 - start <= codec::CHUNK_MAX_SPAN)
-                    {
-                        // Extend the item's small last chunk (same start key: replaced).
-                        codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
-                    }
-                }
-                if pts.is_empty() {
-                    continue;
-                }
-                merged.extend_from_slice(&pts);
-                for (start, end, n, data) in codec::encode_chunks(&merged, CHUNK_TARGET_BYTES) {
-                    ins.execute(params![id, start, end, n as i64, data])?;
-                }
+                // Arrival order; after a step back of the wall clock not in
+                // clock order: sort (stable, so points sharing a second keep
+                // their order).
+                pts.sort_by_key(|p| p.0);
+                add_to_history(&tx, id, &pts, &mut merged)?;
             }
             let mut mark = tx.prepare_cached("UPDATE journal SET compacted = 1 WHERE seq = ?1")?;
             let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
@@ -968,4 +975,117 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Adds an item's points (in clock order) to its history chunks. Points after
+/// the item's last chunk extend it (when small) or start new chunks; points at
+/// or before its end (the same second, or a step back of the wall clock) are
+/// merged into the chunks they fall in, so chunks never overlap and every
+/// point is kept.
+fn add_to_history(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    pts: &[(i64, f64)],
+    merged: &mut Vec<(i64, f64)>,
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last_new)) = (pts.first(), pts.last()) else {
+        return Ok(());
+    };
+    let mut last = tx.prepare_cached(
+        "SELECT start, end, data FROM history WHERE item_id = ?1 ORDER BY start DESC LIMIT 1",
+    )?;
+    let prev: Option<(i64, i64, Vec<u8>)> = last
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    merged.clear();
+    match prev {
+        Some((start, end, _)) if first.0 <= end => {
+            return merge_into_history(tx, id, pts, (first.0.min(start), last_new.0), merged);
+        }
+        Some((start, _, blob)) => {
+            if blob.len() < CHUNK_TARGET_BYTES / 2 && first.0 - start <= codec::CHUNK_MAX_SPAN {
+                // Extend the item's small last chunk (same start key: replaced).
+                codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
+            }
+        }
+        None => {}
+    }
+    merged.extend_from_slice(pts);
+    write_chunks(tx, id, merged)
+}
+
+/// Replaces the item's chunks that touch `[lo, hi]` (and the one `lo` falls
+/// in) by those chunks' points merged with `pts`, in clock order; an old
+/// point goes before a new one of the same second.
+fn merge_into_history(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    pts: &[(i64, f64)],
+    (lo, mut hi): (i64, i64),
+    merged: &mut Vec<(i64, f64)>,
+) -> Result<(), StoreError> {
+    let mut sel = tx.prepare_cached(
+        "SELECT start, end, data FROM history WHERE item_id = ?1
+           AND start >= coalesce((SELECT max(start) FROM history WHERE item_id = ?1 AND start <= ?2), ?2)
+           AND start <= ?3
+         ORDER BY start",
+    )?;
+    let mut old: Vec<(i64, f64)> = Vec::new();
+    let mut starts: Vec<i64> = Vec::new();
+    let mut from = lo;
+    // A chunk may end in the second the next one starts: take it too, until
+    // the chunks taken end before the next one not taken.
+    loop {
+        let mut rows = sel.query(params![id, from, hi])?;
+        let mut widened = hi;
+        while let Some(row) = rows.next()? {
+            let start: i64 = row.get(0)?;
+            if starts.contains(&start) {
+                continue;
+            }
+            starts.push(start);
+            widened = widened.max(row.get(1)?);
+            let blob = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            codec::decode_chunk(blob, |c, v| old.push((c, v)))?;
+        }
+        if widened <= hi {
+            break;
+        }
+        from = hi;
+        hi = widened;
+    }
+    old.sort_by_key(|p| p.0);
+    merged.clear();
+    merged.reserve(old.len() + pts.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < pts.len() {
+        if j >= pts.len() || (i < old.len() && old[i].0 <= pts[j].0) {
+            merged.push(old[i]);
+            i += 1;
+        } else {
+            merged.push(pts[j]);
+            j += 1;
+        }
+    }
+    let mut del = tx.prepare_cached("DELETE FROM history WHERE item_id = ?1 AND start = ?2")?;
+    for start in starts {
+        del.execute(params![id, start])?;
+    }
+    write_chunks(tx, id, merged)
+}
+
+/// Writes points in clock order as chunks (never split inside a second, see
+/// [`codec::encode_chunks`]).
+fn write_chunks(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    points: &[(i64, f64)],
+) -> Result<(), StoreError> {
+    let mut ins = tx.prepare_cached(
+        "INSERT OR REPLACE INTO history(item_id, start, end, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (start, end, n, data) in codec::encode_chunks(points, CHUNK_TARGET_BYTES) {
+        ins.execute(params![id, start, end, n as i64, data])?;
+    }
+    Ok(())
 }
