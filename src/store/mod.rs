@@ -13,6 +13,7 @@
 
 mod codec;
 mod schema;
+mod space;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -62,7 +63,7 @@ pub struct TrendBucket {
 /// Figures for `/health` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreStats {
-    /// Database file plus WAL, bytes.
+    /// Database file, WAL and reserve file, bytes.
     pub db_bytes: u64,
     /// Samples handed to `push` since open.
     pub samples_received: u64,
@@ -80,6 +81,8 @@ pub struct StoreStats {
     pub clock_steps_back: u64,
     /// Jumps of the wall clock forward (beyond the expected time) seen since open.
     pub clock_steps_forward: u64,
+    /// The file system is full: old data is deleted to store the newest.
+    pub disk_full: bool,
 }
 
 /// One MQTT data message of `R/data/<host>`.
@@ -142,6 +145,9 @@ pub struct StoreOptions {
     pub high_water: usize,
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
+    /// Bytes kept free in a reserve file for deleting on a full file
+    /// system; None: a sixteenth of `max_size`, 256 KiB to 8 MiB; 0: none.
+    pub disk_reserve: Option<u64>,
     /// Commit ticks are aligned to wall-clock multiples of `commit_interval`
     /// plus this offset (so samples of polls aligned on whole seconds are
     /// committed shortly after they arrive). None: a quarter of the interval, at most 250 ms.
@@ -160,6 +166,7 @@ impl Default for StoreOptions {
             max_buffered: 2_000_000,
             high_water: 16_384,
             busy_timeout: Duration::from_secs(5),
+            disk_reserve: None,
             tick_phase: None,
         }
     }
@@ -174,6 +181,8 @@ pub(crate) struct Counters {
     outbox: AtomicU64,
     clock_steps_back: AtomicU64,
     clock_steps_forward: AtomicU64,
+    /// The file system is full (see `space.rs`).
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 /// How the writer treats one configured item; 12 bytes, one per item.
@@ -483,6 +492,7 @@ impl Store {
                 outbox: AtomicU64::new(outbox.max(0) as u64),
                 clock_steps_back: AtomicU64::new(0),
                 clock_steps_forward: AtomicU64::new(0),
+                disk_full: std::sync::atomic::AtomicBool::new(false),
             },
             commits_tx,
             drained_tx: tokio::sync::watch::Sender::new(0),
@@ -859,6 +869,7 @@ impl Store {
             outbox_messages: self.outbox_len(),
             clock_steps_back: c.clock_steps_back.load(Ordering::Relaxed),
             clock_steps_forward: c.clock_steps_forward.load(Ordering::Relaxed),
+            disk_full: c.disk_full.load(Ordering::Relaxed),
         }
     }
 
@@ -884,14 +895,16 @@ impl Store {
     }
 }
 
-/// Database file plus WAL, bytes.
+/// Database file, WAL and reserve file, bytes (what `max_size` caps).
 pub(crate) fn db_file_bytes(path: &Path) -> u64 {
-    let main = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    main + std::fs::metadata(PathBuf::from(wal))
-        .map(|m| m.len())
-        .unwrap_or(0)
+    let len = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::metadata(PathBuf::from(p))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    len("") + len("-wal") + len("-reserve")
 }
 
 fn close_inner(inner: &Arc<Inner>) -> Result<(), StoreError> {

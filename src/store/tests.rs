@@ -572,7 +572,12 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 200, true);
     cfg.storage.max_size = 1 << 30;
-    let store = Store::open_with(&cfg, opts()).unwrap();
+    // No reserve file: the figures below are the database's alone.
+    let o = StoreOptions {
+        disk_reserve: Some(0),
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
     let id = ids(&store, &cfg);
     let t0 = now() - 20_000;
     let mut rng = fastrand::Rng::with_seed(5);
@@ -970,5 +975,100 @@ fn store_history_consistent_during_ingest_and_compaction() {
         store.history(a, t0, t0 + 100_000, None).unwrap().len(),
         10_000
     );
+    store.close().unwrap();
+}
+
+/// Pushes an hour of one sample a minute for every item, starting at `hour`.
+fn push_hour(store: &Store, items: &[ItemId], hour: i64) {
+    let mut batch = Vec::with_capacity(items.len() * 60);
+    for m in 0..60 {
+        for (i, &it) in items.iter().enumerate() {
+            batch.push(s(
+                it,
+                hour + m * 60,
+                20.0 + ((m as usize + i) % 10) as f64 * 0.1,
+            ));
+        }
+    }
+    store.push(&batch);
+}
+
+/// Sends (marks) every outbox message, checking that `seq` has no hole.
+fn send_all(store: &Store, next_seq: &mut u64) {
+    loop {
+        let msgs = store.outbox_after(0, 1000).unwrap();
+        if msgs.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+        for &q in &seqs {
+            assert_eq!(q, *next_seq, "no seq hole");
+            *next_seq += 1;
+        }
+        store.mark_sent(&seqs).unwrap();
+        store.flush().unwrap();
+    }
+}
+
+#[test]
+fn store_size_cap_holds_over_days_and_spares_unsent_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, 100, true);
+    cfg.storage.max_size = 2 << 20;
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let items: Vec<ItemId> = ids(&store, &cfg).concat();
+    let hours = 60;
+    let first = (now() - (hours + 12) * 3600) / 3600 * 3600;
+    let mut next_seq = 1;
+    let files = |store: &Store| store.stats().db_bytes;
+    // The broker is connected: everything is sent as it comes.
+    for h in 0..hours {
+        push_hour(&store, &items, first + h * 3600);
+        store.flush().unwrap();
+        send_all(&store, &mut next_seq);
+        store.maintain().unwrap();
+        let size = files(&store);
+        assert!(size <= cfg.storage.max_size, "hour {h}: {size} bytes");
+    }
+    let st = store.stats();
+    assert_eq!(st.dropped_unsent, 0);
+    let last = first + (hours - 1) * 3600;
+    for &it in [items[0], items[199]].iter() {
+        let h = store
+            .history(it, last - 3 * 3600, last + 3600, None)
+            .unwrap();
+        assert_eq!(h.len(), 4 * 60, "the newest hours of history stay");
+        let oldest = store.history(it, 0, last, Some(usize::MAX)).unwrap();
+        assert!(
+            oldest[0].0 > first + 3600,
+            "older history went: {}",
+            oldest[0].0
+        );
+    }
+    let trend = store.trend(items[0], 0, last + 3600).unwrap();
+    assert!(trend[0].0 > first, "older trends went too");
+    assert_eq!(trend.last().unwrap().0, last, "the newest trends stay");
+
+    // The broker goes away: unsent data is kept; older history and trends go.
+    let oldest_before = store.history(items[0], 0, last, Some(usize::MAX)).unwrap()[0].0;
+    let trend_before = trend[0].0;
+    for h in hours..hours + 8 {
+        push_hour(&store, &items, first + h * 3600);
+        store.maintain().unwrap();
+        let size = files(&store);
+        assert!(size <= cfg.storage.max_size, "hour {h}: {size} bytes");
+    }
+    let st = store.stats();
+    assert_eq!(
+        st.dropped_unsent, 0,
+        "no unsent data dropped while older data is left"
+    );
+    assert!(st.outbox_messages > 0);
+    let oldest = store.history(items[0], 0, now(), Some(usize::MAX)).unwrap()[0].0;
+    assert!(oldest > oldest_before, "older history went");
+    assert!(store.trend(items[0], 0, now()).unwrap()[0].0 > trend_before);
+    // Back: every message arrives, with no seq hole.
+    send_all(&store, &mut next_seq);
+    assert_eq!(store.outbox_len(), 0);
     store.close().unwrap();
 }

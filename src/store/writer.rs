@@ -15,39 +15,44 @@ use super::{
 };
 use crate::model::StorageSpec;
 
-struct Backlog {
-    points: u64,
+pub(super) struct Backlog {
+    pub(super) points: u64,
     since: Instant,
 }
 
 pub(crate) struct Writer {
-    inner: Arc<Inner>,
-    conn: Connection,
-    storage: StorageSpec,
-    sent_on_insert: bool,
+    pub(super) inner: Arc<Inner>,
+    pub(super) conn: Connection,
+    pub(super) storage: StorageSpec,
+    pub(super) sent_on_insert: bool,
     /// Indexed by item id.
-    items: Vec<ItemSetting>,
+    pub(super) items: Vec<ItemSetting>,
     /// See [`ItemSetting::deadband`].
-    deadbands: Vec<f64>,
+    pub(super) deadbands: Vec<f64>,
     /// History points not yet committed, in arrival order (so in clock order
     /// per item): (item, clock, value); 16 bytes each.
-    pending: Vec<(ItemId, u32, f64)>,
+    pub(super) pending: Vec<(ItemId, u32, f64)>,
     /// Reused per commit: one item's points.
-    scratch: Vec<(i64, f64)>,
+    pub(super) scratch: Vec<(i64, f64)>,
     /// Trend contributions to hours already closed (late samples), merged on write.
-    late: HashMap<(ItemId, i64), TrendAcc>,
+    pub(super) late: HashMap<(ItemId, i64), TrendAcc>,
     /// Buckets of hours that closed, to write (replace).
-    closed: Vec<(ItemId, TrendAcc)>,
-    backlog: HashMap<u32, Backlog>,
-    last_trend_flush: Instant,
-    last_retention: Option<Instant>,
-    last_size_check: Instant,
-    spare: Vec<Packed>,
-    unknown_items: u64,
-    failing_since: Option<Instant>,
-    consecutive_failures: u64,
+    pub(super) closed: Vec<(ItemId, TrendAcc)>,
+    pub(super) backlog: HashMap<u32, Backlog>,
+    pub(super) last_trend_flush: Instant,
+    pub(super) last_retention: Option<Instant>,
+    pub(super) last_size_check: Instant,
+    pub(super) spare: Vec<Packed>,
+    pub(super) unknown_items: u64,
+    pub(super) failing_since: Option<Instant>,
+    pub(super) consecutive_failures: u64,
     /// Steps of the wall clock, looked for at every drain.
-    steps: crate::clock::StepWatch,
+    pub(super) steps: crate::clock::StepWatch,
+    /// Free space kept in a file next to the database, for deleting when the
+    /// file system is full.
+    pub(super) reserve: super::space::Reserve,
+    /// Set while the file system is full (see `space.rs`).
+    pub(super) full: Option<super::space::Full>,
 }
 
 /// Marks the writer dead however `run` ends (so flush/close never wait forever).
@@ -65,12 +70,12 @@ impl Drop for AliveGuard {
 /// Pending history points that trigger a commit before the tick.
 const EARLY_COMMIT_POINTS: usize = 120_000;
 
+/// Points compacted per transaction: between two, the writer looks whether
+/// the store is closing (shutdown does not wait for a long compaction).
+const COMPACT_STEP_POINTS: u64 = 100_000;
+
 /// How often the writer drains the push buffer between commits.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-
-fn now_unix() -> i64 {
-    crate::clock::unix_now()
-}
 
 impl Writer {
     pub fn new(
@@ -78,6 +83,8 @@ impl Writer {
         conn: Connection,
         settings: Settings,
     ) -> Result<Writer, StoreError> {
+        let inner_path = inner.path.clone();
+        let reserve_bytes = super::space::reserve_bytes(&inner.opts, settings.storage.max_size);
         let mut w = Writer {
             inner,
             conn,
@@ -98,9 +105,12 @@ impl Writer {
             failing_since: None,
             consecutive_failures: 0,
             steps: crate::clock::StepWatch::default(),
+            reserve: super::space::Reserve::new(&inner_path, reserve_bytes),
+            full: None,
         };
         w.apply_settings(settings);
         w.restore()?;
+        w.reserve.refill();
         Ok(w)
     }
 
@@ -133,6 +143,7 @@ impl Writer {
             self.items[id as usize] = setting;
         }
         self.deadbands = s.deadbands;
+        self.limit_wal();
     }
 
     /// Restores deadband state (last point per item), the current trend
@@ -468,8 +479,19 @@ impl Writer {
             }
             return Ok(());
         }
-        match self.try_commit(marks, trend_due) {
+        let mut result = self.try_commit(marks, trend_due);
+        if let Err(e) = &result {
+            if super::space::is_disk_full(e, self.inner.path.parent().unwrap_or(&self.inner.path)) {
+                // Deleting the oldest data makes room inside the database:
+                // the newest samples are committed now, not after a restart.
+                self.make_room();
+                result = self.try_commit(marks, trend_due);
+            }
+        }
+        match result {
             Ok((rows, points, unsent_rows, marked)) => {
+                self.keep_wal_small();
+                self.watch_space();
                 let c = &self.inner.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.history_points.fetch_add(points as u64, Ordering::Relaxed);
@@ -703,7 +725,16 @@ impl Writer {
                 break;
             }
             loop {
-                match self.compact_host(hid, budget.min(opts.compact_budget.max(1))) {
+                if self.closing() {
+                    // The final commit goes first; the journal keeps the rest.
+                    return;
+                }
+                let step = budget
+                    .min(opts.compact_budget.max(1))
+                    .min(COMPACT_STEP_POINTS);
+                let r = self.compact_host(hid, step);
+                self.keep_wal_small();
+                match r {
                     Ok((points, more)) => {
                         budget = budget.saturating_sub(points.max(1));
                         if let Some(b) = self.backlog.get_mut(&hid) {
@@ -731,13 +762,14 @@ impl Writer {
             || self
                 .last_retention
                 .map_or(true, |t| t.elapsed() >= opts.retention_interval);
-        if retention_due {
+        if retention_due && !self.closing() {
             if let Err(e) = self.retention() {
                 tracing::error!(error = %e, "store retention failed");
             }
             self.last_retention = Some(Instant::now());
         }
-        if force || self.last_size_check.elapsed() >= opts.size_check_interval {
+        let size_due = force || self.last_size_check.elapsed() >= opts.size_check_interval;
+        if size_due && !self.closing() {
             if let Err(e) = self.enforce_size() {
                 tracing::error!(error = %e, "store size enforcement failed");
             }
@@ -804,177 +836,6 @@ impl Writer {
         );
         Ok((points, more))
     }
-
-    fn retention(&mut self) -> Result<(), StoreError> {
-        let now = now_unix();
-        let h_cut = now.saturating_sub(
-            self.storage
-                .history_retention
-                .as_secs()
-                .min(i64::MAX as u64) as i64,
-        );
-        let t_cut =
-            now.saturating_sub(self.storage.trend_retention.as_secs().min(i64::MAX as u64) as i64);
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let chunks = tx.execute("DELETE FROM history WHERE end < ?1", [h_cut])?;
-        let mut trends = 0;
-        {
-            let ids: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM items")?;
-                let r = st
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<i64>, _>>()?;
-                r
-            };
-            let mut del =
-                tx.prepare_cached("DELETE FROM trend WHERE item_id = ?1 AND hour < ?2")?;
-            for id in ids {
-                trends += del.execute(params![id, t_cut - t_cut.rem_euclid(3600)])?;
-            }
-        }
-        tx.commit()?;
-        if chunks > 0 || trends > 0 {
-            tracing::info!(
-                chunks,
-                trend_rows = trends,
-                "store retention deleted old data"
-            );
-        }
-        Ok(())
-    }
-
-    fn db_bytes(&self) -> Result<u64, StoreError> {
-        let pages: i64 = self
-            .conn
-            .pragma_query_value(None, "page_count", |r| r.get(0))?;
-        let size: i64 = self
-            .conn
-            .pragma_query_value(None, "page_size", |r| r.get(0))?;
-        let mut wal = self.inner.path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::fs::metadata(std::path::PathBuf::from(wal))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        Ok((pages.max(0) as u64) * (size.max(0) as u64) + wal)
-    }
-
-    /// Returns free pages to the file system and truncates the WAL.
-    fn shrink(&mut self) -> Result<(), StoreError> {
-        {
-            // Each step frees one page: run it to the end.
-            let mut st = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
-            let mut rows = st.query([])?;
-            while rows.next()?.is_some() {}
-        }
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            tracing::debug!("wal checkpoint could not complete (readers)");
-        }
-        Ok(())
-    }
-
-    /// Over `max_size`: oldest history chunks first, then (last resort) the
-    /// oldest journal rows, unsent ones counted as dropped.
-    fn enforce_size(&mut self) -> Result<(), StoreError> {
-        let max = self.storage.max_size;
-        if self.db_bytes()? <= max {
-            return Ok(());
-        }
-        let target = max / 10 * 9;
-        // Free pages and the WAL count too: give them back first.
-        self.shrink()?;
-        for _round in 0..64 {
-            let size = self.db_bytes()?;
-            if size <= target {
-                break;
-            }
-            let excess = size - target;
-            let tx =
-                rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            // 1. The oldest history chunks (already-sent history; unsent points
-            //    are still in the journal).
-            let mut cut: Option<i64> = None;
-            {
-                let mut st = tx.prepare_cached(
-                    "SELECT end, length(data) + 40 FROM history ORDER BY end LIMIT 20000",
-                )?;
-                let mut rows = st.query([])?;
-                let mut acc = 0u64;
-                while let Some(row) = rows.next()? {
-                    cut = Some(row.get(0)?);
-                    // Pages are not full: count half again per chunk.
-                    acc += row.get::<_, i64>(1)?.max(0) as u64 * 3 / 2;
-                    if acc >= excess {
-                        break;
-                    }
-                }
-            }
-            let mut deleted = 0;
-            if let Some(cut) = cut {
-                deleted = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
-                tracing::warn!(
-                    chunks = deleted,
-                    up_to = cut,
-                    max_size = max,
-                    "database over max_size: oldest history deleted"
-                );
-            } else {
-                // 2. Last resort: the oldest journal rows.
-                let mut cut_seq = None;
-                let mut lost_points = 0u64;
-                let mut lost_rows = 0u64;
-                {
-                    let mut st = tx.prepare_cached(
-                        "SELECT seq, n, sent, length(data) + 40 FROM journal ORDER BY seq LIMIT 20000",
-                    )?;
-                    let mut rows = st.query([])?;
-                    let mut acc = 0u64;
-                    while let Some(row) = rows.next()? {
-                        cut_seq = Some(row.get::<_, i64>(0)?);
-                        if row.get::<_, i64>(2)? == 0 {
-                            lost_points += row.get::<_, i64>(1)?.max(0) as u64;
-                            lost_rows += 1;
-                        }
-                        acc += row.get::<_, i64>(3)?.max(0) as u64;
-                        if acc >= excess {
-                            break;
-                        }
-                    }
-                }
-                if let Some(cs) = cut_seq {
-                    deleted = tx.execute("DELETE FROM journal WHERE seq <= ?1", [cs])?;
-                    let c = &self.inner.counters;
-                    c.dropped_unsent.fetch_add(lost_points, Ordering::Relaxed);
-                    let _ = c
-                        .outbox
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                            Some(v.saturating_sub(lost_rows))
-                        });
-                    if lost_points > 0 {
-                        tracing::error!(
-                            dropped_points = lost_points,
-                            dropped_messages = lost_rows,
-                            up_to_seq = cs,
-                            max_size = max,
-                            "database over max_size with no history left: oldest UNSENT data dropped"
-                        );
-                    }
-                    // Uncompacted rows may be gone: recount the backlog lazily.
-                    for b in self.backlog.values_mut() {
-                        b.points = b.points.max(1);
-                    }
-                }
-            }
-            tx.commit()?;
-            self.shrink()?;
-            if deleted == 0 {
-                break;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Adds an item's points (in clock order) to its history chunks. Points after
@@ -1002,12 +863,13 @@ fn add_to_history(
         Some((start, end, _)) if first.0 <= end => {
             return merge_into_history(tx, id, pts, (first.0.min(start), last_new.0), merged);
         }
-        Some((start, _, blob)) => {
-            if blob.len() < CHUNK_TARGET_BYTES / 2 && first.0 - start <= codec::CHUNK_MAX_SPAN {
-                // Extend the item's small last chunk (same start key: replaced).
-                codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
-            }
+        Some((start, _, blob))
+            if blob.len() < CHUNK_TARGET_BYTES / 2 && first.0 - start <= codec::CHUNK_MAX_SPAN =>
+        {
+            // Extend the item's small last chunk (same start key: replaced).
+            codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
         }
+        Some(_) => {}
         None => {}
     }
     merged.extend_from_slice(pts);

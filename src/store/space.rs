@@ -1,0 +1,570 @@
+//! The database's room: retention, the `max_size` cap, a full file system.
+//!
+//! - **One order for dropping data.** Over `max_size`, and when a commit fails
+//!   for lack of space, the oldest data goes first whichever table holds it:
+//!   history chunks (their points are still in the journal until sent),
+//!   hourly trends and alarm events with their acknowledgements, merged by
+//!   clock. Unsent data (journal rows) goes only when nothing else is left,
+//!   oldest first, counted and logged as an error. Every round of deleting
+//!   must bring the files down, or the rounds stop (logged) until the next check.
+//! - **The WAL counts.** `max_size` caps the database, its WAL and the reserve
+//!   file together. The writer checkpoints (TRUNCATE) whenever the WAL is over
+//!   a sixteenth of `max_size`, with a short busy timeout so that a reader in
+//!   the middle of a long query (which holds the WAL: its snapshot needs the
+//!   frames) delays the checkpoint instead of the writer; `journal_size_limit`
+//!   and `wal_autocheckpoint` follow `max_size`.
+//! - **A full file system.** SQLite in WAL mode needs room to delete (the
+//!   deletion is written to the WAL first). A reserve file
+//!   (`modbridge.db-reserve`, a sixteenth of `max_size`, 256 KiB to 8 MiB) is
+//!   kept next to the database; when a commit fails for lack of space the
+//!   reserve is given back, the oldest data is deleted (its pages are reused
+//!   by the next commits, inside the database file) and the commit is
+//!   retried at once. The database is then held at the size it had when the
+//!   file system filled up, the WAL is only rewound (RESTART), never
+//!   truncated, and `/health` reports the full disk, until the file system
+//!   has room again; then the reserve is refilled and everything is normal.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, TransactionBehavior};
+
+use super::writer::Writer;
+use super::{lock, StoreError, StoreOptions};
+
+/// How long a checkpoint waits for readers before it gives up (retried later).
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
+/// Rounds of deleting per size check, at most.
+const SIZE_ROUNDS: usize = 64;
+/// Rows of each table looked at per round to find the cut.
+const CUT_SCAN_ROWS: i64 = 20_000;
+
+/// The reserve for `max_size` (see the module doc), unless the options set it.
+pub(crate) fn reserve_bytes(opts: &StoreOptions, max_size: u64) -> u64 {
+    opts.disk_reserve
+        .unwrap_or_else(|| (max_size / 16).clamp(256 << 10, 8 << 20))
+}
+
+/// The WAL size that triggers a checkpoint, and its size limit.
+fn wal_budget(max_size: u64) -> u64 {
+    (max_size / 16).clamp(64 << 10, 16 << 20)
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+// The field types of `statvfs` differ between targets (u32 on some 32-bit ARM).
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The reserve file: free space held for deleting on a full file system.
+pub(crate) struct Reserve {
+    path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Reserve {
+    pub fn new(db: &Path, bytes: u64) -> Reserve {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-reserve");
+        Reserve {
+            path: PathBuf::from(p),
+            bytes,
+        }
+    }
+
+    /// Its size on disk now (0 when absent).
+    pub fn len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Gives the reserved space back to the file system.
+    fn release(&self) -> bool {
+        std::fs::remove_file(&self.path).is_ok()
+    }
+
+    /// Writes the reserve (real blocks, not a sparse file) when the file system
+    /// has room for it twice over. Returns whether it is in place.
+    pub fn refill(&self) -> bool {
+        let len = self.len();
+        if len > self.bytes {
+            // A smaller max_size: a smaller reserve.
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .and_then(|f| f.set_len(self.bytes));
+            return r.is_ok();
+        }
+        if len == self.bytes {
+            return true;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if free_space(dir).is_some_and(|f| f < self.bytes.saturating_mul(2)) {
+            return false;
+        }
+        match self.write() {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                tracing::debug!(error = %e, "database reserve file not written");
+                false
+            }
+        }
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&self.path)?;
+        let block = [0u8; 64 << 10];
+        let mut left = self.bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    }
+}
+
+/// The file system is full: since when, and the size the database is held at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Full {
+    since: Instant,
+    cap: u64,
+}
+
+/// What one round of deleting in the `max_size` order removed.
+#[derive(Debug, Default)]
+struct Freed {
+    chunks: usize,
+    trend_rows: usize,
+    events: usize,
+    /// Everything with a clock up to this went (history, trends, events).
+    up_to: Option<i64>,
+    journal_rows: usize,
+    unsent_points: u64,
+    unsent_messages: u64,
+}
+
+impl Freed {
+    fn is_empty(&self) -> bool {
+        self.chunks + self.trend_rows + self.events + self.journal_rows == 0
+    }
+}
+
+/// One table's oldest rows as (clock, estimated bytes), and whether there are more.
+fn oldest_rows(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+) -> Result<(Vec<(i64, u64)>, bool), StoreError> {
+    let mut st = tx.prepare_cached(sql)?;
+    let rows = st
+        .query_map([CUT_SCAN_ROWS], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = rows.len() as i64 >= CUT_SCAN_ROWS;
+    Ok((rows, more))
+}
+
+/// The clock up to which history, trends and events together hold about
+/// `excess` bytes (oldest first), or None when the three are empty.
+fn oldest_cut(tx: &rusqlite::Transaction<'_>, excess: u64) -> Result<Option<i64>, StoreError> {
+    // Estimated bytes per row, pages not full: half again.
+    let streams = [
+        "SELECT end, (length(data) + 40) * 3 / 2 FROM history ORDER BY end LIMIT ?1",
+        // A trend bucket counts at the end of its hour.
+        "SELECT hour + 3599, 90 FROM trend ORDER BY hour LIMIT ?1",
+        "SELECT clock, length(description) + length(host) + length(key) + 160 \
+         FROM events ORDER BY clock LIMIT ?1",
+    ];
+    let mut all = Vec::new();
+    let mut horizon = i64::MAX;
+    for sql in streams {
+        let (rows, more) = oldest_rows(tx, sql)?;
+        if more {
+            if let Some(last) = rows.last() {
+                horizon = horizon.min(last.0);
+            }
+        }
+        all.extend(rows);
+    }
+    all.sort_unstable_by_key(|r| r.0);
+    let mut acc = 0u64;
+    let mut cut = None;
+    for (clock, bytes) in all {
+        if clock > horizon {
+            break;
+        }
+        cut = Some(clock);
+        acc += bytes;
+        if acc >= excess {
+            break;
+        }
+    }
+    Ok(cut)
+}
+
+/// Deletes alarm events with a clock up to `cut`, and their acknowledgements.
+/// (The control tables' other statements are the ledger's; retention and the
+/// size cap are the store's, which the ledger builds on.)
+fn delete_events(tx: &rusqlite::Transaction<'_>, cut: i64) -> Result<usize, StoreError> {
+    tx.execute(
+        "DELETE FROM acknowledgements WHERE eventid IN (SELECT eventid FROM events WHERE clock <= ?1)",
+        [cut],
+    )?;
+    Ok(tx.execute("DELETE FROM events WHERE clock <= ?1", [cut])?)
+}
+
+impl Writer {
+    /// Whether `close` was called: long maintenance gives way to the final commit.
+    pub(super) fn closing(&self) -> bool {
+        lock(&self.inner.shared).closing
+    }
+
+    /// `journal_size_limit` and `wal_autocheckpoint` for the current `max_size`.
+    pub(super) fn limit_wal(&mut self) {
+        let budget = wal_budget(self.storage.max_size);
+        self.reserve.bytes = reserve_bytes(&self.inner.opts, self.storage.max_size);
+        if self.full.is_none() {
+            self.reserve.refill();
+        }
+        let r = self
+            .conn
+            .pragma_update(None, "journal_size_limit", budget as i64)
+            .and_then(|()| {
+                self.conn
+                    .pragma_update(None, "wal_autocheckpoint", (budget / 4096).max(16) as i64)
+            });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot set the WAL limits");
+        }
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut wal = self.inner.path.as_os_str().to_owned();
+        wal.push("-wal");
+        PathBuf::from(wal)
+    }
+
+    fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(self.wal_path())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// The database, its WAL and the reserve file, bytes: what `max_size` caps.
+    pub(super) fn files_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok((pages.max(0) as u64) * (size.max(0) as u64) + self.wal_bytes() + self.reserve.len())
+    }
+
+    /// What the size rounds measure: the files, or while the file system is
+    /// full (free pages are kept for the next commits) the pages in use.
+    fn used_bytes(&self) -> Result<u64, StoreError> {
+        if self.full.is_some() {
+            Ok(self.data_bytes()? + self.wal_bytes() + self.reserve.len())
+        } else {
+            self.files_bytes()
+        }
+    }
+
+    /// Bytes in pages that hold data (not on the free list).
+    fn data_bytes(&self) -> Result<u64, StoreError> {
+        let q = |name: &str| -> Result<u64, StoreError> {
+            let v: i64 = self.conn.pragma_query_value(None, name, |r| r.get(0))?;
+            Ok(v.max(0) as u64)
+        };
+        Ok(q("page_count")?.saturating_sub(q("freelist_count")?) * q("page_size")?)
+    }
+
+    /// Checkpoints the WAL: TRUNCATE normally, RESTART (the file keeps its
+    /// blocks for the next commits) while the file system is full. Waits
+    /// [`CHECKPOINT_BUSY`] at most for readers. Returns whether it completed.
+    pub(super) fn checkpoint(&self) -> Result<bool, StoreError> {
+        let mode = if self.full.is_some() {
+            "RESTART"
+        } else {
+            "TRUNCATE"
+        };
+        self.conn.busy_timeout(CHECKPOINT_BUSY)?;
+        let r = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(self.inner.opts.busy_timeout)?;
+        let done = r? == 0;
+        if !done {
+            tracing::debug!(
+                wal_bytes = self.wal_bytes(),
+                "WAL checkpoint incomplete: a reader holds an older snapshot"
+            );
+        }
+        Ok(done)
+    }
+
+    /// After a commit: checkpoints when the WAL is over its budget.
+    pub(super) fn keep_wal_small(&self) {
+        if self.wal_bytes() > wal_budget(self.storage.max_size) {
+            if let Err(e) = self.checkpoint() {
+                tracing::debug!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    }
+
+    /// Returns free pages to the file system (not while it is full: the
+    /// next commits reuse them) and checkpoints.
+    fn shrink(&mut self) -> Result<bool, StoreError> {
+        if self.full.is_none() {
+            // Each step frees one page: run it to the end.
+            let mut st = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut rows = st.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        self.checkpoint()
+    }
+
+    /// Retention of history, trends and events.
+    pub(super) fn retention(&mut self) -> Result<(), StoreError> {
+        let now = crate::clock::unix_now();
+        let before = |d: Duration| now.saturating_sub(d.as_secs().min(i64::MAX as u64) as i64);
+        let h_cut = before(self.storage.history_retention);
+        let t_cut = before(self.storage.trend_retention);
+        let e_cut = before(self.storage.event_retention);
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let chunks = tx.execute("DELETE FROM history WHERE end < ?1", [h_cut])?;
+        let trends = tx.execute(
+            "DELETE FROM trend WHERE hour < ?1",
+            [t_cut - t_cut.rem_euclid(3600)],
+        )?;
+        let events = delete_events(&tx, e_cut - 1)?;
+        tx.commit()?;
+        if chunks + trends + events > 0 {
+            tracing::info!(
+                chunks,
+                trend_rows = trends,
+                events,
+                "store retention deleted old data"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes about `excess` bytes of the oldest data in the `max_size`
+    /// order, in one transaction.
+    fn delete_oldest(&mut self, excess: u64) -> Result<Freed, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut freed = Freed::default();
+        if let Some(cut) = oldest_cut(&tx, excess)? {
+            freed.up_to = Some(cut);
+            freed.chunks = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
+            freed.trend_rows = tx.execute("DELETE FROM trend WHERE hour <= ?1", [cut - 3599])?;
+            freed.events = delete_events(&tx, cut)?;
+        } else {
+            self.delete_oldest_journal(&tx, excess, &mut freed)?;
+        }
+        tx.commit()?;
+        if freed.unsent_points > 0 {
+            let c = &self.inner.counters;
+            c.dropped_unsent
+                .fetch_add(freed.unsent_points, Ordering::Relaxed);
+            let _ = c
+                .outbox
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(freed.unsent_messages))
+                });
+        }
+        if freed.journal_rows > 0 {
+            // Uncompacted rows may be gone: recount the backlog lazily.
+            for b in self.backlog.values_mut() {
+                b.points = b.points.max(1);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// The last resort: the oldest journal rows (unsent data among them).
+    fn delete_oldest_journal(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        excess: u64,
+        freed: &mut Freed,
+    ) -> Result<(), StoreError> {
+        let mut cut_seq = None;
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT seq, n, sent, length(data) + 40 FROM journal ORDER BY seq LIMIT ?1",
+            )?;
+            let mut rows = st.query([CUT_SCAN_ROWS])?;
+            let mut acc = 0u64;
+            while let Some(row) = rows.next()? {
+                cut_seq = Some(row.get::<_, i64>(0)?);
+                if row.get::<_, i64>(2)? == 0 {
+                    freed.unsent_points += row.get::<_, i64>(1)?.max(0) as u64;
+                    freed.unsent_messages += 1;
+                }
+                acc += row.get::<_, i64>(3)?.max(0) as u64;
+                if acc >= excess {
+                    break;
+                }
+            }
+        }
+        if let Some(cs) = cut_seq {
+            freed.journal_rows = tx.execute("DELETE FROM journal WHERE seq <= ?1", params![cs])?;
+            tracing::error!(
+                dropped_points = freed.unsent_points,
+                dropped_messages = freed.unsent_messages,
+                up_to_seq = cs,
+                "no history, trends or events left to delete: the oldest UNSENT data was dropped"
+            );
+        }
+        Ok(())
+    }
+
+    /// The cap now: `max_size`, or lower while the file system is full.
+    fn cap(&self) -> u64 {
+        let max = self.storage.max_size;
+        self.full.map_or(max, |f| f.cap.min(max))
+    }
+
+    /// Over the cap: rounds of deleting the oldest data until the files are
+    /// under nine tenths of it. A round that does not bring the files down
+    /// (a reader holds the WAL) ends the rounds until the next check; so
+    /// does shutdown.
+    pub(super) fn enforce_size(&mut self) -> Result<(), StoreError> {
+        let cap = self.cap();
+        if self.used_bytes()? <= cap {
+            return Ok(());
+        }
+        let target = cap / 10 * 9;
+        // Free pages and the WAL count too: give them back first.
+        self.shrink()?;
+        let mut prev = u64::MAX;
+        for _ in 0..SIZE_ROUNDS {
+            let size = self.used_bytes()?;
+            if size <= target {
+                break;
+            }
+            if size >= prev {
+                tracing::error!(
+                    bytes = size,
+                    cap,
+                    wal_bytes = self.wal_bytes(),
+                    "database over max_size and deleting brought it no lower (the WAL is held by a reader); trying again later"
+                );
+                break;
+            }
+            if self.closing() {
+                tracing::info!("size check stopped for shutdown");
+                break;
+            }
+            prev = size;
+            // Only what deleting rows can give back.
+            let excess = (size - target).min(self.data_bytes()?.max(4096));
+            let freed = self.delete_oldest(excess)?;
+            if freed.is_empty() {
+                break;
+            }
+            tracing::warn!(
+                chunks = freed.chunks,
+                trend_rows = freed.trend_rows,
+                events = freed.events,
+                up_to = freed.up_to,
+                journal_rows = freed.journal_rows,
+                bytes = size,
+                cap,
+                "database over max_size: oldest data deleted"
+            );
+            self.shrink()?;
+        }
+        Ok(())
+    }
+
+    /// A commit failed for lack of space: gives the reserve back, deletes the
+    /// oldest data (about twice what the commit needs, at least the
+    /// reserve's size) and holds the database at its size from now on.
+    pub(super) fn make_room(&mut self) {
+        let files = self.files_bytes().unwrap_or(0);
+        if self.full.is_none() {
+            tracing::error!(
+                free_bytes = free_space(self.inner.path.parent().unwrap_or(Path::new("."))),
+                database_bytes = files,
+                "the file system is full: freeing space inside the database, oldest data first"
+            );
+            self.full = Some(Full {
+                since: Instant::now(),
+                cap: files.saturating_sub(self.reserve.len()).max(1 << 20),
+            });
+            self.inner.counters.disk_full.store(true, Ordering::Relaxed);
+        }
+        if self.reserve.release() {
+            tracing::warn!(bytes = self.reserve.bytes, "database reserve file released");
+        }
+        let need = (self.pending.len() as u64 * 32).max(self.reserve.bytes) * 2;
+        match self.delete_oldest(need) {
+            Ok(freed) if !freed.is_empty() => tracing::warn!(
+                chunks = freed.chunks,
+                trend_rows = freed.trend_rows,
+                events = freed.events,
+                up_to = freed.up_to,
+                journal_rows = freed.journal_rows,
+                "file system full: oldest data deleted to store the newest"
+            ),
+            Ok(_) => tracing::error!("file system full and nothing left in the database to delete"),
+            Err(e) => tracing::error!(error = %e, "file system full: deleting old data failed"),
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::debug!(error = %e, "checkpoint after freeing space failed");
+        }
+    }
+
+    /// While the file system is full: refills the reserve when it has room,
+    /// and ends the full state once it has room for a quarter of the
+    /// database again.
+    pub(super) fn watch_space(&mut self) {
+        let Some(full) = self.full else { return };
+        let dir = self.inner.path.parent().unwrap_or(Path::new("."));
+        if !self.reserve.refill() {
+            return;
+        }
+        let files = self.files_bytes().unwrap_or(0);
+        let room = (files / 4).max(self.reserve.bytes.saturating_mul(2));
+        if free_space(dir).is_some_and(|f| f >= room) {
+            self.full = None;
+            self.inner
+                .counters
+                .disk_full
+                .store(false, Ordering::Relaxed);
+            tracing::info!(
+                full_for = ?full.since.elapsed(),
+                "the file system has room again; storage is back to normal"
+            );
+        }
+    }
+}
+
+/// Whether a failed commit failed for lack of space: SQLITE_FULL, ENOSPC, or
+/// an I/O error while the file system holding `dir` has no room left.
+pub(crate) fn is_disk_full(e: &StoreError, dir: &Path) -> bool {
+    let no_room = || free_space(dir).is_some_and(|f| f < 64 << 10);
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::DiskFull
+                || (f.code == rusqlite::ErrorCode::SystemIoFailure && no_room())
+        }
+        StoreError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC) || no_room(),
+        _ => false,
+    }
+}
