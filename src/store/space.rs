@@ -8,20 +8,20 @@
 //!   oldest first, counted and logged as an error. Every round of deleting
 //!   must bring the files down, or the rounds stop (logged) until the next check.
 //! - **The WAL counts.** `max_size` caps the database, its WAL and the reserve
-//!   file together. The writer checkpoints (TRUNCATE) whenever the WAL is over
+//!   file together. The writer checkpoints (RESTART) whenever the WAL is over
 //!   a sixteenth of `max_size`, with a short busy timeout so that a reader in
 //!   the middle of a long query (which holds the WAL: its snapshot needs the
 //!   frames) delays the checkpoint instead of the writer; `journal_size_limit`
 //!   and `wal_autocheckpoint` follow `max_size`.
 //! - **A full file system.** SQLite in WAL mode needs room to delete (the
 //!   deletion is written to the WAL first). A reserve file
-//!   (`modbridge.db-reserve`, a sixteenth of `max_size`, 256 KiB to 8 MiB) is
+//!   (`modbridge.db-reserve`, a sixteenth of `max_size` or of the file
+//!   system when smaller, 256 KiB to 8 MiB) is
 //!   kept next to the database; when a commit fails for lack of space the
 //!   reserve is given back, the oldest data is deleted (its pages are reused
 //!   by the next commits, inside the database file) and the commit is
 //!   retried at once. The database is then held at the size it had when the
-//!   file system filled up, the WAL is only rewound (RESTART), never
-//!   truncated, and `/health` reports the full disk, until the file system
+//!   file system filled up, and `/health` reports the full disk, until the file system
 //!   has room again; then the reserve is refilled and everything is normal.
 
 use std::path::{Path, PathBuf};
@@ -51,16 +51,35 @@ fn wal_budget(max_size: u64) -> u64 {
     (max_size / 16).clamp(64 << 10, 16 << 20)
 }
 
-/// Free bytes for an unprivileged writer on the file system holding `path`.
+/// (Free bytes for an unprivileged writer, total bytes) of the file system
+/// holding `path`.
 // The field types of `statvfs` differ between targets (u32 on some 32-bit ARM).
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn free_space(path: &Path) -> Option<u64> {
+fn statvfs(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (r == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    (r == 0).then(|| {
+        (
+            (st.f_bavail as u64).saturating_mul(block),
+            (st.f_blocks as u64).saturating_mul(block),
+        )
+    })
+}
+
+/// Free bytes on the file system holding `path`.
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    statvfs(path).map(|s| s.0)
+}
+
+/// `max_size`, or the size of the file system holding `path` when smaller:
+/// the WAL budget and the reserve follow it.
+pub(crate) fn room_for(path: &Path, max_size: u64) -> u64 {
+    statvfs(path).map_or(max_size, |s| s.1.min(max_size))
 }
 
 /// The reserve file: free space held for deleting on a full file system.
@@ -230,8 +249,9 @@ impl Writer {
 
     /// `journal_size_limit` and `wal_autocheckpoint` for the current `max_size`.
     pub(super) fn limit_wal(&mut self) {
-        let budget = wal_budget(self.storage.max_size);
-        self.reserve.bytes = reserve_bytes(&self.inner.opts, self.storage.max_size);
+        let room = self.room();
+        let budget = wal_budget(room);
+        self.reserve.bytes = reserve_bytes(&self.inner.opts, room);
         if self.full.is_none() {
             self.reserve.refill();
         }
@@ -245,6 +265,15 @@ impl Writer {
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot set the WAL limits");
         }
+    }
+
+    /// `max_size`, or the file system's size when smaller.
+    fn room(&self) -> u64 {
+        room_for(self.dir(), self.storage.max_size)
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        self.inner.path.parent().unwrap_or(Path::new("."))
     }
 
     fn wal_path(&self) -> PathBuf {
@@ -280,24 +309,45 @@ impl Writer {
         }
     }
 
+    /// Bytes in pages on the free list (reused by the next transactions).
+    fn free_pages_bytes(&self) -> Result<u64, StoreError> {
+        let q = |name: &str| -> Result<u64, StoreError> {
+            let v: i64 = self.conn.pragma_query_value(None, name, |r| r.get(0))?;
+            Ok(v.max(0) as u64)
+        };
+        Ok(q("freelist_count")? * q("page_size")?)
+    }
+
     /// Bytes in pages that hold data (not on the free list).
     fn data_bytes(&self) -> Result<u64, StoreError> {
         let q = |name: &str| -> Result<u64, StoreError> {
             let v: i64 = self.conn.pragma_query_value(None, name, |r| r.get(0))?;
             Ok(v.max(0) as u64)
         };
-        Ok(q("page_count")?.saturating_sub(q("freelist_count")?) * q("page_size")?)
+        Ok(q("page_count")? * q("page_size")?)
+            .map(|all| all.saturating_sub(self.free_pages_bytes().unwrap_or(0)))
     }
 
-    /// Checkpoints the WAL: TRUNCATE normally, RESTART (the file keeps its
-    /// blocks for the next commits) while the file system is full. Waits
-    /// [`CHECKPOINT_BUSY`] at most for readers. Returns whether it completed.
+    /// Checkpoints the WAL and rewinds it (RESTART; `journal_size_limit` then
+    /// trims it to its budget, so the WAL keeps that much room allocated:
+    /// on a full file system the next transactions, deletions first, are
+    /// written there without growing any file). Waits [`CHECKPOINT_BUSY`] at
+    /// most for readers. Returns whether it completed.
     pub(super) fn checkpoint(&self) -> Result<bool, StoreError> {
-        let mode = if self.full.is_some() {
+        self.checkpoint_mode("RESTART")
+    }
+
+    /// [`Writer::checkpoint`], then the WAL file truncated to nothing (not
+    /// while the file system is full: its room is needed).
+    fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        self.checkpoint_mode(if self.full.is_some() {
             "RESTART"
         } else {
             "TRUNCATE"
-        };
+        })
+    }
+
+    fn checkpoint_mode(&self, mode: &str) -> Result<bool, StoreError> {
         self.conn.busy_timeout(CHECKPOINT_BUSY)?;
         let r = self
             .conn
@@ -317,7 +367,7 @@ impl Writer {
 
     /// After a commit: checkpoints when the WAL is over its budget.
     pub(super) fn keep_wal_small(&self) {
-        if self.wal_bytes() > wal_budget(self.storage.max_size) {
+        if self.wal_bytes() > wal_budget(self.room()) {
             if let Err(e) = self.checkpoint() {
                 tracing::debug!(error = %e, "WAL checkpoint failed");
             }
@@ -333,7 +383,7 @@ impl Writer {
             let mut rows = st.query([])?;
             while rows.next()?.is_some() {}
         }
-        self.checkpoint()
+        self.checkpoint_truncate()
     }
 
     /// Retention of history, trends and events.
@@ -433,6 +483,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Points per compaction transaction: smaller while the file system is
+    /// full (the transaction must fit in the WAL's room).
+    pub(super) fn compact_step(&self, normal: u64) -> u64 {
+        if self.full.is_some() {
+            normal.min(5_000)
+        } else {
+            normal
+        }
+    }
+
     /// The cap now: `max_size`, or lower while the file system is full.
     fn cap(&self) -> u64 {
         let max = self.storage.max_size;
@@ -499,7 +559,7 @@ impl Writer {
         let files = self.files_bytes().unwrap_or(0);
         if self.full.is_none() {
             tracing::error!(
-                free_bytes = free_space(self.inner.path.parent().unwrap_or(Path::new("."))),
+                free_bytes = free_space(self.dir()),
                 database_bytes = files,
                 "the file system is full: freeing space inside the database, oldest data first"
             );
@@ -512,21 +572,35 @@ impl Writer {
         if self.reserve.release() {
             tracing::warn!(bytes = self.reserve.bytes, "database reserve file released");
         }
+        // Checkpoint first: the WAL is rewound, so the deletions below are
+        // written into its allocated room (the reserve's room lets the
+        // checkpoint grow the database file, if it must).
+        let _ = self.checkpoint();
         let need = (self.pending.len() as u64 * 32).max(self.reserve.bytes) * 2;
-        match self.delete_oldest(need) {
-            Ok(freed) if !freed.is_empty() => tracing::warn!(
-                chunks = freed.chunks,
-                trend_rows = freed.trend_rows,
-                events = freed.events,
-                up_to = freed.up_to,
-                journal_rows = freed.journal_rows,
-                "file system full: oldest data deleted to store the newest"
-            ),
-            Ok(_) => tracing::error!("file system full and nothing left in the database to delete"),
-            Err(e) => tracing::error!(error = %e, "file system full: deleting old data failed"),
-        }
-        if let Err(e) = self.checkpoint() {
-            tracing::debug!(error = %e, "checkpoint after freeing space failed");
+        let step = (self.reserve.bytes / 2).max(64 << 10);
+        // Pages freed before and not yet reused count.
+        let mut done = self.free_pages_bytes().unwrap_or(0);
+        while done < need {
+            match self.delete_oldest(step) {
+                Ok(freed) if !freed.is_empty() => tracing::warn!(
+                    chunks = freed.chunks,
+                    trend_rows = freed.trend_rows,
+                    events = freed.events,
+                    up_to = freed.up_to,
+                    journal_rows = freed.journal_rows,
+                    "file system full: oldest data deleted to store the newest"
+                ),
+                Ok(_) => {
+                    tracing::error!("file system full and nothing left in the database to delete");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "file system full: deleting old data failed");
+                    break;
+                }
+            }
+            done += step;
+            let _ = self.checkpoint();
         }
     }
 
@@ -535,13 +609,12 @@ impl Writer {
     /// database again.
     pub(super) fn watch_space(&mut self) {
         let Some(full) = self.full else { return };
-        let dir = self.inner.path.parent().unwrap_or(Path::new("."));
         if !self.reserve.refill() {
             return;
         }
         let files = self.files_bytes().unwrap_or(0);
         let room = (files / 4).max(self.reserve.bytes.saturating_mul(2));
-        if free_space(dir).is_some_and(|f| f >= room) {
+        if free_space(self.dir()).is_some_and(|f| f >= room) {
             self.full = None;
             self.inner
                 .counters

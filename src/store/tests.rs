@@ -1072,3 +1072,105 @@ fn store_size_cap_holds_over_days_and_spares_unsent_data() {
     assert_eq!(store.outbox_len(), 0);
     store.close().unwrap();
 }
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop. None
+/// (with the reason printed) where mounting is impossible (not root, no
+/// privilege in a container).
+pub(crate) struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs ({}); the full-disk tests need root",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount ({e}); the full-disk tests need root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn store_goes_on_when_the_database_fills_the_file_system() {
+    let Some(fs) = Tmpfs::mount("3m") else { return };
+    let mut cfg = config(fs.dir.path(), 1, 200, false);
+    cfg.gateway.data_dir = fs.dir.path().join("data");
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let items = ids(&store, &cfg).concat();
+    let t0 = now() - 100_000;
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut c = 0;
+    let mut full_at = None;
+    for round in 0..400 {
+        let batch: Vec<Sample> = (0..20)
+            .flat_map(|k| items.iter().map(move |&it| (it, k)))
+            .map(|(it, k)| s(it, t0 + c + k, rng.f64()))
+            .collect();
+        c += 20;
+        store.push(&batch);
+        if let Err(e) = store.flush() {
+            for e in std::fs::read_dir(fs.dir.path().join("data")).unwrap() {
+                let e = e.unwrap();
+                eprintln!("{:?} {}", e.file_name(), e.metadata().unwrap().len());
+            }
+            panic!(
+                "round {round}: {e} {:?} free {}",
+                store.stats(),
+                free_space_of(fs.dir.path())
+            );
+        }
+        if round % 10 == 0 {
+            store.maintain().unwrap();
+        }
+        if full_at.is_none() && store.stats().disk_full {
+            full_at = Some(round);
+        }
+        if full_at.is_some_and(|f| round >= f + 60) {
+            break;
+        }
+    }
+    let full_at = full_at.expect("the database filled the file system");
+    assert!(store.stats().commit_errors <= 2 * store.stats().commits);
+    let h = store
+        .history(items[0], 0, t0 + c, Some(usize::MAX))
+        .unwrap();
+    assert_eq!(
+        h.last().unwrap().0,
+        t0 + c - 1,
+        "the newest samples are stored"
+    );
+    assert!(h[0].0 > t0, "the oldest went to make room");
+    assert!(
+        h.len() >= 20 * 30,
+        "{} points kept after {full_at} rounds",
+        h.len()
+    );
+    store.close().unwrap();
+}
+
+fn free_space_of(p: &Path) -> u64 {
+    super::space::free_space(p).unwrap()
+}

@@ -84,7 +84,13 @@ impl Writer {
         settings: Settings,
     ) -> Result<Writer, StoreError> {
         let inner_path = inner.path.clone();
-        let reserve_bytes = super::space::reserve_bytes(&inner.opts, settings.storage.max_size);
+        let reserve_bytes = super::space::reserve_bytes(
+            &inner.opts,
+            super::space::room_for(
+                inner.path.parent().unwrap_or(&inner.path),
+                settings.storage.max_size,
+            ),
+        );
         let mut w = Writer {
             inner,
             conn,
@@ -481,7 +487,7 @@ impl Writer {
         }
         let mut result = self.try_commit(marks, trend_due);
         if let Err(e) = &result {
-            if super::space::is_disk_full(e, self.inner.path.parent().unwrap_or(&self.inner.path)) {
+            if super::space::is_disk_full(e, self.dir()) {
                 // Deleting the oldest data makes room inside the database:
                 // the newest samples are committed now, not after a restart.
                 self.make_room();
@@ -729,9 +735,11 @@ impl Writer {
                     // The final commit goes first; the journal keeps the rest.
                     return;
                 }
-                let step = budget
-                    .min(opts.compact_budget.max(1))
-                    .min(COMPACT_STEP_POINTS);
+                let step = self.compact_step(
+                    budget
+                        .min(opts.compact_budget.max(1))
+                        .min(COMPACT_STEP_POINTS),
+                );
                 let r = self.compact_host(hid, step);
                 self.keep_wal_small();
                 match r {
@@ -753,6 +761,10 @@ impl Writer {
                     }
                     Err(e) => {
                         tracing::error!(host_id = hid, error = %e, "store compaction failed");
+                        if super::space::is_disk_full(&e, self.dir()) {
+                            self.make_room();
+                            return;
+                        }
                         break;
                     }
                 }
