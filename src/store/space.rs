@@ -202,6 +202,8 @@ fn oldest_cut(tx: &rusqlite::Transaction<'_>, excess: u64) -> Result<Option<i64>
         "SELECT hour + 3599, 90 FROM trend ORDER BY hour LIMIT ?1",
         "SELECT clock, length(description) + length(host) + length(key) + 160 \
          FROM events ORDER BY clock LIMIT ?1",
+        // Sent journal rows not compacted yet are history too.
+        "SELECT clock_max, length(data) + 60 FROM journal WHERE sent = 1 ORDER BY seq LIMIT ?1",
     ];
     let mut all = Vec::new();
     let mut horizon = i64::MAX;
@@ -422,6 +424,10 @@ impl Writer {
             freed.chunks = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
             freed.trend_rows = tx.execute("DELETE FROM trend WHERE hour <= ?1", [cut - 3599])?;
             freed.events = delete_events(&tx, cut)?;
+            freed.journal_rows = tx.execute(
+                "DELETE FROM journal WHERE sent = 1 AND clock_max <= ?1",
+                [cut],
+            )?;
         } else {
             self.delete_oldest_journal(&tx, excess, &mut freed)?;
         }
@@ -545,16 +551,22 @@ impl Writer {
                 journal_rows = freed.journal_rows,
                 bytes = size,
                 cap,
-                "database over max_size: oldest data deleted"
+                because = if self.full.is_some() {
+                    "the file system is full"
+                } else {
+                    "over max_size"
+                },
+                "oldest data deleted to stay under the cap"
             );
             self.shrink()?;
         }
         Ok(())
     }
 
-    /// A commit failed for lack of space: gives the reserve back, deletes the
-    /// oldest data (about twice what the commit needs, at least the
-    /// reserve's size) and holds the database at its size from now on.
+    /// A commit failed for lack of space: gives the reserve back and, when
+    /// that and the free pages inside the database are not room enough for
+    /// the reserve's size (or twice what the commit needs), deletes the
+    /// oldest data; the database is held at its size from now on.
     pub(super) fn make_room(&mut self) {
         let files = self.files_bytes().unwrap_or(0);
         if self.full.is_none() {
@@ -576,10 +588,11 @@ impl Writer {
         // written into its allocated room (the reserve's room lets the
         // checkpoint grow the database file, if it must).
         let _ = self.checkpoint();
-        let need = (self.pending.len() as u64 * 32).max(self.reserve.bytes) * 2;
+        let need = (self.pending.len() as u64 * 64).max(self.reserve.bytes);
         let step = (self.reserve.bytes / 2).max(64 << 10);
-        // Pages freed before and not yet reused count.
-        let mut done = self.free_pages_bytes().unwrap_or(0);
+        // Pages freed before and not yet reused count, and so does the room
+        // the reserve gave back: nothing is deleted while that lasts.
+        let mut done = self.free_pages_bytes().unwrap_or(0) + free_space(self.dir()).unwrap_or(0);
         while done < need {
             match self.delete_oldest(step) {
                 Ok(freed) if !freed.is_empty() => tracing::warn!(
@@ -604,11 +617,58 @@ impl Writer {
         }
     }
 
+    /// While the file system is full: keeps room (free pages inside the
+    /// database, or on the file system) of half the reserve's size, deleting
+    /// the oldest data before it runs out, so that no commit and no checkpoint needs the database file to
+    /// grow (a checkpoint that cannot grow it leaves the WAL unusable).
+    fn keep_free_pages(&mut self) {
+        let want = (self.reserve.bytes / 2).max(64 << 10);
+        let room = self.free_pages_bytes().unwrap_or(0) + free_space(self.dir()).unwrap_or(0);
+        if room >= want {
+            return;
+        }
+        // A small database keeps its newer three quarters.
+        let amount = want.min(self.data_bytes().unwrap_or(0) / 4).max(4096);
+        match self.delete_oldest(amount) {
+            Ok(freed) if !freed.is_empty() => tracing::warn!(
+                chunks = freed.chunks,
+                trend_rows = freed.trend_rows,
+                events = freed.events,
+                up_to = freed.up_to,
+                journal_rows = freed.journal_rows,
+                "file system full: oldest data deleted to store the newest"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "file system full: deleting old data failed"),
+        }
+        let _ = self.checkpoint();
+    }
+
+    /// At open: a file system without room for the reserve counts as full.
+    pub(super) fn check_room_at_open(&mut self) {
+        if self.reserve.refill() {
+            return;
+        }
+        let files = self.files_bytes().unwrap_or(0);
+        tracing::error!(
+            free_bytes = free_space(self.dir()),
+            database_bytes = files,
+            reserve_bytes = self.reserve.bytes,
+            "the file system has no room for the database's reserve: treating it as full"
+        );
+        self.full = Some(Full {
+            since: Instant::now(),
+            cap: files.max(1 << 20),
+        });
+        self.inner.counters.disk_full.store(true, Ordering::Relaxed);
+    }
+
     /// While the file system is full: refills the reserve when it has room,
     /// and ends the full state once it has room for a quarter of the
     /// database again.
     pub(super) fn watch_space(&mut self) {
         let Some(full) = self.full else { return };
+        self.keep_free_pages();
         if !self.reserve.refill() {
             return;
         }

@@ -116,7 +116,7 @@ impl Writer {
         };
         w.apply_settings(settings);
         w.restore()?;
-        w.reserve.refill();
+        w.check_room_at_open();
         Ok(w)
     }
 
