@@ -42,6 +42,41 @@ pub const MAX_MESSAGE_JSON_BYTES: usize = 192 * 1024;
 /// b-tree page (no overflow pages).
 pub(crate) const CHUNK_TARGET_BYTES: usize = 900;
 
+/// Bytes a history point takes on disk, about (slowly changing values;
+/// noise takes up to 12: `cargo bench --bench ingest`).
+pub const HISTORY_BYTES_PER_POINT: u64 = 4;
+/// Bytes an hourly trend bucket takes on disk, with its index entries.
+pub const TREND_BYTES_PER_BUCKET: u64 = 90;
+
+/// What the configured items need on disk at their poll intervals and
+/// retentions, if every sample is a history point (no deadband).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeEstimate {
+    pub history: u64,
+    pub trends: u64,
+}
+
+impl SizeEstimate {
+    pub fn of(config: &Config) -> SizeEstimate {
+        let st = &config.storage;
+        let (mut points, mut buckets) = (0u64, 0u64);
+        for it in config.hosts.iter().flat_map(|h| h.items.iter()) {
+            let every = it.poll_interval.as_secs_f64().max(0.001);
+            points = points.saturating_add((st.history_retention.as_secs_f64() / every) as u64);
+            let hourly = every.max(3600.0);
+            buckets = buckets.saturating_add((st.trend_retention.as_secs_f64() / hourly) as u64);
+        }
+        SizeEstimate {
+            history: points.saturating_mul(HISTORY_BYTES_PER_POINT),
+            trends: buckets.saturating_mul(TREND_BYTES_PER_BUCKET),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.history.saturating_add(self.trends)
+    }
+}
+
 /// One good reading of an item, in engineering units.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
