@@ -189,6 +189,27 @@ pub struct StoreOptions {
     pub tick_phase: Option<Duration>,
 }
 
+/// Tries of the final commit at close after the first fails, and the pause
+/// between two.
+pub const CLOSE_RETRIES: u32 = 3;
+pub const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest one step of the writer's maintenance runs (a compaction
+/// transaction of at most 100,000 points, one round of the size cap, the
+/// retention deletes) before the writer looks whether the store is closing;
+/// measured at well under a second on a small ARM box, so generous.
+pub const MAINTENANCE_STEP_MAX: Duration = Duration::from_secs(3);
+
+impl StoreOptions {
+    /// The longest [`Store::close`] takes: the maintenance step under way,
+    /// then the final commit and its retries, each waiting up to the busy
+    /// timeout for the database's lock.
+    pub fn close_budget(&self) -> Duration {
+        MAINTENANCE_STEP_MAX
+            + self.busy_timeout * (1 + CLOSE_RETRIES)
+            + CLOSE_RETRY_PAUSE * CLOSE_RETRIES
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -394,6 +415,13 @@ pub(crate) struct Inner {
     /// Bumped each time the writer takes the push buffer.
     drained_tx: tokio::sync::watch::Sender<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// The longest [`Store::close`] takes with this store's options.
+    pub fn close_budget(&self) -> Duration {
+        self.inner.opts.close_budget()
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -655,7 +683,8 @@ impl Store {
         s.done_result.clone().map_err(StoreError::Commit)
     }
 
-    /// Commits everything and stops the writer thread. Later pushes are refused.
+    /// Commits everything and stops the writer thread. Later pushes are
+    /// refused. Takes at most [`StoreOptions::close_budget`].
     pub fn close(&self) -> Result<(), StoreError> {
         close_inner(&self.inner)
     }

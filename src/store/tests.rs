@@ -1072,3 +1072,63 @@ fn store_size_cap_holds_over_days_and_spares_unsent_data() {
     assert_eq!(store.outbox_len(), 0);
     store.close().unwrap();
 }
+
+#[test]
+fn store_close_does_not_wait_for_a_long_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1000, false);
+    let lazy = StoreOptions {
+        compact_points: u64::MAX,
+        compact_age: Duration::from_secs(3600),
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, lazy.clone()).unwrap();
+    let items = ids(&store, &cfg).concat();
+    let t0 = now() - 100_000;
+    for c in 0..1000 {
+        let batch: Vec<Sample> = items
+            .iter()
+            .map(|&it| s(it, t0 + c, (c % 7) as f64))
+            .collect();
+        store.push(&batch);
+    }
+    store.flush().unwrap();
+    // A forced compaction of 1,000,000 points, in steps; close meanwhile.
+    let busy = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let r = store.maintain();
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    store.close().unwrap();
+    let closed_in = started.elapsed();
+    let (r, _) = busy.join().unwrap();
+    assert!(r.is_ok() || matches!(r, Err(StoreError::Closed | StoreError::Commit(_))));
+    assert!(
+        closed_in < MAINTENANCE_STEP_MAX,
+        "close waited {closed_in:?} for the compaction"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("data/modbridge.db")).unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM journal WHERE compacted = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(left > 0, "the compaction gave way to close");
+    // Nothing lost: the rest is compacted after the restart.
+    let store = Store::open_with(&cfg, lazy).unwrap();
+    assert_eq!(
+        store.history(items[999], 0, now(), None).unwrap().len(),
+        1000
+    );
+    store.maintain().unwrap();
+    assert_eq!(store.history(items[0], 0, now(), None).unwrap().len(), 1000);
+    store.close().unwrap();
+}

@@ -308,8 +308,8 @@ impl Writer {
             let mut result = self.commit(&marks, closing);
             if closing {
                 let mut tries = 0;
-                while result.is_err() && tries < 3 {
-                    std::thread::sleep(Duration::from_millis(200));
+                while result.is_err() && tries < super::CLOSE_RETRIES {
+                    std::thread::sleep(super::CLOSE_RETRY_PAUSE);
                     tries += 1;
                     result = self.commit(&marks, true);
                 }
