@@ -193,10 +193,9 @@ pub struct StoreOptions {
 /// between two.
 pub const CLOSE_RETRIES: u32 = 3;
 pub const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
-/// The longest one step of the writer's maintenance runs (a compaction
-/// transaction of at most 100,000 points, one round of the size cap, the
-/// retention deletes) before the writer looks whether the store is closing;
-/// measured at well under a second on a small ARM box, so generous.
+/// The longest one step of the writer's maintenance runs before the writer
+/// looks whether the store is closing (a compaction looks every 256 items and
+/// rolls back; one round of the size cap; the retention deletes): generous.
 pub const MAINTENANCE_STEP_MAX: Duration = Duration::from_secs(3);
 
 impl StoreOptions {

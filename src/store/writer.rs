@@ -70,10 +70,6 @@ impl Drop for AliveGuard {
 /// Pending history points that trigger a commit before the tick.
 const EARLY_COMMIT_POINTS: usize = 120_000;
 
-/// Points compacted per transaction: between two, the writer looks whether
-/// the store is closing (shutdown does not wait for a long compaction).
-const COMPACT_STEP_POINTS: u64 = 100_000;
-
 /// How often the writer drains the push buffer between commits.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -735,11 +731,7 @@ impl Writer {
                     // The final commit goes first; the journal keeps the rest.
                     return;
                 }
-                let step = self.compact_step(
-                    budget
-                        .min(opts.compact_budget.max(1))
-                        .min(COMPACT_STEP_POINTS),
-                );
+                let step = self.compact_step(budget.min(opts.compact_budget.max(1)));
                 let r = self.compact_host(hid, step);
                 self.keep_wal_small();
                 match r {
@@ -822,7 +814,13 @@ impl Writer {
         }
         {
             let mut merged: Vec<(i64, f64)> = Vec::new();
-            for (id, mut pts) in per_item {
+            for (n, (id, mut pts)) in per_item.into_iter().enumerate() {
+                if n % 256 == 255 && self.closing() {
+                    // Shutdown: the final commit goes first. Rolled back;
+                    // the journal keeps the points for the next compaction.
+                    tracing::info!(host_id = hid, "compaction stopped for shutdown");
+                    return Ok((0, true));
+                }
                 // Arrival order; after a step back of the wall clock not in
                 // clock order: sort (stable, so points sharing a second keep
                 // their order).
