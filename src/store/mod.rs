@@ -10,6 +10,8 @@
 //! - Compaction (in the writer, every few minutes per host) moves journal points
 //!   into per-item `history` chunks; journal rows are deleted once sent and compacted.
 //! - Queries run on a separate read-only connection.
+//! - Retention, the `max_size` cap, WAL checkpoints and a full file system:
+//!   `space.rs`. Samples are kept whatever their clock (see `writer.rs`).
 
 mod codec;
 mod schema;
