@@ -492,3 +492,158 @@ async fn a_clock_step_back_drops_nothing_and_is_reported() {
     );
     stop(child);
 }
+
+/// The database's files in `dir` (the database, its WAL, the reserve),
+/// bytes.
+fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("modbridge.db") && !name.ends_with("-shm")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The value of an unlabelled metric.
+async fn metric(api: SocketAddr, name: &str) -> f64 {
+    let body = http(api, "GET", "/metrics", &[], None).await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {body}"))
+}
+
+#[tokio::test]
+async fn max_size_holds_over_days_of_trends_and_spares_unsent_data() {
+    let mut broker = Broker::start();
+    let mut up = Upstream::connect(
+        broker.port,
+        "st-cap",
+        None,
+        &[&format!("{ROOT}/data/#")],
+        false,
+    )
+    .await;
+    let n = 1000;
+    let (_device, _server, addr) = device(n).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = free_port();
+    let path = dir.path().join("modbridge.toml");
+    let data = dir.path().join("data");
+    let extra = format!(
+        "[storage]\nmax_size = \"1MiB\"\ncommit_interval = \"500ms\"\n\n[mqtt]\nurl = \"{}\"\nkeep_alive = \"5s\"",
+        broker.url(false)
+    );
+    std::fs::write(&path, config(&data, api, (addr, "1s"), n, &extra)).expect("config");
+    let offset = dir.path().join("faketime");
+    set_offset(&offset, 0);
+    let child = spawn_faked(&path, &dir.path().join("log"), &offset);
+    let cap = 1u64 << 20;
+    // The clock moves on an hour every 1.2 s: every item gets a trend bucket
+    // an hour, 1,000 buckets (about 90 KB) per step, so the cap is reached
+    // by trends within a few steps, as after weeks at 1 s.
+    let mut max_seen = 0;
+    let mut hours = 0;
+    let step = |hours: &mut i64| {
+        *hours += 1;
+        set_offset(&offset, *hours * 3600);
+    };
+    for _ in 0..24 {
+        step(&mut hours);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        max_seen = max_seen.max(files_bytes(&data));
+    }
+    assert!(
+        max_seen <= cap,
+        "the files stayed under max_size: {max_seen}"
+    );
+    let real = now();
+    let newest = real + hours * 3600;
+    let h = clocks(
+        &http(
+            api,
+            "GET",
+            &format!(
+                "/hosts/pump/items/k5/history?from={}&to={}",
+                real - 3600,
+                newest + 60
+            ),
+            &[],
+            None,
+        )
+        .await,
+    );
+    assert!(
+        h.iter().any(|c| *c >= newest - 3600),
+        "the newest hours stay: {h:?}"
+    );
+    let trend = http(
+        api,
+        "GET",
+        &format!(
+            "/hosts/pump/items/k5/trend?from={}&to={}",
+            real - 3600,
+            newest + 60
+        ),
+        &[],
+        None,
+    )
+    .await
+    .json();
+    let hours_kept = trend.as_array().map_or(0, Vec::len);
+    assert!(
+        hours_kept < 24,
+        "older trends went: {hours_kept} hours kept"
+    );
+    assert_eq!(metric(api, "modbridge_dropped_unsent_total").await, 0.0);
+
+    // The broker goes away: unsent data survives while older data goes.
+    broker.stop();
+    for _ in 0..8 {
+        step(&mut hours);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        max_seen = max_seen.max(files_bytes(&data));
+    }
+    assert!(
+        max_seen <= cap,
+        "the files stayed under max_size: {max_seen}"
+    );
+    assert!(metric(api, "modbridge_outbox_messages").await > 0.0);
+    assert_eq!(metric(api, "modbridge_dropped_unsent_total").await, 0.0);
+    broker.restart();
+    let root = ROOT.to_string();
+    let msgs = up
+        .wait(
+            "the backlog after the outage",
+            Duration::from_secs(30),
+            |m| {
+                let seqs: Vec<u64> = data_messages(m, &root)
+                    .iter()
+                    .filter_map(|d| d.seq)
+                    .collect();
+                seqs.len() > 10 && seqs.last() > seqs.first()
+            },
+        )
+        .await;
+    drop(msgs);
+    // What was in flight at the outage arrives too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seqs: Vec<u64> = data_messages(&up.messages(), ROOT)
+        .iter()
+        .filter_map(|d| d.seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no seq hole: {} seqs, first {:?}",
+        seqs.len(),
+        seqs.first()
+    );
+    stop(child);
+}

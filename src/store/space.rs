@@ -175,6 +175,19 @@ impl Freed {
     fn is_empty(&self) -> bool {
         self.chunks + self.trend_rows + self.events + self.journal_rows == 0
     }
+
+    /// Logs what went (a warning) and why.
+    fn log(&self, because: &str) {
+        tracing::warn!(
+            chunks = self.chunks,
+            trend_rows = self.trend_rows,
+            events = self.events,
+            up_to = self.up_to,
+            journal_rows = self.journal_rows,
+            because,
+            "oldest data deleted"
+        );
+    }
 }
 
 /// One table's oldest rows as (clock, estimated bytes), and whether there are more.
@@ -253,6 +266,8 @@ impl Writer {
     pub(super) fn limit_wal(&mut self) {
         let room = self.room();
         let budget = wal_budget(room);
+        // A new max_size: the WAL's peak is measured again.
+        self.wal_peak = 0;
         self.reserve.bytes = reserve_bytes(&self.inner.opts, room);
         if self.full.is_none() {
             self.reserve.refill();
@@ -290,7 +305,8 @@ impl Writer {
             .unwrap_or(0)
     }
 
-    /// The database, its WAL and the reserve file, bytes: what `max_size` caps.
+    /// The database, its WAL and the reserve file, bytes: what `max_size`
+    /// caps (not the WAL's 32 KiB shared-memory index).
     pub(super) fn files_bytes(&self) -> Result<u64, StoreError> {
         let pages: i64 = self
             .conn
@@ -367,10 +383,15 @@ impl Writer {
         Ok(done)
     }
 
-    /// After a commit: checkpoints when the WAL is over its budget.
-    pub(super) fn keep_wal_small(&self) {
-        if self.wal_bytes() > wal_budget(self.room()) {
-            if let Err(e) = self.checkpoint() {
+    /// After a commit: checkpoints (truncating) when the WAL is over its
+    /// budget, and remembers how large one transaction made it (a closed
+    /// hour rewrites every item's trend page), so that the size cap leaves
+    /// room for that too.
+    pub(super) fn keep_wal_small(&mut self) {
+        let wal = self.wal_bytes();
+        self.wal_peak = wal.max(self.wal_peak - self.wal_peak / 64);
+        if wal > wal_budget(self.room()) {
+            if let Err(e) = self.checkpoint_truncate() {
                 tracing::debug!(error = %e, "WAL checkpoint failed");
             }
         }
@@ -505,13 +526,15 @@ impl Writer {
         self.full.map_or(max, |f| f.cap.min(max))
     }
 
-    /// Over the cap: rounds of deleting the oldest data until the files are
-    /// under nine tenths of it. A round that does not bring the files down
+    /// Near the cap (less the WAL's recent peak; checked after every commit):
+    /// rounds of deleting the oldest data until the files are under nine
+    /// tenths of it. A round that does not bring the files down
     /// (a reader holds the WAL) ends the rounds until the next check; so
     /// does shutdown.
     pub(super) fn enforce_size(&mut self) -> Result<(), StoreError> {
-        let cap = self.cap();
-        if self.used_bytes()? <= cap {
+        // Room for the WAL of the largest recent transaction.
+        let cap = self.cap().saturating_sub(self.wal_peak).max(self.cap() / 2);
+        if self.used_bytes()? <= cap / 20 * 19 {
             return Ok(());
         }
         let target = cap / 10 * 9;
@@ -543,21 +566,12 @@ impl Writer {
             if freed.is_empty() {
                 break;
             }
-            tracing::warn!(
-                chunks = freed.chunks,
-                trend_rows = freed.trend_rows,
-                events = freed.events,
-                up_to = freed.up_to,
-                journal_rows = freed.journal_rows,
-                bytes = size,
-                cap,
-                because = if self.full.is_some() {
-                    "the file system is full"
-                } else {
-                    "over max_size"
-                },
-                "oldest data deleted to stay under the cap"
-            );
+            freed.log(if self.full.is_some() {
+                "the file system is full: the database is held at its size"
+            } else {
+                "the database's files are over max_size"
+            });
+            tracing::debug!(bytes = size, cap, "size round");
             self.shrink()?;
         }
         Ok(())
@@ -568,18 +582,10 @@ impl Writer {
     /// the reserve's size (or twice what the commit needs), deletes the
     /// oldest data; the database is held at its size from now on.
     pub(super) fn make_room(&mut self) {
-        let files = self.files_bytes().unwrap_or(0);
         if self.full.is_none() {
-            tracing::error!(
-                free_bytes = free_space(self.dir()),
-                database_bytes = files,
-                "the file system is full: freeing space inside the database, oldest data first"
+            self.enter_full(
+                "the file system is full: freeing space inside the database, oldest data first",
             );
-            self.full = Some(Full {
-                since: Instant::now(),
-                cap: files.saturating_sub(self.reserve.len()).max(1 << 20),
-            });
-            self.inner.counters.disk_full.store(true, Ordering::Relaxed);
         }
         if self.reserve.release() {
             tracing::warn!(bytes = self.reserve.bytes, "database reserve file released");
@@ -593,34 +599,37 @@ impl Writer {
         // Pages freed before and not yet reused count, and so does the room
         // the reserve gave back: nothing is deleted while that lasts.
         let mut done = self.free_pages_bytes().unwrap_or(0) + free_space(self.dir()).unwrap_or(0);
-        while done < need {
-            match self.delete_oldest(step) {
-                Ok(freed) if !freed.is_empty() => tracing::warn!(
-                    chunks = freed.chunks,
-                    trend_rows = freed.trend_rows,
-                    events = freed.events,
-                    up_to = freed.up_to,
-                    journal_rows = freed.journal_rows,
-                    "file system full: oldest data deleted to store the newest"
-                ),
-                Ok(_) => {
-                    tracing::error!("file system full and nothing left in the database to delete");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "file system full: deleting old data failed");
-                    break;
-                }
-            }
+        while done < need && self.delete_for_room(step) {
             done += step;
-            let _ = self.checkpoint();
         }
+    }
+
+    /// Deletes about `amount` bytes of the oldest data on a full file system
+    /// and checkpoints; false when nothing could be deleted.
+    fn delete_for_room(&mut self, amount: u64) -> bool {
+        let ok = match self.delete_oldest(amount) {
+            Ok(freed) if !freed.is_empty() => {
+                freed.log("the file system is full: room for the newest samples");
+                true
+            }
+            Ok(_) => {
+                tracing::error!("file system full and nothing left in the database to delete");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "file system full: deleting old data failed");
+                false
+            }
+        };
+        let _ = self.checkpoint();
+        ok
     }
 
     /// While the file system is full: keeps room (free pages inside the
     /// database, or on the file system) of half the reserve's size, deleting
-    /// the oldest data before it runs out, so that no commit and no checkpoint needs the database file to
-    /// grow (a checkpoint that cannot grow it leaves the WAL unusable).
+    /// the oldest data before it runs out, so that no commit and no
+    /// checkpoint needs the database file to grow (a checkpoint that cannot
+    /// grow it leaves the WAL unusable).
     fn keep_free_pages(&mut self) {
         let want = (self.reserve.bytes / 2).max(64 << 10);
         let room = self.free_pages_bytes().unwrap_or(0) + free_space(self.dir()).unwrap_or(0);
@@ -629,19 +638,7 @@ impl Writer {
         }
         // A small database keeps its newer three quarters.
         let amount = want.min(self.data_bytes().unwrap_or(0) / 4).max(4096);
-        match self.delete_oldest(amount) {
-            Ok(freed) if !freed.is_empty() => tracing::warn!(
-                chunks = freed.chunks,
-                trend_rows = freed.trend_rows,
-                events = freed.events,
-                up_to = freed.up_to,
-                journal_rows = freed.journal_rows,
-                "file system full: oldest data deleted to store the newest"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "file system full: deleting old data failed"),
-        }
-        let _ = self.checkpoint();
+        self.delete_for_room(amount);
     }
 
     /// At open: a file system without room for the reserve counts as full.
@@ -649,16 +646,24 @@ impl Writer {
         if self.reserve.refill() {
             return;
         }
+        self.enter_full(
+            "the file system has no room for the database's reserve: treating it as full",
+        );
+    }
+
+    /// The file system is full from now on: logged (an error), shown by
+    /// `/health`, and the database held at its size (without the reserve).
+    fn enter_full(&mut self, message: &str) {
         let files = self.files_bytes().unwrap_or(0);
         tracing::error!(
             free_bytes = free_space(self.dir()),
             database_bytes = files,
             reserve_bytes = self.reserve.bytes,
-            "the file system has no room for the database's reserve: treating it as full"
+            "{message}"
         );
         self.full = Some(Full {
             since: Instant::now(),
-            cap: files.max(1 << 20),
+            cap: files.saturating_sub(self.reserve.len()).max(1 << 20),
         });
         self.inner.counters.disk_full.store(true, Ordering::Relaxed);
     }

@@ -53,6 +53,8 @@ pub(crate) struct Writer {
     pub(super) reserve: super::space::Reserve,
     /// Set while the file system is full (see `space.rs`).
     pub(super) full: Option<super::space::Full>,
+    /// The WAL's size after recent commits (decaying), bytes.
+    pub(super) wal_peak: u64,
 }
 
 /// Marks the writer dead however `run` ends (so flush/close never wait forever).
@@ -109,6 +111,7 @@ impl Writer {
             steps: crate::clock::StepWatch::default(),
             reserve: super::space::Reserve::new(&inner_path, reserve_bytes),
             full: None,
+            wal_peak: 0,
         };
         w.apply_settings(settings);
         w.restore()?;
@@ -494,6 +497,9 @@ impl Writer {
             Ok((rows, points, unsent_rows, marked)) => {
                 self.keep_wal_small();
                 self.watch_space();
+                if let Err(e) = self.enforce_size() {
+                    tracing::error!(error = %e, "store size enforcement failed");
+                }
                 let c = &self.inner.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.history_points.fetch_add(points as u64, Ordering::Relaxed);
