@@ -183,7 +183,8 @@ pub struct StoreOptions {
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
     /// Bytes kept free in a reserve file for deleting on a full file
-    /// system; None: a sixteenth of `max_size`, 256 KiB to 8 MiB; 0: none.
+    /// system; None: a sixteenth of `max_size` (or of the file system when
+    /// smaller), 256 KiB to 8 MiB; 0: none.
     pub disk_reserve: Option<u64>,
     /// Commit ticks are aligned to wall-clock multiples of `commit_interval`
     /// plus this offset (so samples of polls aligned on whole seconds are

@@ -8,21 +8,28 @@
 //!   oldest first, counted and logged as an error. Every round of deleting
 //!   must bring the files down, or the rounds stop (logged) until the next check.
 //! - **The WAL counts.** `max_size` caps the database, its WAL and the reserve
-//!   file together. The writer checkpoints (RESTART) whenever the WAL is over
-//!   a sixteenth of `max_size`, with a short busy timeout so that a reader in
-//!   the middle of a long query (which holds the WAL: its snapshot needs the
-//!   frames) delays the checkpoint instead of the writer; `journal_size_limit`
-//!   and `wal_autocheckpoint` follow `max_size`.
+//!   file together. After every commit the writer truncates the WAL when it
+//!   is over a sixteenth of `max_size` (checkpoint with a short busy
+//!   timeout, so that a reader in the middle of a long query, which holds
+//!   the WAL because its snapshot needs the frames, delays the checkpoint
+//!   instead of the writer), and checks the cap, less the WAL's recent peak
+//!   (one transaction that closes an hour rewrites every item's trend
+//!   page); `journal_size_limit` and `wal_autocheckpoint` follow `max_size`.
+//!   Other checkpoints only rewind the WAL (RESTART), which keeps its room
+//!   allocated for the deletions a full file system needs.
 //! - **A full file system.** SQLite in WAL mode needs room to delete (the
-//!   deletion is written to the WAL first). A reserve file
-//!   (`modbridge.db-reserve`, a sixteenth of `max_size` or of the file
-//!   system when smaller, 256 KiB to 8 MiB) is
-//!   kept next to the database; when a commit fails for lack of space the
-//!   reserve is given back, the oldest data is deleted (its pages are reused
+//!   deletion is written to the WAL first, and a checkpoint that cannot grow
+//!   the database file leaves the WAL unusable). A reserve file
+//!   (`modbridge.db-reserve`, a sixteenth of `max_size` or of the file system
+//!   when smaller, 256 KiB to 8 MiB) is kept next to the database; when a
+//!   commit fails for lack of space the reserve is given back, the WAL is
+//!   checkpointed, the oldest data is deleted in steps (its pages are reused
 //!   by the next commits, inside the database file) and the commit is
-//!   retried at once. The database is then held at the size it had when the
-//!   file system filled up, and `/health` reports the full disk, until the file system
+//!   retried at once. From then on the database is held at its size, room of
+//!   half the reserve is kept free inside it (deleting the oldest before it
+//!   runs out) and `/health` reports the full disk, until the file system
 //!   has room again; then the reserve is refilled and everything is normal.
+//!   A file system without room for the reserve at open counts as full.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
