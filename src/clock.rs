@@ -36,6 +36,51 @@ pub fn unix_secs_f64() -> f64 {
     since_epoch().as_secs_f64()
 }
 
+/// A wall-clock step smaller than this, backwards, is not reported (NTP
+/// corrections of a few milliseconds are not steps).
+pub const STEP_BACK_MIN: Duration = Duration::from_secs(1);
+/// A forward jump is reported when the wall clock moved on by more than this
+/// beyond the monotonic time that passed (beyond the expected next poll).
+pub const STEP_FORWARD_MIN: Duration = Duration::from_secs(60);
+
+/// A step of the wall clock, seen against the monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockStep {
+    /// The wall clock went back by this much.
+    Back(Duration),
+    /// The wall clock jumped ahead by this much more than the time that passed.
+    Forward(Duration),
+}
+
+/// Tells steps of the wall clock from the monotonic time between two looks.
+/// Each look becomes the reference for the next, so slow NTP slewing never
+/// adds up to a step.
+#[derive(Debug, Default)]
+pub struct StepWatch {
+    last: Option<(std::time::Instant, Duration)>,
+}
+
+impl StepWatch {
+    /// Looks at both clocks now.
+    pub fn look(&mut self) -> Option<ClockStep> {
+        self.look_at(std::time::Instant::now(), since_epoch())
+    }
+
+    /// [`StepWatch::look`] for a given monotonic instant and wall time.
+    pub fn look_at(&mut self, mono: std::time::Instant, wall: Duration) -> Option<ClockStep> {
+        let prev = self.last.replace((mono, wall));
+        let (pm, pw) = prev?;
+        let expected = pw + mono.saturating_duration_since(pm);
+        if wall + STEP_BACK_MIN <= expected {
+            Some(ClockStep::Back(expected - wall))
+        } else if wall > expected + STEP_FORWARD_MIN {
+            Some(ClockStep::Forward(wall - expected))
+        } else {
+            None
+        }
+    }
+}
+
 /// The instant of the next multiple of `interval` since the Unix epoch, so that
 /// hosts sharing an interval are polled at the same instant (one wake-up serves them all).
 pub fn next_aligned(interval: Duration) -> Instant {
@@ -73,6 +118,42 @@ pub fn next_aligned_phase_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_of_the_wall_clock_are_told_from_time_passing() {
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut w = StepWatch::default();
+        assert_eq!(
+            w.look_at(t0, s(10_000)),
+            None,
+            "the first look is the reference"
+        );
+        assert_eq!(w.look_at(t0 + s(5), s(10_005)), None, "time passing");
+        assert_eq!(
+            w.look_at(t0 + s(6), s(10_006) - Duration::from_millis(500)),
+            None,
+            "half a second back is a correction, not a step"
+        );
+        assert_eq!(
+            w.look_at(t0 + s(7), s(10_007) - s(3600)),
+            Some(ClockStep::Back(s(3600) - Duration::from_millis(500)))
+        );
+        assert_eq!(
+            w.look_at(t0 + s(8), s(6408)),
+            None,
+            "after the step: the new reference"
+        );
+        assert_eq!(
+            w.look_at(t0 + s(98), s(6498) + s(59)),
+            None,
+            "59 s ahead: not reported"
+        );
+        assert_eq!(
+            w.look_at(t0 + s(99), s(6558) + s(3600)),
+            Some(ClockStep::Forward(s(3600)))
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn aligned_to_the_next_multiple() {

@@ -189,6 +189,19 @@ async fn start_proxies(
 /// bounds the drain time, which the systemd unit's `TimeoutStopSec=` must exceed.
 pub const HOST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long shutdown lets HTTP requests under way finish.
+pub const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The longest shutdown takes with the default store options: the API's
+/// requests, the host tasks, the uplink's goodbye, the store's final commit.
+/// The systemd unit's `TimeoutStopSec=` must exceed it.
+pub fn stop_budget() -> std::time::Duration {
+    API_DRAIN
+        + HOST_DRAIN
+        + crate::mqtt::STOP_GRACE
+        + crate::store::StoreOptions::default().close_budget()
+}
+
 /// Runs an opened gateway until `shutdown` completes, without the HTTP API.
 pub async fn run_gateway(
     gateway: Gateway,
@@ -282,10 +295,7 @@ pub async fn run_gateway_with_api(
     api_stop.cancel();
     if let Some(mut task) = api_task {
         // Requests under way get a moment to finish; the store is still open.
-        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(API_DRAIN, &mut task).await.is_err() {
             task.abort();
         }
     }
@@ -304,9 +314,20 @@ pub async fn run_gateway_with_api(
     // records the last deliveries, which the store's close then commits.
     mqtt.stop().await;
     let store = gateway.store.clone();
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+    let budget = store.close_budget();
+    let closing = tokio::task::spawn_blocking(move || store.close());
+    match tokio::time::timeout(budget, closing).await {
+        Ok(joined) => {
+            joined.map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??
+        }
+        Err(_) => {
+            tracing::error!(
+                budget = ?budget,
+                "the store did not close within its budget; stopping without waiting"
+            );
+            return Err(StoreError::Commit("the store did not close in time".into()).into());
+        }
+    }
     tracing::info!("stopped; everything committed");
     Ok(())
 }

@@ -18,7 +18,8 @@
 //! - [`modbus`]: the field side. One link per TCP host, one shared bus per serial port;
 //!   every request has a timeout; a failed transport is dropped and rebuilt with backoff.
 //! - [`decode`]: pure. Registers <-> engineering values, every type and byte order.
-//! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits.
+//! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits;
+//!   retention, the `max_size` cap and a full disk; no sample dropped for its clock.
 //! - [`ledger`]: the control tables in the same database (config requests, alarms,
 //!   the uplink queue): every statement on them, next to their schema.
 //! - [`wire`]: every outgoing JSON shape (hosts, items, data, config statuses, events, triggers).

@@ -666,6 +666,8 @@ impl GatewaySpec {
 pub struct StorageSpec {
     pub history_retention: Duration,
     pub trend_retention: Duration,
+    /// How long alarm events (and their acknowledgements) are kept.
+    pub event_retention: Duration,
     /// Hard cap for the database, bytes.
     pub max_size: u64,
     /// Longest a sample waits in memory before it is durable.
@@ -677,6 +679,7 @@ impl Default for StorageSpec {
         StorageSpec {
             history_retention: Duration::from_secs(30 * 86400),
             trend_retention: Duration::from_secs(730 * 86400),
+            event_retention: Duration::from_secs(365 * 86400),
             max_size: 1 << 30,
             commit_interval: Duration::from_secs(1),
         }

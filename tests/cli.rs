@@ -455,3 +455,31 @@ fn the_demo_runs_and_stops() {
     assert!(stdout.contains("simulated NIBE F1345"), "{stdout}");
     assert!(dir.path().join("data/modbridge.db").exists());
 }
+
+#[test]
+fn check_warns_when_the_retentions_need_more_than_max_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 3 items at 1 s for 30 days: about 30 MiB of history; 730 days of
+    // hourly trends: 4.5 MiB.
+    let path = write_config(dir.path(), "127.0.0.1:1502", "max_size = \"8MiB\"");
+    let out = modbridge(&["check", "-c", path.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error");
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("a warning line: {stdout}"));
+    assert!(
+        line.contains("need about 34.2 MiB (history 29.7 MiB, trends 4.5 MiB)")
+            && line.contains("max_size = 8.0 MiB"),
+        "{line}"
+    );
+    // Enough room: no warning.
+    let path = write_config(dir.path(), "127.0.0.1:1502", "max_size = \"64MiB\"");
+    let out = modbridge(&["check", "-c", path.to_str().expect("path")]);
+    assert!(
+        !text(&out.stdout).contains("warning:"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -646,17 +646,23 @@ fn the_stop_timeout_exceeds_the_drain_time() {
         .find_map(|l| l.strip_prefix("WatchdogSec="))
         .map(|v| modbridge::units::parse_duration(v.trim()).expect("a duration"))
         .expect("WatchdogSec=");
-    // HTTP requests under way (3 s), the host and alarm tasks, the uplink's
-    // goodbye (a grace of a few seconds for messages in flight), then the
-    // store's final commit: three tries after the first, each up to SQLite's
-    // 5 s busy timeout.
-    let api = Duration::from_secs(3);
-    let uplink = Duration::from_secs(5);
-    let commit = Duration::from_secs(4 * 5 + 1);
-    assert!(
-        stop >= api + modbridge::daemon::HOST_DRAIN + uplink + commit,
-        "TimeoutStopSec={value}"
+    // HTTP requests under way, the host and alarm tasks, the uplink's
+    // goodbye, then the store's final commit (the maintenance step under
+    // way, the commit and its retries at SQLite's busy timeout): the
+    // daemon's own constants.
+    let budget = modbridge::daemon::stop_budget();
+    assert_eq!(
+        budget,
+        modbridge::daemon::API_DRAIN
+            + modbridge::daemon::HOST_DRAIN
+            + modbridge::mqtt::STOP_GRACE
+            + modbridge::store::StoreOptions::default().close_budget()
     );
+    assert!(
+        budget >= Duration::from_secs(30),
+        "the budget counts every part: {budget:?}"
+    );
+    assert!(stop >= budget, "TimeoutStopSec={value} < {budget:?}");
     assert!(watchdog >= Duration::from_secs(10), "WatchdogSec too tight");
 }
 

@@ -6,7 +6,8 @@
 //!   a host that has not finished its first cycle yet counts as `starting`, not down;
 //! - `[mqtt]` is configured and the broker is not connected;
 //! - the database's commits are failing: commit errors were counted since the
-//!   previous look at `/health` or `/metrics` and no commit succeeded in between.
+//!   previous look at `/health` or `/metrics` and no commit succeeded in between;
+//! - the database's file system is full ("disk full"), until it has room again.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -91,6 +92,8 @@ struct DatabaseHealth {
     commit_errors: u64,
     /// The latest commits failed (samples are kept in memory and retried).
     failing: bool,
+    /// The file system is full: the oldest data is deleted to store the newest.
+    disk_full: bool,
     dropped_unsent: u64,
 }
 
@@ -164,6 +167,11 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
     }
     let stats = gateway.store.stats();
     let failing = st.commits.failing(&stats);
+    if stats.disk_full {
+        problems.push(
+            "disk full: the file system of the database has no room; the oldest data is deleted to store the newest".into(),
+        );
+    }
     if failing {
         problems.push("database: commits are failing (samples kept in memory and retried)".into());
     }
@@ -196,6 +204,7 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
             commits: stats.commits,
             commit_errors: stats.commit_errors,
             failing,
+            disk_full: stats.disk_full,
             dropped_unsent: stats.dropped_unsent,
         },
         api: ApiHealth {
@@ -521,6 +530,22 @@ fn store_figures(m: &mut Exposition, stats: &StoreStats) {
         "counter",
         "History points never sent upstream and dropped (memory cap or max_size).",
         stats.dropped_unsent as f64,
+    );
+    m.single(
+        "modbridge_disk_full",
+        "gauge",
+        "1 while the database's file system is full (the oldest data is deleted to store the newest).",
+        f64::from(u8::from(stats.disk_full)),
+    );
+    m.by_label(
+        "modbridge_clock_steps_total",
+        "counter",
+        "Steps of the wall clock: back, or forward by more than a minute beyond the expected time.",
+        "direction",
+        &[
+            ("back", stats.clock_steps_back as f64),
+            ("forward", stats.clock_steps_forward as f64),
+        ],
     );
     m.single(
         "modbridge_database_bytes",

@@ -106,6 +106,9 @@ pub fn check_report(config: &crate::model::Config) -> String {
             crate::units::format_duration(proxy.timeout)
         );
     }
+    if let Some(w) = size_warning(config) {
+        let _ = writeln!(out, "\n{w}");
+    }
     out
 }
 
@@ -127,6 +130,25 @@ fn describe_pacing(pacing: &Pacing) -> String {
         );
     }
     out
+}
+
+/// A `warning:` line when the items at their poll intervals and retentions
+/// would need more than `max_size`.
+fn size_warning(config: &crate::model::Config) -> Option<String> {
+    let need = crate::store::SizeEstimate::of(config);
+    let max = config.storage.max_size;
+    (need.total() > max).then(|| {
+        use crate::units::format_size;
+        format!(
+            "warning: the items at their poll intervals and retentions need about {} \
+             (history {}, trends {}), more than max_size = {}: the oldest data will be \
+             deleted to stay under it (raise max_size, or shorten history_retention or trend_retention)",
+            format_size(need.total()),
+            format_size(need.history),
+            format_size(need.trends),
+            format_size(max)
+        )
+    })
 }
 
 /// Prints the check report, or the config's problems (exit status 2).

@@ -177,9 +177,10 @@ pub(crate) fn parse_document<'i>(
 const GATEWAY_KEYS: [&str; 4] = ["id", "name", "data_dir", "uuid"];
 
 /// Keys of `[storage]`.
-const STORAGE_KEYS: [&str; 4] = [
+const STORAGE_KEYS: [&str; 5] = [
     "history_retention",
     "trend_retention",
+    "event_retention",
     "max_size",
     "commit_interval",
 ];
@@ -457,6 +458,9 @@ fn read_storage(src: &Source, value: &Spanned<DeValue<'_>>, report: &mut Report)
     }
     if let Some(d) = section.duration(report, "trend_retention", false) {
         storage.trend_retention = d.value;
+    }
+    if let Some(d) = section.duration(report, "event_retention", false) {
+        storage.event_retention = d.value;
     }
     if let Some(d) = section.duration(report, "commit_interval", false) {
         storage.commit_interval = d.value;

@@ -367,6 +367,8 @@ pub struct Storage {
     pub history_retention: Option<Duration>,
     /// How long hourly min/avg/max trends are kept (default "730d").
     pub trend_retention: Option<Duration>,
+    /// How long alarm events and their acknowledgements are kept (default "365d").
+    pub event_retention: Option<Duration>,
     /// Hard cap for the database, at least "1MiB" (default "1GiB").
     pub max_size: Option<Size>,
     /// Longest a sample waits in memory before it is durable (default "1s").

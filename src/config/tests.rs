@@ -115,6 +115,7 @@ data_dir = "/data"
 [storage]
 history_retention = "7d"
 trend_retention = "365d"
+event_retention = "90d"
 max_size = "512MiB"
 commit_interval = "500ms"
 
@@ -197,6 +198,10 @@ expression = "last(/line/energy:total) > 1"
     assert_eq!(
         config.storage.trend_retention,
         Duration::from_secs(365 * 86400)
+    );
+    assert_eq!(
+        config.storage.event_retention,
+        Duration::from_secs(90 * 86400)
     );
     assert_eq!(config.storage.max_size, 512 << 20);
     assert_eq!(config.storage.commit_interval, Duration::from_millis(500));

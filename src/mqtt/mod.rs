@@ -46,13 +46,24 @@ pub fn spawn(
     MqttService { cancel, task }
 }
 
+/// The longest [`MqttService::stop`] takes: the session's grace for
+/// messages in flight and for the offline status, and a margin.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const _: () = assert!(session::CLOSE_GRACE.as_secs() * 2 < STOP_GRACE.as_secs());
+
 impl MqttService {
     /// Stops the task: waits briefly for messages in flight to be
-    /// acknowledged, publishes the retained offline status, disconnects.
-    pub async fn stop(self) {
+    /// acknowledged, publishes the retained offline status, disconnects;
+    /// after [`STOP_GRACE`] it is aborted.
+    pub async fn stop(mut self) {
         self.cancel.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "mqtt task ended abnormally");
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "mqtt task ended abnormally"),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!("the mqtt task did not stop within its grace; aborted");
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// At shutdown: how long to wait for messages in flight, then for the offline status.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Resend messages queued at most (points); more is refused until they are out.
 const MAX_RESEND_QUEUED: u64 = 2 * MAX_RESEND_POINTS;
 /// Events handled per wake-up before the window is refilled.

@@ -401,6 +401,12 @@ pub fn encode_chunks(points: &[(i64, f64)], target: usize) -> Vec<(i64, i64, usi
             put_value(&mut body, mode, v, &mut prev);
             j += 1;
         }
+        // Never split a second: chunk starts are keys, and a chunk ending in
+        // the second the next one starts would hide its points from a read
+        // that begins in that second.
+        while j < points.len() && points[j].0 == points[j - 1].0 {
+            j += 1;
+        }
         let slice = &points[i..j];
         let mut blob = Vec::with_capacity(body.len() + 8);
         blob.push(VERSION);

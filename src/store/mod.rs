@@ -10,9 +10,12 @@
 //! - Compaction (in the writer, every few minutes per host) moves journal points
 //!   into per-item `history` chunks; journal rows are deleted once sent and compacted.
 //! - Queries run on a separate read-only connection.
+//! - Retention, the `max_size` cap, WAL checkpoints and a full file system:
+//!   `space.rs`. Samples are kept whatever their clock (see `writer.rs`).
 
 mod codec;
 mod schema;
+mod space;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -41,6 +44,41 @@ pub const MAX_MESSAGE_JSON_BYTES: usize = 192 * 1024;
 /// b-tree page (no overflow pages).
 pub(crate) const CHUNK_TARGET_BYTES: usize = 900;
 
+/// Bytes a history point takes on disk, about (slowly changing values;
+/// noise takes up to 12: `cargo bench --bench ingest`).
+pub const HISTORY_BYTES_PER_POINT: u64 = 4;
+/// Bytes an hourly trend bucket takes on disk, with its index entries.
+pub const TREND_BYTES_PER_BUCKET: u64 = 90;
+
+/// What the configured items need on disk at their poll intervals and
+/// retentions, if every sample is a history point (no deadband).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeEstimate {
+    pub history: u64,
+    pub trends: u64,
+}
+
+impl SizeEstimate {
+    pub fn of(config: &Config) -> SizeEstimate {
+        let st = &config.storage;
+        let (mut points, mut buckets) = (0u64, 0u64);
+        for it in config.hosts.iter().flat_map(|h| h.items.iter()) {
+            let every = it.poll_interval.as_secs_f64().max(0.001);
+            points = points.saturating_add((st.history_retention.as_secs_f64() / every) as u64);
+            let hourly = every.max(3600.0);
+            buckets = buckets.saturating_add((st.trend_retention.as_secs_f64() / hourly) as u64);
+        }
+        SizeEstimate {
+            history: points.saturating_mul(HISTORY_BYTES_PER_POINT),
+            trends: buckets.saturating_mul(TREND_BYTES_PER_BUCKET),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.history.saturating_add(self.trends)
+    }
+}
+
 /// One good reading of an item, in engineering units.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -62,7 +100,7 @@ pub struct TrendBucket {
 /// Figures for `/health` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreStats {
-    /// Database file plus WAL, bytes.
+    /// Database file, WAL and reserve file, bytes.
     pub db_bytes: u64,
     /// Samples handed to `push` since open.
     pub samples_received: u64,
@@ -76,6 +114,12 @@ pub struct StoreStats {
     pub dropped_unsent: u64,
     /// Outbox messages (journal rows) not yet marked sent.
     pub outbox_messages: u64,
+    /// Steps of the wall clock backwards seen since open.
+    pub clock_steps_back: u64,
+    /// Jumps of the wall clock forward (beyond the expected time) seen since open.
+    pub clock_steps_forward: u64,
+    /// The file system is full: old data is deleted to store the newest.
+    pub disk_full: bool,
 }
 
 /// One MQTT data message of `R/data/<host>`.
@@ -138,10 +182,34 @@ pub struct StoreOptions {
     pub high_water: usize,
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
+    /// Bytes kept free in a reserve file for deleting on a full file
+    /// system; None: a sixteenth of `max_size` (or of the file system when
+    /// smaller), 256 KiB to 8 MiB; 0: none.
+    pub disk_reserve: Option<u64>,
     /// Commit ticks are aligned to wall-clock multiples of `commit_interval`
     /// plus this offset (so samples of polls aligned on whole seconds are
     /// committed shortly after they arrive). None: a quarter of the interval, at most 250 ms.
     pub tick_phase: Option<Duration>,
+}
+
+/// Tries of the final commit at close after the first fails, and the pause
+/// between two.
+pub const CLOSE_RETRIES: u32 = 3;
+pub const CLOSE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest one step of the writer's maintenance runs before the writer
+/// looks whether the store is closing (a compaction looks every 256 items and
+/// rolls back; one round of the size cap; the retention deletes): generous.
+pub const MAINTENANCE_STEP_MAX: Duration = Duration::from_secs(3);
+
+impl StoreOptions {
+    /// The longest [`Store::close`] takes: the maintenance step under way,
+    /// then the final commit and its retries, each waiting up to the busy
+    /// timeout for the database's lock.
+    pub fn close_budget(&self) -> Duration {
+        MAINTENANCE_STEP_MAX
+            + self.busy_timeout * (1 + CLOSE_RETRIES)
+            + CLOSE_RETRY_PAUSE * CLOSE_RETRIES
+    }
 }
 
 impl Default for StoreOptions {
@@ -156,6 +224,7 @@ impl Default for StoreOptions {
             max_buffered: 2_000_000,
             high_water: 16_384,
             busy_timeout: Duration::from_secs(5),
+            disk_reserve: None,
             tick_phase: None,
         }
     }
@@ -168,6 +237,10 @@ pub(crate) struct Counters {
     commit_errors: AtomicU64,
     dropped_unsent: AtomicU64,
     outbox: AtomicU64,
+    clock_steps_back: AtomicU64,
+    clock_steps_forward: AtomicU64,
+    /// The file system is full (see `space.rs`).
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 /// How the writer treats one configured item; 12 bytes, one per item.
@@ -346,6 +419,13 @@ pub(crate) struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Store {
+    /// The longest [`Store::close`] takes with this store's options.
+    pub fn close_budget(&self) -> Duration {
+        self.inner.opts.close_budget()
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -475,6 +555,9 @@ impl Store {
                 commit_errors: AtomicU64::new(0),
                 dropped_unsent: AtomicU64::new(0),
                 outbox: AtomicU64::new(outbox.max(0) as u64),
+                clock_steps_back: AtomicU64::new(0),
+                clock_steps_forward: AtomicU64::new(0),
+                disk_full: std::sync::atomic::AtomicBool::new(false),
             },
             commits_tx,
             drained_tx: tokio::sync::watch::Sender::new(0),
@@ -602,7 +685,8 @@ impl Store {
         s.done_result.clone().map_err(StoreError::Commit)
     }
 
-    /// Commits everything and stops the writer thread. Later pushes are refused.
+    /// Commits everything and stops the writer thread. Later pushes are
+    /// refused. Takes at most [`StoreOptions::close_budget`].
     pub fn close(&self) -> Result<(), StoreError> {
         close_inner(&self.inner)
     }
@@ -677,6 +761,10 @@ impl Store {
             }
         }
         drop(tx);
+        // Chunks are in clock order; journal points in arrival order, which
+        // after a step back of the wall clock is not clock order. Stable:
+        // points sharing a second stay in arrival order.
+        out.sort_by_key(|p| p.0);
         if let Some(limit) = limit {
             if out.len() > limit {
                 out.drain(..out.len() - limit);
@@ -845,6 +933,9 @@ impl Store {
             commit_errors: c.commit_errors.load(Ordering::Relaxed),
             dropped_unsent: c.dropped_unsent.load(Ordering::Relaxed),
             outbox_messages: self.outbox_len(),
+            clock_steps_back: c.clock_steps_back.load(Ordering::Relaxed),
+            clock_steps_forward: c.clock_steps_forward.load(Ordering::Relaxed),
+            disk_full: c.disk_full.load(Ordering::Relaxed),
         }
     }
 
@@ -870,14 +961,16 @@ impl Store {
     }
 }
 
-/// Database file plus WAL, bytes.
+/// Database file, WAL and reserve file, bytes (what `max_size` caps).
 pub(crate) fn db_file_bytes(path: &Path) -> u64 {
-    let main = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    main + std::fs::metadata(PathBuf::from(wal))
-        .map(|m| m.len())
-        .unwrap_or(0)
+    let len = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::metadata(PathBuf::from(p))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    len("") + len("-wal") + len("-reserve")
 }
 
 fn close_inner(inner: &Arc<Inner>) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use super::{ItemId, StoreError};
 use crate::model::{Config, HostSpec};
 
 /// The schema this program writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE hosts (
@@ -63,6 +63,10 @@ CREATE TABLE trend (
 /// MQTT messages. The statements live next to the ledger's code that reads and
 /// writes these tables; this module only decides when they are applied.
 const SCHEMA_V2: &str = include_str!("../ledger/schema.sql");
+
+/// Version 3: trends by hour across items, so that the size cap finds the
+/// oldest data in every table without a full scan.
+const SCHEMA_V3: &str = "CREATE INDEX trend_hour ON trend(hour);";
 
 /// Opens the write connection with the project's pragmas and brings the schema
 /// up to date.
@@ -119,6 +123,7 @@ fn migrate(conn: &Connection, version: i32) -> Result<(), StoreError> {
         match v {
             0 => tx.execute_batch(SCHEMA_V1)?,
             1 => tx.execute_batch(SCHEMA_V2)?,
+            2 => tx.execute_batch(SCHEMA_V3)?,
             // 1 => tx.execute_batch("ALTER TABLE ..."),  // future steps go here
             _ => unreachable!("versions below SCHEMA_VERSION all have a step"),
         }

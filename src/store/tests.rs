@@ -92,16 +92,94 @@ fn store_history_without_deadband_every_sample() {
     let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
     assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
     assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
-    // Out-of-order and duplicate clocks are not history points.
-    store.push(&[s(a, t0 + 50, 1.0), s(a, t0 + 99, 2.0)]);
-    store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 1000, None).unwrap().len(), 100);
     let st = store.stats();
-    assert_eq!(st.samples_received, 202);
+    assert_eq!(st.samples_received, 200);
     assert_eq!(st.history_points, 200);
     assert!(st.commits >= 1);
     assert!(st.db_bytes > 0);
     assert_eq!(st.outbox_messages, 0, "no mqtt: nothing to send");
+    store.close().unwrap();
+}
+
+#[test]
+fn store_keeps_samples_whatever_their_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let (a, b) = (id[0][0], id[0][1]);
+    let t0 = now() - 10_000;
+    // Before: a's history in chunks, ending at t0 + 999.
+    store.push(
+        &(0..1000)
+            .map(|i| s(a, t0 + i, i as f64))
+            .collect::<Vec<_>>(),
+    );
+    store.maintain().unwrap();
+    // The clock steps back by 600 s; then two samples in one second, and
+    // one in the same second as the last point before the step.
+    let back: Vec<Sample> = (0..5)
+        .map(|i| s(a, t0 + 400 + i, -(i as f64)))
+        .chain([
+            s(a, t0 + 404, -10.0),
+            s(a, t0 + 999, -20.0),
+            s(b, t0, 1.0),
+            s(b, t0, 2.0),
+        ])
+        .collect();
+    store.push(&back);
+    store.flush().unwrap();
+    let expected = |h: &[(i64, f64)]| {
+        assert_eq!(h.len(), 1000 + 7, "every sample kept");
+        assert!(h.windows(2).all(|w| w[0].0 <= w[1].0), "ascending by clock");
+        let at = |c: i64| {
+            h.iter()
+                .filter(|p| p.0 == c)
+                .map(|p| p.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            at(t0 + 400),
+            vec![400.0, 0.0],
+            "old point first, then the new one"
+        );
+        assert_eq!(at(t0 + 404), vec![404.0, -4.0, -10.0]);
+        assert_eq!(at(t0 + 999), vec![999.0, -20.0]);
+    };
+    // Uncompacted (journal) and compacted (chunks) give the same answer.
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    let msgs = store.outbox_after(0, 100).unwrap();
+    let sent: Vec<i64> = msgs
+        .last()
+        .iter()
+        .flat_map(|m| m.items.iter().filter(|(k, _)| k == "k0"))
+        .flat_map(|(_, p)| p.iter().map(|p| p.0 - t0))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![400, 401, 402, 403, 404, 404, 999],
+        "sent upstream in arrival order"
+    );
+    store.maintain().unwrap();
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    assert_eq!(
+        store.history(a, t0 + 404, t0 + 404, None).unwrap(),
+        vec![(t0 + 404, 404.0), (t0 + 404, -4.0), (t0 + 404, -10.0)]
+    );
+    assert_eq!(
+        store.history(b, t0, t0, None).unwrap(),
+        vec![(t0, 1.0), (t0, 2.0)]
+    );
+    assert_eq!(
+        store.history(a, t0, t0 + 2000, Some(2)).unwrap(),
+        vec![(t0 + 999, 999.0), (t0 + 999, -20.0)]
+    );
+    // The deadband baseline is the newest point received, whatever its clock.
+    assert_eq!(store.latest(a).unwrap(), Some((t0 + 999, -20.0)));
+    store.close().unwrap();
+    // A restart keeps them all.
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
     store.close().unwrap();
 }
 
@@ -494,7 +572,12 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 200, true);
     cfg.storage.max_size = 1 << 30;
-    let store = Store::open_with(&cfg, opts()).unwrap();
+    // No reserve file: the figures below are the database's alone.
+    let o = StoreOptions {
+        disk_reserve: Some(0),
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, o).unwrap();
     let id = ids(&store, &cfg);
     let t0 = now() - 20_000;
     let mut rng = fastrand::Rng::with_seed(5);
@@ -892,5 +975,160 @@ fn store_history_consistent_during_ingest_and_compaction() {
         store.history(a, t0, t0 + 100_000, None).unwrap().len(),
         10_000
     );
+    store.close().unwrap();
+}
+
+/// Pushes an hour of one sample a minute for every item, starting at `hour`.
+fn push_hour(store: &Store, items: &[ItemId], hour: i64) {
+    let mut batch = Vec::with_capacity(items.len() * 60);
+    for m in 0..60 {
+        for (i, &it) in items.iter().enumerate() {
+            batch.push(s(
+                it,
+                hour + m * 60,
+                20.0 + ((m as usize + i) % 10) as f64 * 0.1,
+            ));
+        }
+    }
+    store.push(&batch);
+}
+
+/// Sends (marks) every outbox message, checking that `seq` has no hole.
+fn send_all(store: &Store, next_seq: &mut u64) {
+    loop {
+        let msgs = store.outbox_after(0, 1000).unwrap();
+        if msgs.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+        for &q in &seqs {
+            assert_eq!(q, *next_seq, "no seq hole");
+            *next_seq += 1;
+        }
+        store.mark_sent(&seqs).unwrap();
+        store.flush().unwrap();
+    }
+}
+
+#[test]
+fn store_size_cap_holds_over_days_and_spares_unsent_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, 100, true);
+    cfg.storage.max_size = 2 << 20;
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let items: Vec<ItemId> = ids(&store, &cfg).concat();
+    let hours = 60;
+    let first = (now() - (hours + 12) * 3600) / 3600 * 3600;
+    let mut next_seq = 1;
+    let files = |store: &Store| store.stats().db_bytes;
+    // The broker is connected: everything is sent as it comes.
+    for h in 0..hours {
+        push_hour(&store, &items, first + h * 3600);
+        store.flush().unwrap();
+        send_all(&store, &mut next_seq);
+        store.maintain().unwrap();
+        let size = files(&store);
+        assert!(size <= cfg.storage.max_size, "hour {h}: {size} bytes");
+    }
+    let st = store.stats();
+    assert_eq!(st.dropped_unsent, 0);
+    let last = first + (hours - 1) * 3600;
+    for &it in [items[0], items[199]].iter() {
+        let h = store
+            .history(it, last - 3 * 3600, last + 3600, None)
+            .unwrap();
+        assert_eq!(h.len(), 4 * 60, "the newest hours of history stay");
+        let oldest = store.history(it, 0, last, Some(usize::MAX)).unwrap();
+        assert!(
+            oldest[0].0 > first + 3600,
+            "older history went: {}",
+            oldest[0].0
+        );
+    }
+    let trend = store.trend(items[0], 0, last + 3600).unwrap();
+    assert!(trend[0].0 > first, "older trends went too");
+    assert_eq!(trend.last().unwrap().0, last, "the newest trends stay");
+
+    // The broker goes away: unsent data is kept; older history and trends go.
+    let oldest_before = store.history(items[0], 0, last, Some(usize::MAX)).unwrap()[0].0;
+    let trend_before = trend[0].0;
+    for h in hours..hours + 8 {
+        push_hour(&store, &items, first + h * 3600);
+        store.maintain().unwrap();
+        let size = files(&store);
+        assert!(size <= cfg.storage.max_size, "hour {h}: {size} bytes");
+    }
+    let st = store.stats();
+    assert_eq!(
+        st.dropped_unsent, 0,
+        "no unsent data dropped while older data is left"
+    );
+    assert!(st.outbox_messages > 0);
+    let oldest = store.history(items[0], 0, now(), Some(usize::MAX)).unwrap()[0].0;
+    assert!(oldest > oldest_before, "older history went");
+    assert!(store.trend(items[0], 0, now()).unwrap()[0].0 > trend_before);
+    // Back: every message arrives, with no seq hole.
+    send_all(&store, &mut next_seq);
+    assert_eq!(store.outbox_len(), 0);
+    store.close().unwrap();
+}
+
+#[test]
+fn store_close_does_not_wait_for_a_long_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 1000, false);
+    let lazy = StoreOptions {
+        compact_points: u64::MAX,
+        compact_age: Duration::from_secs(3600),
+        ..opts()
+    };
+    let store = Store::open_with(&cfg, lazy.clone()).unwrap();
+    let items = ids(&store, &cfg).concat();
+    let t0 = now() - 100_000;
+    for c in 0..1000 {
+        let batch: Vec<Sample> = items
+            .iter()
+            .map(|&it| s(it, t0 + c, (c % 7) as f64))
+            .collect();
+        store.push(&batch);
+    }
+    store.flush().unwrap();
+    // A forced compaction of 1,000,000 points, in steps; close meanwhile.
+    let busy = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let r = store.maintain();
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    store.close().unwrap();
+    let closed_in = started.elapsed();
+    let (r, _) = busy.join().unwrap();
+    assert!(r.is_ok() || matches!(r, Err(StoreError::Closed | StoreError::Commit(_))));
+    assert!(
+        closed_in < MAINTENANCE_STEP_MAX,
+        "close waited {closed_in:?} for the compaction"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("data/modbridge.db")).unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM journal WHERE compacted = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(left > 0, "the compaction gave way to close");
+    // Nothing lost: the rest is compacted after the restart.
+    let store = Store::open_with(&cfg, lazy).unwrap();
+    assert_eq!(
+        store.history(items[999], 0, now(), None).unwrap().len(),
+        1000
+    );
+    store.maintain().unwrap();
+    assert_eq!(store.history(items[0], 0, now(), None).unwrap().len(), 1000);
     store.close().unwrap();
 }

@@ -15,37 +15,46 @@ use super::{
 };
 use crate::model::StorageSpec;
 
-struct Backlog {
-    points: u64,
+pub(super) struct Backlog {
+    pub(super) points: u64,
     since: Instant,
 }
 
 pub(crate) struct Writer {
-    inner: Arc<Inner>,
-    conn: Connection,
-    storage: StorageSpec,
-    sent_on_insert: bool,
+    pub(super) inner: Arc<Inner>,
+    pub(super) conn: Connection,
+    pub(super) storage: StorageSpec,
+    pub(super) sent_on_insert: bool,
     /// Indexed by item id.
-    items: Vec<ItemSetting>,
+    pub(super) items: Vec<ItemSetting>,
     /// See [`ItemSetting::deadband`].
-    deadbands: Vec<f64>,
+    pub(super) deadbands: Vec<f64>,
     /// History points not yet committed, in arrival order (so in clock order
     /// per item): (item, clock, value); 16 bytes each.
-    pending: Vec<(ItemId, u32, f64)>,
+    pub(super) pending: Vec<(ItemId, u32, f64)>,
     /// Reused per commit: one item's points.
-    scratch: Vec<(i64, f64)>,
+    pub(super) scratch: Vec<(i64, f64)>,
     /// Trend contributions to hours already closed (late samples), merged on write.
-    late: HashMap<(ItemId, i64), TrendAcc>,
+    pub(super) late: HashMap<(ItemId, i64), TrendAcc>,
     /// Buckets of hours that closed, to write (replace).
-    closed: Vec<(ItemId, TrendAcc)>,
-    backlog: HashMap<u32, Backlog>,
-    last_trend_flush: Instant,
-    last_retention: Option<Instant>,
-    last_size_check: Instant,
-    spare: Vec<Packed>,
-    unknown_items: u64,
-    failing_since: Option<Instant>,
-    consecutive_failures: u64,
+    pub(super) closed: Vec<(ItemId, TrendAcc)>,
+    pub(super) backlog: HashMap<u32, Backlog>,
+    pub(super) last_trend_flush: Instant,
+    pub(super) last_retention: Option<Instant>,
+    pub(super) last_size_check: Instant,
+    pub(super) spare: Vec<Packed>,
+    pub(super) unknown_items: u64,
+    pub(super) failing_since: Option<Instant>,
+    pub(super) consecutive_failures: u64,
+    /// Steps of the wall clock, looked for at every drain.
+    pub(super) steps: crate::clock::StepWatch,
+    /// Free space kept in a file next to the database, for deleting when the
+    /// file system is full.
+    pub(super) reserve: super::space::Reserve,
+    /// Set while the file system is full (see `space.rs`).
+    pub(super) full: Option<super::space::Full>,
+    /// The WAL's size after recent commits (decaying), bytes.
+    pub(super) wal_peak: u64,
 }
 
 /// Marks the writer dead however `run` ends (so flush/close never wait forever).
@@ -66,16 +75,20 @@ const EARLY_COMMIT_POINTS: usize = 120_000;
 /// How often the writer drains the push buffer between commits.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-fn now_unix() -> i64 {
-    crate::clock::unix_now()
-}
-
 impl Writer {
     pub fn new(
         inner: Arc<Inner>,
         conn: Connection,
         settings: Settings,
     ) -> Result<Writer, StoreError> {
+        let inner_path = inner.path.clone();
+        let reserve_bytes = super::space::reserve_bytes(
+            &inner.opts,
+            super::space::room_for(
+                inner.path.parent().unwrap_or(&inner.path),
+                settings.storage.max_size,
+            ),
+        );
         let mut w = Writer {
             inner,
             conn,
@@ -95,9 +108,14 @@ impl Writer {
             unknown_items: 0,
             failing_since: None,
             consecutive_failures: 0,
+            steps: crate::clock::StepWatch::default(),
+            reserve: super::space::Reserve::new(&inner_path, reserve_bytes),
+            full: None,
+            wal_peak: 0,
         };
         w.apply_settings(settings);
         w.restore()?;
+        w.check_room_at_open();
         Ok(w)
     }
 
@@ -130,6 +148,7 @@ impl Writer {
             self.items[id as usize] = setting;
         }
         self.deadbands = s.deadbands;
+        self.limit_wal();
     }
 
     /// Restores deadband state (last point per item), the current trend
@@ -259,6 +278,7 @@ impl Writer {
                         s.closing || s.req_gen > s.done_gen || Instant::now() >= deadline;
                     (batch, commit_now)
                 };
+                self.watch_clock();
                 self.process(&batch);
                 batch.clear();
                 self.spare = batch;
@@ -287,8 +307,8 @@ impl Writer {
             let mut result = self.commit(&marks, closing);
             if closing {
                 let mut tries = 0;
-                while result.is_err() && tries < 3 {
-                    std::thread::sleep(Duration::from_millis(200));
+                while result.is_err() && tries < super::CLOSE_RETRIES {
+                    std::thread::sleep(super::CLOSE_RETRY_PAUSE);
                     tries += 1;
                     result = self.commit(&marks, true);
                 }
@@ -322,6 +342,30 @@ impl Writer {
                 tracing::info!("store writer stopped");
                 return;
             }
+        }
+    }
+
+    /// Counts and logs a step of the wall clock. Samples are kept whatever
+    /// their clock: after a step back they are stored with the clock the box
+    /// has, and history answers sort them by clock.
+    fn watch_clock(&mut self) {
+        let c = &self.inner.counters;
+        match self.steps.look() {
+            Some(crate::clock::ClockStep::Back(d)) => {
+                c.clock_steps_back.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    step_seconds = d.as_secs_f64(),
+                    "the wall clock stepped back; samples keep the new clock and are stored and sent"
+                );
+            }
+            Some(crate::clock::ClockStep::Forward(d)) => {
+                c.clock_steps_forward.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    step_seconds = d.as_secs_f64(),
+                    "the wall clock jumped forward"
+                );
+            }
+            None => {}
         }
     }
 
@@ -371,11 +415,14 @@ impl Writer {
                 slot @ None => *slot = Some(TrendAcc::new(hour, value)),
             }
             // History: deadband and heartbeat against the last history point.
+            // A clock before the last point's (the wall clock stepped back)
+            // is a point whatever its value: it starts the item's history
+            // again from the box's new clock.
             let is_point = match live.last(item) {
                 None => true,
                 Some((lc, lv)) => {
-                    clock > lc
-                        && (it.deadband == 0
+                    clock < lc
+                        || (it.deadband == 0
                             || (value - lv).abs()
                                 >= self
                                     .deadbands
@@ -437,8 +484,22 @@ impl Writer {
             }
             return Ok(());
         }
-        match self.try_commit(marks, trend_due) {
+        let mut result = self.try_commit(marks, trend_due);
+        if let Err(e) = &result {
+            if super::space::is_disk_full(e, self.dir()) {
+                // Deleting the oldest data makes room inside the database:
+                // the newest samples are committed now, not after a restart.
+                self.make_room();
+                result = self.try_commit(marks, trend_due);
+            }
+        }
+        match result {
             Ok((rows, points, unsent_rows, marked)) => {
+                self.keep_wal_small();
+                self.watch_space();
+                if let Err(e) = self.enforce_size() {
+                    tracing::error!(error = %e, "store size enforcement failed");
+                }
                 let c = &self.inner.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.history_points.fetch_add(points as u64, Ordering::Relaxed);
@@ -672,7 +733,14 @@ impl Writer {
                 break;
             }
             loop {
-                match self.compact_host(hid, budget.min(opts.compact_budget.max(1))) {
+                if self.closing() {
+                    // The final commit goes first; the journal keeps the rest.
+                    return;
+                }
+                let step = self.compact_step(budget.min(opts.compact_budget.max(1)));
+                let r = self.compact_host(hid, step);
+                self.keep_wal_small();
+                match r {
                     Ok((points, more)) => {
                         budget = budget.saturating_sub(points.max(1));
                         if let Some(b) = self.backlog.get_mut(&hid) {
@@ -691,6 +759,10 @@ impl Writer {
                     }
                     Err(e) => {
                         tracing::error!(host_id = hid, error = %e, "store compaction failed");
+                        if super::space::is_disk_full(&e, self.dir()) {
+                            self.make_room();
+                            return;
+                        }
                         break;
                     }
                 }
@@ -700,13 +772,14 @@ impl Writer {
             || self
                 .last_retention
                 .map_or(true, |t| t.elapsed() >= opts.retention_interval);
-        if retention_due {
+        if retention_due && !self.closing() {
             if let Err(e) = self.retention() {
                 tracing::error!(error = %e, "store retention failed");
             }
             self.last_retention = Some(Instant::now());
         }
-        if force || self.last_size_check.elapsed() >= opts.size_check_interval {
+        let size_due = force || self.last_size_check.elapsed() >= opts.size_check_interval;
+        if size_due && !self.closing() {
             if let Err(e) = self.enforce_size() {
                 tracing::error!(error = %e, "store size enforcement failed");
             }
@@ -746,37 +819,19 @@ impl Writer {
             }
         }
         {
-            let mut last = tx.prepare_cached(
-                "SELECT start, end, data FROM history WHERE item_id = ?1 ORDER BY start DESC LIMIT 1",
-            )?;
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO history(item_id, start, end, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             let mut merged: Vec<(i64, f64)> = Vec::new();
-            for (id, mut pts) in per_item {
-                let prev: Option<(i64, i64, Vec<u8>)> = last
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                merged.clear();
-                if let Some((start, end, blob)) = prev {
-                    // Never store a point twice or out of order.
-                    pts.retain(|p| p.0 > end);
-                    if blob.len() < CHUNK_TARGET_BYTES / 2
-                        && pts
-                            .first()
-                            .is_some_and(|p| p.0 - start <= codec::CHUNK_MAX_SPAN)
-                    {
-                        // Extend the item's small last chunk (same start key: replaced).
-                        codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
-                    }
+            for (n, (id, mut pts)) in per_item.into_iter().enumerate() {
+                if n % 256 == 255 && self.closing() {
+                    // Shutdown: the final commit goes first. Rolled back;
+                    // the journal keeps the points for the next compaction.
+                    tracing::info!(host_id = hid, "compaction stopped for shutdown");
+                    return Ok((0, true));
                 }
-                if pts.is_empty() {
-                    continue;
-                }
-                merged.extend_from_slice(&pts);
-                for (start, end, n, data) in codec::encode_chunks(&merged, CHUNK_TARGET_BYTES) {
-                    ins.execute(params![id, start, end, n as i64, data])?;
-                }
+                // Arrival order; after a step back of the wall clock not in
+                // clock order: sort (stable, so points sharing a second keep
+                // their order).
+                pts.sort_by_key(|p| p.0);
+                add_to_history(&tx, id, &pts, &mut merged)?;
             }
             let mut mark = tx.prepare_cached("UPDATE journal SET compacted = 1 WHERE seq = ?1")?;
             let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
@@ -797,175 +852,118 @@ impl Writer {
         );
         Ok((points, more))
     }
+}
 
-    fn retention(&mut self) -> Result<(), StoreError> {
-        let now = now_unix();
-        let h_cut = now.saturating_sub(
-            self.storage
-                .history_retention
-                .as_secs()
-                .min(i64::MAX as u64) as i64,
-        );
-        let t_cut =
-            now.saturating_sub(self.storage.trend_retention.as_secs().min(i64::MAX as u64) as i64);
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let chunks = tx.execute("DELETE FROM history WHERE end < ?1", [h_cut])?;
-        let mut trends = 0;
+/// Adds an item's points (in clock order) to its history chunks. Points after
+/// the item's last chunk extend it (when small) or start new chunks; points at
+/// or before its end (the same second, or a step back of the wall clock) are
+/// merged into the chunks they fall in, so chunks never overlap and every
+/// point is kept.
+fn add_to_history(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    pts: &[(i64, f64)],
+    merged: &mut Vec<(i64, f64)>,
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last_new)) = (pts.first(), pts.last()) else {
+        return Ok(());
+    };
+    let mut last = tx.prepare_cached(
+        "SELECT start, end, data FROM history WHERE item_id = ?1 ORDER BY start DESC LIMIT 1",
+    )?;
+    let prev: Option<(i64, i64, Vec<u8>)> = last
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    merged.clear();
+    match prev {
+        Some((start, end, _)) if first.0 <= end => {
+            return merge_into_history(tx, id, pts, (first.0.min(start), last_new.0), merged);
+        }
+        Some((start, _, blob))
+            if blob.len() < CHUNK_TARGET_BYTES / 2 && first.0 - start <= codec::CHUNK_MAX_SPAN =>
         {
-            let ids: Vec<i64> = {
-                let mut st = tx.prepare("SELECT id FROM items")?;
-                let r = st
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<i64>, _>>()?;
-                r
-            };
-            let mut del =
-                tx.prepare_cached("DELETE FROM trend WHERE item_id = ?1 AND hour < ?2")?;
-            for id in ids {
-                trends += del.execute(params![id, t_cut - t_cut.rem_euclid(3600)])?;
-            }
+            // Extend the item's small last chunk (same start key: replaced).
+            codec::decode_chunk(&blob, |c, v| merged.push((c, v)))?;
         }
-        tx.commit()?;
-        if chunks > 0 || trends > 0 {
-            tracing::info!(
-                chunks,
-                trend_rows = trends,
-                "store retention deleted old data"
-            );
-        }
-        Ok(())
+        Some(_) => {}
+        None => {}
     }
+    merged.extend_from_slice(pts);
+    write_chunks(tx, id, merged)
+}
 
-    fn db_bytes(&self) -> Result<u64, StoreError> {
-        let pages: i64 = self
-            .conn
-            .pragma_query_value(None, "page_count", |r| r.get(0))?;
-        let size: i64 = self
-            .conn
-            .pragma_query_value(None, "page_size", |r| r.get(0))?;
-        let mut wal = self.inner.path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::fs::metadata(std::path::PathBuf::from(wal))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        Ok((pages.max(0) as u64) * (size.max(0) as u64) + wal)
+/// Replaces the item's chunks that touch `[lo, hi]` (and the one `lo` falls
+/// in) by those chunks' points merged with `pts`, in clock order; an old
+/// point goes before a new one of the same second.
+fn merge_into_history(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    pts: &[(i64, f64)],
+    (lo, mut hi): (i64, i64),
+    merged: &mut Vec<(i64, f64)>,
+) -> Result<(), StoreError> {
+    let mut sel = tx.prepare_cached(
+        "SELECT start, end, data FROM history WHERE item_id = ?1
+           AND start >= coalesce((SELECT max(start) FROM history WHERE item_id = ?1 AND start <= ?2), ?2)
+           AND start <= ?3
+         ORDER BY start",
+    )?;
+    let mut old: Vec<(i64, f64)> = Vec::new();
+    let mut starts: Vec<i64> = Vec::new();
+    let mut from = lo;
+    // A chunk may end in the second the next one starts: take it too, until
+    // the chunks taken end before the next one not taken.
+    loop {
+        let mut rows = sel.query(params![id, from, hi])?;
+        let mut widened = hi;
+        while let Some(row) = rows.next()? {
+            let start: i64 = row.get(0)?;
+            if starts.contains(&start) {
+                continue;
+            }
+            starts.push(start);
+            widened = widened.max(row.get(1)?);
+            let blob = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            codec::decode_chunk(blob, |c, v| old.push((c, v)))?;
+        }
+        if widened <= hi {
+            break;
+        }
+        from = hi;
+        hi = widened;
     }
+    old.sort_by_key(|p| p.0);
+    merged.clear();
+    merged.reserve(old.len() + pts.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < pts.len() {
+        if j >= pts.len() || (i < old.len() && old[i].0 <= pts[j].0) {
+            merged.push(old[i]);
+            i += 1;
+        } else {
+            merged.push(pts[j]);
+            j += 1;
+        }
+    }
+    let mut del = tx.prepare_cached("DELETE FROM history WHERE item_id = ?1 AND start = ?2")?;
+    for start in starts {
+        del.execute(params![id, start])?;
+    }
+    write_chunks(tx, id, merged)
+}
 
-    /// Returns free pages to the file system and truncates the WAL.
-    fn shrink(&mut self) -> Result<(), StoreError> {
-        {
-            // Each step frees one page: run it to the end.
-            let mut st = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
-            let mut rows = st.query([])?;
-            while rows.next()?.is_some() {}
-        }
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            tracing::debug!("wal checkpoint could not complete (readers)");
-        }
-        Ok(())
+/// Writes points in clock order as chunks (never split inside a second, see
+/// [`codec::encode_chunks`]).
+fn write_chunks(
+    tx: &rusqlite::Transaction<'_>,
+    id: ItemId,
+    points: &[(i64, f64)],
+) -> Result<(), StoreError> {
+    let mut ins = tx.prepare_cached(
+        "INSERT OR REPLACE INTO history(item_id, start, end, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (start, end, n, data) in codec::encode_chunks(points, CHUNK_TARGET_BYTES) {
+        ins.execute(params![id, start, end, n as i64, data])?;
     }
-
-    /// Over `max_size`: oldest history chunks first, then (last resort) the
-    /// oldest journal rows, unsent ones counted as dropped.
-    fn enforce_size(&mut self) -> Result<(), StoreError> {
-        let max = self.storage.max_size;
-        if self.db_bytes()? <= max {
-            return Ok(());
-        }
-        let target = max / 10 * 9;
-        // Free pages and the WAL count too: give them back first.
-        self.shrink()?;
-        for _round in 0..64 {
-            let size = self.db_bytes()?;
-            if size <= target {
-                break;
-            }
-            let excess = size - target;
-            let tx =
-                rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            // 1. The oldest history chunks (already-sent history; unsent points
-            //    are still in the journal).
-            let mut cut: Option<i64> = None;
-            {
-                let mut st = tx.prepare_cached(
-                    "SELECT end, length(data) + 40 FROM history ORDER BY end LIMIT 20000",
-                )?;
-                let mut rows = st.query([])?;
-                let mut acc = 0u64;
-                while let Some(row) = rows.next()? {
-                    cut = Some(row.get(0)?);
-                    // Pages are not full: count half again per chunk.
-                    acc += row.get::<_, i64>(1)?.max(0) as u64 * 3 / 2;
-                    if acc >= excess {
-                        break;
-                    }
-                }
-            }
-            let mut deleted = 0;
-            if let Some(cut) = cut {
-                deleted = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
-                tracing::warn!(
-                    chunks = deleted,
-                    up_to = cut,
-                    max_size = max,
-                    "database over max_size: oldest history deleted"
-                );
-            } else {
-                // 2. Last resort: the oldest journal rows.
-                let mut cut_seq = None;
-                let mut lost_points = 0u64;
-                let mut lost_rows = 0u64;
-                {
-                    let mut st = tx.prepare_cached(
-                        "SELECT seq, n, sent, length(data) + 40 FROM journal ORDER BY seq LIMIT 20000",
-                    )?;
-                    let mut rows = st.query([])?;
-                    let mut acc = 0u64;
-                    while let Some(row) = rows.next()? {
-                        cut_seq = Some(row.get::<_, i64>(0)?);
-                        if row.get::<_, i64>(2)? == 0 {
-                            lost_points += row.get::<_, i64>(1)?.max(0) as u64;
-                            lost_rows += 1;
-                        }
-                        acc += row.get::<_, i64>(3)?.max(0) as u64;
-                        if acc >= excess {
-                            break;
-                        }
-                    }
-                }
-                if let Some(cs) = cut_seq {
-                    deleted = tx.execute("DELETE FROM journal WHERE seq <= ?1", [cs])?;
-                    let c = &self.inner.counters;
-                    c.dropped_unsent.fetch_add(lost_points, Ordering::Relaxed);
-                    let _ = c
-                        .outbox
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                            Some(v.saturating_sub(lost_rows))
-                        });
-                    if lost_points > 0 {
-                        tracing::error!(
-                            dropped_points = lost_points,
-                            dropped_messages = lost_rows,
-                            up_to_seq = cs,
-                            max_size = max,
-                            "database over max_size with no history left: oldest UNSENT data dropped"
-                        );
-                    }
-                    // Uncompacted rows may be gone: recount the backlog lazily.
-                    for b in self.backlog.values_mut() {
-                        b.points = b.points.max(1);
-                    }
-                }
-            }
-            tx.commit()?;
-            self.shrink()?;
-            if deleted == 0 {
-                break;
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
