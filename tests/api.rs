@@ -655,7 +655,7 @@ async fn writes_need_the_token_when_one_is_configured() {
     // A reload re-reads the token file.
     std::fs::write(&token_path, "rotated\n").unwrap();
     let config = modbridge::config::load(&gw.config_path).unwrap();
-    gw.gateway.reload(config).unwrap();
+    gw.gateway.reload(config).await.unwrap();
     put(&[("Authorization", "Bearer s3cret-token")])
         .await
         .assert_error(401);
@@ -665,7 +665,7 @@ async fn writes_need_the_token_when_one_is_configured() {
     // A reload whose token file cannot be read keeps the token in force.
     std::fs::remove_file(&token_path).unwrap();
     let config = modbridge::config::load(&gw.config_path).unwrap();
-    gw.gateway.reload(config).unwrap();
+    gw.gateway.reload(config).await.unwrap();
     put(&[]).await.assert_error(401);
     put(&[("Authorization", "Bearer rotated")])
         .await

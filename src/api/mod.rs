@@ -3,8 +3,9 @@
 //! - [`Server`]: binds `[api] listen` (reads the token file first), then
 //!   [`Server::serve`] answers until its cancellation token fires. It runs on
 //!   the daemon's runtime; everything that touches SQLite (history, trends,
-//!   events, config requests) runs on the blocking pool, so a slow query never
-//!   delays polling.
+//!   events, config requests) is an `async fn` of the store or the ledger
+//!   whose SQL runs on their own threads, so a slow query never delays
+//!   polling; history answers are streamed (`stream`) as they are read.
 //! - `routes`: hosts, items, history, trends, config requests, events,
 //!   acknowledgements, triggers; `health`: `/health` and `/metrics`;
 //!   `auth`: the bearer token; `error`: every error answer is
@@ -27,6 +28,7 @@ mod limit;
 mod page;
 mod params;
 mod routes;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

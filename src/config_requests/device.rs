@@ -113,7 +113,7 @@ async fn carry_out(
         },
     };
     if !p.written {
-        if let Err(e) = requests.mark_written(host, &p.key, p.rid) {
+        if let Err(e) = requests.mark_written(host, &p.key, p.rid).await {
             return Attempt::Unreachable(format!("cannot record the attempt: {e}"));
         }
     }
@@ -239,7 +239,7 @@ impl HostConfigRequests {
                     ),
                     None => "expired before it could be carried out".to_string(),
                 };
-                self.end(&p, Status::Failed, Some(reason));
+                self.end(&p, Status::Failed, Some(reason)).await;
                 continue;
             }
             if self.retry_at.is_some_and(|at| at > Instant::now()) {
@@ -250,7 +250,7 @@ impl HostConfigRequests {
                 .iter()
                 .position(|i| i.key == p.key && i.configurable)
             else {
-                self.end(&p, Status::Failed, Some(REMOVED.into()));
+                self.end(&p, Status::Failed, Some(REMOVED.into())).await;
                 continue;
             };
             let item = &host.items[index];
@@ -263,11 +263,11 @@ impl HostConfigRequests {
                         value,
                         clock: unix_ms() / 1000,
                     });
-                    self.end(&p, Status::Success, None);
+                    self.end(&p, Status::Success, None).await;
                 }
                 Attempt::Failed(reason) => {
                     self.answered();
-                    self.end(&p, Status::Failed, Some(reason));
+                    self.end(&p, Status::Failed, Some(reason)).await;
                 }
                 Attempt::Unreachable(error) => {
                     let wait = self.backoff.fail();
@@ -293,10 +293,11 @@ impl HostConfigRequests {
         self.last_error = None;
     }
 
-    fn end(&mut self, p: &PendingRequest, status: Status, reason: Option<String>) {
+    async fn end(&mut self, p: &PendingRequest, status: Status, reason: Option<String>) {
         if let Err(e) = self
             .requests
             .finish(&self.host, &p.key, p.rid, status, reason)
+            .await
         {
             // Stays pending; retried after the backoff so that a broken
             // database does not make the task spin.

@@ -63,8 +63,8 @@ fn s(item: ItemId, clock: i64, value: f64) -> Sample {
     Sample { item, clock, value }
 }
 
-#[test]
-fn store_history_without_deadband_every_sample() {
+#[tokio::test]
+async fn store_history_without_deadband_every_sample() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 2, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -76,26 +76,29 @@ fn store_history_without_deadband_every_sample() {
         store.push(&[s(a, t0 + i, 5.0), s(b, t0 + i, i as f64 * 0.5)]);
     }
     store.flush().unwrap();
-    let h = store.history(a, t0, t0 + 1000, None).unwrap();
+    let h = store.history(a, t0, t0 + 1000, None).await.unwrap();
     assert_eq!(h.len(), 100);
     assert!(h
         .iter()
         .enumerate()
         .all(|(i, p)| *p == (t0 + i as i64, 5.0)));
-    let h = store.history(b, t0 + 10, t0 + 19, None).unwrap();
+    let h = store.history(b, t0 + 10, t0 + 19, None).await.unwrap();
     assert_eq!(
         h,
         (10..20)
             .map(|i| (t0 + i, i as f64 * 0.5))
             .collect::<Vec<_>>()
     );
-    let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
+    let h = store.history(b, t0, t0 + 1000, Some(3)).await.unwrap();
     assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
     assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
     // Out-of-order and duplicate clocks are not history points.
     store.push(&[s(a, t0 + 50, 1.0), s(a, t0 + 99, 2.0)]);
     store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 1000, None).unwrap().len(), 100);
+    assert_eq!(
+        store.history(a, t0, t0 + 1000, None).await.unwrap().len(),
+        100
+    );
     let st = store.stats();
     assert_eq!(st.samples_received, 202);
     assert_eq!(st.history_points, 200);
@@ -105,8 +108,8 @@ fn store_history_without_deadband_every_sample() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_deadband_and_heartbeat() {
+#[tokio::test]
+async fn store_deadband_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 3, false);
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
@@ -131,21 +134,21 @@ fn store_deadband_and_heartbeat() {
         store.push(&[s(db, c, *v), s(dbhb, c, *v), s(none, c, *v)]);
     }
     store.flush().unwrap();
-    let h = store.history(db, t0, t0 + 100, None).unwrap();
+    let h = store.history(db, t0, t0 + 100, None).await.unwrap();
     // first; 20.5 (>= 0.5 from 20.0); 19.9 (0.6 from 20.5); 20.0 is only 0.1 from 19.9.
     assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9)]);
-    let h = store.history(dbhb, t0, t0 + 100, None).unwrap();
+    let h = store.history(dbhb, t0, t0 + 100, None).await.unwrap();
     // ... plus heartbeats 10 s after the last point: t0+15.
     assert_eq!(
         h,
         vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9), (t0 + 15, 20.0)]
     );
     assert_eq!(
-        store.history(none, t0, t0 + 100, None).unwrap().len(),
+        store.history(none, t0, t0 + 100, None).await.unwrap().len(),
         vals.len()
     );
     // Trends see every sample, also the suppressed ones.
-    let tr = store.trend(db, t0, t0 + 100).unwrap();
+    let tr = store.trend(db, t0, t0 + 100).await.unwrap();
     assert_eq!(tr.len(), 1);
     assert_eq!(tr[0].1.num, vals.len() as u64);
     assert_eq!(tr[0].1.min, 19.9);
@@ -153,8 +156,8 @@ fn store_deadband_and_heartbeat() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_trends_over_hours_including_current() {
+#[tokio::test]
+async fn store_trends_over_hours_including_current() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
     let o = StoreOptions {
@@ -174,7 +177,7 @@ fn store_trends_over_hours_including_current() {
         store.push(&[s(a, h0 + 3 * 3600 + m * 60, 100.0 + m as f64)]);
     }
     store.flush().unwrap();
-    let tr = store.trend(a, h0 + 100, h0 + 4 * 3600).unwrap();
+    let tr = store.trend(a, h0 + 100, h0 + 4 * 3600).await.unwrap();
     assert_eq!(tr.len(), 4, "{tr:?}");
     for (i, (hour, b)) in tr.iter().take(3).enumerate() {
         assert_eq!(*hour, h0 + i as i64 * 3600);
@@ -186,22 +189,22 @@ fn store_trends_over_hours_including_current() {
         (10, 100.0, 104.5, 109.0)
     );
     // A range that excludes hours.
-    let tr = store.trend(a, h0 + 3600, h0 + 3600).unwrap();
+    let tr = store.trend(a, h0 + 3600, h0 + 3600).await.unwrap();
     assert_eq!(tr.len(), 1);
     assert_eq!(tr[0].0, h0 + 3600);
     // A late sample for a closed hour is merged into it (visible once written out).
     store.push(&[s(a, h0 + 30, 1000.0)]);
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
-    let tr = store.trend(a, h0, h0 + 4 * 3600).unwrap();
+    let tr = store.trend(a, h0, h0 + 4 * 3600).await.unwrap();
     assert_eq!(tr[0].1.num, 61);
     assert_eq!(tr[0].1.max, 1000.0);
     assert_eq!(tr[3].1.num, 10);
     store.close().unwrap();
 }
 
-#[test]
-fn store_restart_continuity() {
+#[tokio::test]
+async fn store_restart_continuity() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2, 3, true);
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
@@ -215,6 +218,7 @@ fn store_restart_continuity() {
     store.flush().unwrap();
     let seqs1: Vec<u64> = store
         .outbox_after(0, 100)
+        .await
         .unwrap()
         .iter()
         .map(|m| m.seq)
@@ -238,39 +242,46 @@ fn store_restart_continuity() {
     assert!(!id1.concat().contains(&id2[0][0]));
     assert_eq!(store.latest(a).unwrap(), Some((t0, 10.0)));
     assert_eq!(
-        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        store.history(a, t0 - 10, t0 + 10, None).await.unwrap(),
         vec![(t0, 10.0)]
     );
     // Deadband state survived: 10.9 is within 1.0 of 10.0; 11.0 is not.
     store.push(&[s(a, t0 + 2, 10.9), s(a, t0 + 3, 11.0)]);
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        store.history(a, t0 - 10, t0 + 10, None).await.unwrap(),
         vec![(t0, 10.0), (t0 + 3, 11.0)]
     );
     // Trend of the current hour continues.
-    let tr = store.trend(a, t0 - 3600, t0 + 3600).unwrap();
+    let tr = store.trend(a, t0 - 3600, t0 + 3600).await.unwrap();
     let total: u64 = tr.iter().map(|b| b.1.num).sum();
     assert_eq!(total, 4);
     // seq keeps increasing, also after the old rows are sent and deleted.
     store.mark_sent(&seqs1).unwrap();
     store.maintain().unwrap();
-    let m = store.outbox_after(0, 100).unwrap();
+    let m = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(m.len(), 1);
     assert!(m[0].seq > *seqs1.iter().max().unwrap());
     store.close().unwrap();
     let store = Store::open_with(&cfg2, opts()).unwrap();
     store.push(&[s(a, t0 + 20, 99.0)]);
     store.flush().unwrap();
-    let m2 = store.outbox_after(0, 100).unwrap();
+    let m2 = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(m2.len(), 2);
     assert!(m2[1].seq > m[0].seq);
-    assert_eq!(store.history(a, t0 - 10, t0 + 100, None).unwrap().len(), 3);
+    assert_eq!(
+        store
+            .history(a, t0 - 10, t0 + 100, None)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     store.close().unwrap();
 }
 
-#[test]
-fn store_outbox_split_order_and_compaction() {
+#[tokio::test]
+async fn store_outbox_split_order_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 2, 3, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -292,7 +303,7 @@ fn store_outbox_split_order_and_compaction() {
     store.flush().unwrap();
     assert!(rx.has_changed().unwrap());
     assert!(*rx.borrow_and_update() > before);
-    let msgs = store.outbox_after(0, 100).unwrap();
+    let msgs = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(
         msgs.len(),
         4,
@@ -330,15 +341,15 @@ fn store_outbox_split_order_and_compaction() {
         (t0 + 3, -3.0)
     );
     // Paging.
-    let first = store.outbox_after(0, 2).unwrap();
+    let first = store.outbox_after(0, 2).await.unwrap();
     assert_eq!(first.len(), 2);
-    let rest = store.outbox_after(first[1].seq, 10).unwrap();
+    let rest = store.outbox_after(first[1].seq, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].seq, msgs[2].seq);
     // Mark two sent: they disappear from the outbox at once.
     store.mark_sent(&[msgs[0].seq, msgs[1].seq]).unwrap();
     assert_eq!(store.outbox_len(), 2);
-    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.outbox_after(0, 10).await.unwrap().len(), 2);
     // Compaction: sent rows go, unsent stay (compacted); history unchanged.
     store.maintain().unwrap();
     let conn = rusqlite::Connection::open(store.path()).unwrap();
@@ -354,12 +365,12 @@ fn store_outbox_split_order_and_compaction() {
     assert!(chunks >= 4);
     for (hi, host) in id.iter().enumerate() {
         for (ii, &it) in host.iter().enumerate() {
-            let h = store.history(it, t0, t0 + 10_000, None).unwrap();
+            let h = store.history(it, t0, t0 + 10_000, None).await.unwrap();
             let key = (format!("h{hi}"), format!("k{ii}"));
             assert_eq!(&h, per_key.get(&key).unwrap_or(&Vec::new()), "{key:?}");
         }
     }
-    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.outbox_after(0, 10).await.unwrap().len(), 2);
     store.mark_sent(&[msgs[2].seq, msgs[3].seq]).unwrap();
     store.flush().unwrap();
     let rows: i64 = conn
@@ -370,6 +381,7 @@ fn store_outbox_split_order_and_compaction() {
     assert_eq!(
         store
             .history(id[0][2], t0, t0 + 10_000, None)
+            .await
             .unwrap()
             .len(),
         1500
@@ -377,8 +389,8 @@ fn store_outbox_split_order_and_compaction() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_history_spans_chunks_and_journal() {
+#[tokio::test]
+async fn store_history_spans_chunks_and_journal() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 2, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -425,7 +437,10 @@ fn store_history_spans_chunks_and_journal() {
         )
         .unwrap();
     assert!(uncompacted >= 1);
-    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    assert_eq!(
+        store.history(a, t0, t0 + 10_000, None).await.unwrap(),
+        expect
+    );
     // Ranges inside and across boundaries.
     let (lo, hi) = (t0 + 1500, t0 + 3200);
     let want: Vec<_> = expect
@@ -433,19 +448,21 @@ fn store_history_spans_chunks_and_journal() {
         .copied()
         .filter(|p| p.0 >= lo && p.0 <= hi)
         .collect();
-    assert_eq!(store.history(a, lo, hi, None).unwrap(), want);
+    assert_eq!(store.history(a, lo, hi, None).await.unwrap(), want);
     let want_last: Vec<_> = want[want.len() - 7..].to_vec();
-    assert_eq!(store.history(a, lo, hi, Some(7)).unwrap(), want_last);
+    assert_eq!(store.history(a, lo, hi, Some(7)).await.unwrap(), want_last);
     assert_eq!(
-        store.history(a, t0 + 2999, t0 + 3000, None).unwrap(),
+        store.history(a, t0 + 2999, t0 + 3000, None).await.unwrap(),
         expect[2999..=3000].to_vec()
     );
     assert!(store
         .history(a, t0 + 20_000, t0 + 30_000, None)
+        .await
         .unwrap()
         .is_empty());
     assert!(store
         .history(9999, t0, t0 + 30_000, None)
+        .await
         .unwrap()
         .is_empty());
     // Restart: last point restored from the journal, history the same.
@@ -453,12 +470,15 @@ fn store_history_spans_chunks_and_journal() {
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(store.latest(a).unwrap(), expect.last().copied());
     store.maintain().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    assert_eq!(
+        store.history(a, t0, t0 + 10_000, None).await.unwrap(),
+        expect
+    );
     store.close().unwrap();
 }
 
-#[test]
-fn store_retention() {
+#[tokio::test]
+async fn store_retention() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, false);
     cfg.storage.history_retention = Duration::from_secs(86400);
@@ -479,18 +499,18 @@ fn store_retention() {
     // runs again on the next maintain.
     store.maintain().unwrap();
     assert_eq!(
-        store.history(a, 0, n, None).unwrap(),
+        store.history(a, 0, n, None).await.unwrap(),
         vec![(n - 100, 3.0), (n - 50, 4.0)]
     );
-    let tr = store.trend(a, 0, n).unwrap();
+    let tr = store.trend(a, 0, n).await.unwrap();
     let hours: Vec<i64> = tr.iter().map(|t| t.0).collect();
     assert!(!hours.contains(&(ancient - ancient % 3600)), "{hours:?}");
     assert!(hours.contains(&(old - old % 3600)));
     store.close().unwrap();
 }
 
-#[test]
-fn store_max_size_drops_sent_history_first_then_unsent() {
+#[tokio::test]
+async fn store_max_size_drops_sent_history_first_then_unsent() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 200, true);
     cfg.storage.max_size = 1 << 30;
@@ -508,6 +528,7 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     store.maintain().unwrap();
     let all: Vec<u64> = store
         .outbox_after(0, 10_000)
+        .await
         .unwrap()
         .iter()
         .map(|m| m.seq)
@@ -531,7 +552,7 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
 
     // Shrink the cap: history goes, the unsent outbox stays.
     cfg.storage.max_size = big / 3;
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     store.maintain().unwrap();
     let st = store.stats();
     assert!(
@@ -542,18 +563,18 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     );
     assert_eq!(st.dropped_unsent, 0);
     assert_eq!(store.outbox_len(), unsent);
-    let h = store.history(id[0][0], 0, now(), None).unwrap();
+    let h = store.history(id[0][0], 0, now(), None).await.unwrap();
     assert!(h.len() < 1600 && h.len() >= 100, "{}", h.len());
     assert_eq!(h.last().unwrap().0, t0 + 1599, "the newest history stays");
 
     // Far too small: all history, then the oldest unsent messages go, counted.
     cfg.storage.max_size = 150_000;
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     store.maintain().unwrap();
     let st = store.stats();
     assert!(st.dropped_unsent > 0);
     assert!(store.outbox_len() < unsent);
-    let left = store.outbox_after(0, 10_000).unwrap();
+    let left = store.outbox_after(0, 10_000).await.unwrap();
     assert!(!left.is_empty(), "only as much as needed is dropped");
     assert_eq!(
         left.last().unwrap().seq,
@@ -569,8 +590,8 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_commit_failure_keeps_data_and_retries() {
+#[tokio::test]
+async fn store_commit_failure_keeps_data_and_retries() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -588,10 +609,10 @@ fn store_commit_failure_keeps_data_and_retries() {
     blocker.execute_batch("COMMIT").unwrap();
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 2.0), (t0 + 2, 3.0)]
     );
-    let msgs = store.outbox_after(0, 10).unwrap();
+    let msgs = store.outbox_after(0, 10).await.unwrap();
     assert_eq!(
         msgs.len(),
         1,
@@ -601,8 +622,8 @@ fn store_commit_failure_keeps_data_and_retries() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_memory_cap_drops_oldest_when_commits_fail() {
+#[tokio::test]
+async fn store_memory_cap_drops_oldest_when_commits_fail() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let o = StoreOptions {
@@ -625,15 +646,15 @@ fn store_memory_cap_drops_oldest_when_commits_fail() {
     store.flush().unwrap();
     let st = store.stats();
     assert_eq!(st.dropped_unsent, 1400);
-    let h = store.history(a, 0, now(), None).unwrap();
+    let h = store.history(a, 0, now(), None).await.unwrap();
     assert_eq!(h.len(), 1000);
     assert_eq!(h[0].0, t0 + 1400);
     assert_eq!(h.last().unwrap().0, t0 + 2399);
     store.close().unwrap();
 }
 
-#[test]
-fn store_crash_after_flush_keeps_flushed_data() {
+#[tokio::test]
+async fn store_crash_after_flush_keeps_flushed_data() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -646,7 +667,7 @@ fn store_crash_after_flush_keeps_flushed_data() {
     drop(store);
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 2.0)]
     );
     assert_eq!(store.latest(a).unwrap(), Some((t0 + 1, 2.0)));
@@ -659,8 +680,8 @@ fn store_crash_after_flush_keeps_flushed_data() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_reconfigure_adds_items_and_deadbands() {
+#[tokio::test]
+async fn store_reconfigure_adds_items_and_deadbands() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -675,26 +696,26 @@ fn store_reconfigure_adds_items_and_deadbands() {
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
         .extra_mut()
         .deadband = Some(5.0);
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     let b = store.item_id("h0", "k1").unwrap();
     assert_ne!(a, b);
     store.push(&[s(a, t0 + 2, 1.2), s(b, t0 + 2, 7.0), s(a, t0 + 3, 9.0)]);
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 1.1), (t0 + 3, 9.0)]
     );
     assert_eq!(
-        store.history(b, t0, t0 + 10, None).unwrap(),
+        store.history(b, t0, t0 + 10, None).await.unwrap(),
         vec![(t0 + 2, 7.0)]
     );
     // Removing an item: its samples are ignored, its history stays.
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items.remove(0);
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     assert!(store.item_id("h0", "k0").is_none());
     store.push(&[s(a, t0 + 4, 100.0)]);
     store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap().len(), 3);
+    assert_eq!(store.history(a, t0, t0 + 10, None).await.unwrap().len(), 3);
     store.close().unwrap();
 }
 
@@ -772,8 +793,8 @@ fn store_json_message_format() {
     assert_eq!(v["items"]["b"][1][1].as_f64(), Some(1e300));
 }
 
-#[test]
-fn store_writer_wakes_once_per_interval() {
+#[tokio::test]
+async fn store_writer_wakes_once_per_interval() {
     // Pushes do not wake the writer: with a 1 s interval, 2 s of pushes give at most 3 commits.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
@@ -792,14 +813,18 @@ fn store_writer_wakes_once_per_interval() {
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64,
+        store
+            .history(a, t0, t0 + 100_000, None)
+            .await
+            .unwrap()
+            .len() as i64,
         i
     );
     store.close().unwrap();
 }
 
-#[test]
-fn store_messages_split_by_json_size_with_long_keys() {
+#[tokio::test]
+async fn store_messages_split_by_json_size_with_long_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1500, true);
     for (i, it) in std::sync::Arc::make_mut(&mut cfg.hosts[0])
@@ -818,7 +843,7 @@ fn store_messages_split_by_json_size_with_long_keys() {
         .collect();
     store.push(&batch);
     store.flush().unwrap();
-    let msgs = store.outbox_after(0, 100).unwrap();
+    let msgs = store.outbox_after(0, 100).await.unwrap();
     assert!(
         msgs.len() >= 2,
         "split by size although below the point limit"
@@ -835,8 +860,8 @@ fn store_messages_split_by_json_size_with_long_keys() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_history_consistent_during_ingest_and_compaction() {
+#[tokio::test]
+async fn store_history_consistent_during_ingest_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 2, 50, false);
     let o = StoreOptions {
@@ -853,10 +878,15 @@ fn store_history_consistent_during_ingest_and_compaction() {
         let store = store.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let mut last_len = 0;
             let mut queries = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let h = store.history(a, t0, t0 + 100_000, None).unwrap();
+                let h = rt
+                    .block_on(store.history(a, t0, t0 + 100_000, None))
+                    .unwrap();
                 assert!(
                     h.windows(2).all(|w| w[1].0 == w[0].0 + 1),
                     "gap or duplicate"
@@ -889,7 +919,11 @@ fn store_history_consistent_during_ingest_and_compaction() {
     let queries = reader.join().unwrap();
     assert!(queries > 0);
     assert_eq!(
-        store.history(a, t0, t0 + 100_000, None).unwrap().len(),
+        store
+            .history(a, t0, t0 + 100_000, None)
+            .await
+            .unwrap()
+            .len(),
         10_000
     );
     store.close().unwrap();

@@ -115,7 +115,7 @@ impl TestGateway {
             .await
             .expect("bind API");
         let addr = api.local_addr();
-        let gateway = modbridge::gateway::open(config).expect("open");
+        let gateway = modbridge::gateway::open(config).await.expect("open");
         let live = gateway.host("pump").expect("host");
         let mut cycles = live.subscribe();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

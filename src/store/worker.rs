@@ -1,0 +1,63 @@
+//! Connection threads: the one way SQLite work leaves the runtime thread.
+//!
+//! A [`DbThreads`] is one or more OS threads, each owning its own SQLite
+//! connection for its whole life. Callers hand over a job (a closure on the
+//! connection) through a channel and await its result on a oneshot channel, so
+//! an `async fn` of the store or the ledger never touches SQLite, and never
+//! waits on a lock SQLite holds, on the runtime thread. A connection is never
+//! shared: there is no mutex around it. Jobs run in the order they were handed
+//! over (per thread); with several threads, whichever is free takes the next.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+use super::{lock, StoreError};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Threads that each own a connection; cheap to clone (clones share them).
+#[derive(Clone)]
+pub struct DbThreads {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl DbThreads {
+    /// Starts one thread per connection, named `name`. The threads end when
+    /// every clone of the handle is gone (after the jobs already handed over).
+    pub fn spawn(name: &str, conns: Vec<Connection>) -> Result<DbThreads, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for mut conn in conns {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || loop {
+                    // The receiver's lock is held only while waiting for a job.
+                    let job = lock(&rx).recv();
+                    let Ok(job) = job else { break };
+                    if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                        tracing::error!(thread = %std::thread::current().name().unwrap_or("?"), "a database job panicked");
+                    }
+                })?;
+        }
+        Ok(DbThreads { jobs })
+    }
+
+    /// Runs `f` on one of the threads' connections and returns its result.
+    /// Nothing of it runs on the caller's thread.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
