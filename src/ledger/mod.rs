@@ -153,6 +153,17 @@ impl Ledger {
     }
 }
 
+#[cfg(test)]
+impl Ledger {
+    /// `synchronous`, `busy_timeout` and `journal_size_limit` of the
+    /// writing connection, then of the reading one.
+    pub(crate) async fn connection_pragmas(&self) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        let mut all = self.inner.writer.on_each(1, crate::store::pragmas).await?;
+        all.extend(self.inner.reader.on_each(1, crate::store::pragmas).await?);
+        Ok(all)
+    }
+}
+
 /// How long a ledger statement waits for the store's writer to release the database.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -36,6 +36,8 @@ use crate::model::{Config, StorageSpec};
 
 pub use read::{HistoryLimit, OverCap};
 pub use schema::{configure as configure_connection, open_control, open_read, SCHEMA_VERSION};
+#[cfg(test)]
+pub(crate) use schema::pragmas;
 pub(crate) use worker::DbThreads;
 
 /// Threads (each with its own read-only connection) that answer history and
@@ -830,6 +832,16 @@ impl Store {
                 Ok(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// `schema::Pragmas` of every reader connection, then the outbox's.
+    pub(crate) async fn connection_pragmas(&self) -> Result<Vec<schema::Pragmas>, StoreError> {
+        let mut all = self.inner.readers.on_each(READERS, schema::pragmas).await?;
+        all.extend(self.inner.outbox_reader.on_each(1, schema::pragmas).await?);
+        Ok(all)
     }
 }
 

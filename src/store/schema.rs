@@ -157,6 +157,24 @@ pub fn configure(conn: &Connection, busy: Duration, cache_kib: i64) -> rusqlite:
     conn.pragma_update(None, "cache_size", -cache_kib)
 }
 
+/// A connection's `synchronous`, `busy_timeout` (ms) and `journal_size_limit`.
+#[cfg(test)]
+pub type Pragmas = (i64, i64, i64);
+
+/// The settings [`configure`] makes, as the connection reports them.
+#[cfg(test)]
+pub fn pragmas(conn: &Connection) -> Pragmas {
+    let get = |name: &str| {
+        conn.pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    (
+        get("synchronous"),
+        get("busy_timeout"),
+        get("journal_size_limit"),
+    )
+}
+
 /// A read-write connection that does not migrate (the store has done that):
 /// for the ledger and for registering the items of a reloaded config.
 pub fn open_control(path: &Path, busy: Duration, cache_kib: i64) -> Result<Connection, StoreError> {

@@ -747,8 +747,8 @@ fn store_open_errors_are_clear() {
     assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
 }
 
-#[test]
-fn store_schema_and_pragmas() {
+#[tokio::test]
+async fn store_schema_and_pragmas() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -765,6 +765,26 @@ fn store_schema_and_pragmas() {
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
     assert_eq!(jm, "wal");
+    // Every connection: FULL (2) sync, the busy timeout, the WAL size limit.
+    let limit = schema::JOURNAL_SIZE_LIMIT;
+    let busy = opts().busy_timeout.as_millis() as i64;
+    let expected = |busy_ms: i64| (2, busy_ms, limit);
+    let writer = schema::open_write(store.path(), opts().busy_timeout).unwrap();
+    assert_eq!(schema::pragmas(&writer), expected(busy), "the writer's");
+    let control = schema::open_control(store.path(), Duration::from_secs(10), 256).unwrap();
+    assert_eq!(schema::pragmas(&control), expected(10_000), "reconfigure's");
+    let running = store.connection_pragmas().await.unwrap();
+    assert_eq!(running.len(), super::READERS + 1);
+    for (i, p) in running.iter().enumerate() {
+        assert_eq!(*p, expected(busy), "reader connection {i}");
+    }
+    let ledger = crate::ledger::Ledger::open(store.path(), false).unwrap();
+    let ledger_busy = crate::ledger::BUSY_TIMEOUT.as_millis() as i64;
+    for (i, p) in ledger.connection_pragmas().await.unwrap().iter().enumerate() {
+        assert_eq!(*p, expected(ledger_busy), "ledger connection {i}");
+    }
+    // A plain connection has SQLite's defaults: the checks above can fail.
+    assert_ne!(schema::pragmas(&conn), expected(busy));
     store.close().unwrap();
 }
 

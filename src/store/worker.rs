@@ -60,4 +60,34 @@ impl DbThreads {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Runs `f` once on each of `n` threads (there must be that many), for
+    /// tests that inspect every connection.
+    #[cfg(test)]
+    pub async fn on_each<T: Send + 'static>(
+        &self,
+        n: usize,
+        f: fn(&Connection) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        // Each job waits until all have started: no thread takes two.
+        let all = Arc::new(std::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (all, threads) = (all.clone(), self.clone());
+                tokio::spawn(async move {
+                    threads
+                        .call(move |conn| {
+                            all.wait();
+                            Ok(f(conn))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.map_err(|_| StoreError::Closed)??);
+        }
+        Ok(out)
+    }
 }
