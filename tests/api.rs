@@ -1361,3 +1361,50 @@ async fn a_pending_write_survives_kill_9_and_is_carried_out_after_the_restart() 
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_and_idle_ones_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let idle = Duration::from_secs(1);
+    let gw = TestGateway::start_with("", |api| api.with_limits(2, idle)).await;
+    // Two silent connections take both places...
+    let opened = Instant::now();
+    let mut a = TcpStream::connect(gw.addr).await.expect("connect");
+    let _b = TcpStream::connect(gw.addr).await.expect("connect");
+    // ...so a third one's request waits unanswered (in the listen queue).
+    let mut c = TcpStream::connect(gw.addr).await.expect("connect");
+    c.write_all(b"GET /hosts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 64 * 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf))
+            .await
+            .is_err(),
+        "a connection beyond the limit is not served"
+    );
+    // The silent ones are closed once idle for the timeout, not before...
+    let n = tokio::time::timeout(Duration::from_secs(10), a.read(&mut buf))
+        .await
+        .expect("an idle connection is closed");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "closed without an answer: {n:?}"
+    );
+    let closed_after = opened.elapsed();
+    assert!(
+        closed_after >= idle - Duration::from_millis(100),
+        "closed after {closed_after:?}, before the idle timeout"
+    );
+    // ...which lets the waiting one in.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .expect("served once a place is free")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"host\":\"pump\""), "{answer}");
+    gw.stop().await;
+}

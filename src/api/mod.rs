@@ -86,6 +86,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     token: auth::Tokens,
+    max_connections: usize,
+    idle_timeout: Duration,
 }
 
 impl Server {
@@ -131,7 +133,18 @@ impl Server {
             listener,
             addr,
             token,
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// Other limits than [`MAX_CONNECTIONS`] and [`IDLE_TIMEOUT`] (tests).
+    pub fn with_limits(self, max_connections: usize, idle_timeout: Duration) -> Server {
+        Server {
+            max_connections,
+            idle_timeout,
+            ..self
+        }
     }
 
     /// The address the API listens on (the real port when bound to port 0).
@@ -145,7 +158,7 @@ impl Server {
         self.token.bind_config(&gateway.config());
         let state = State::new(gateway, self.token);
         let app = router(state).into_make_service_with_connect_info::<limit::Peer>();
-        let listener = limit::Limited::new(self.listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
+        let listener = limit::Limited::new(self.listener, self.max_connections, self.idle_timeout);
         tracing::info!(listen = %addr, "HTTP API listening");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled_owned().await })

@@ -92,6 +92,14 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts the device and the gateway; returns after the first poll cycle.
     pub async fn start(api_extra: &str) -> TestGateway {
+        TestGateway::start_with(api_extra, |api| api).await
+    }
+
+    /// [`TestGateway::start`] with the API server changed by `server` (limits).
+    pub async fn start_with(
+        api_extra: &str,
+        limits: impl FnOnce(modbridge::api::Server) -> modbridge::api::Server,
+    ) -> TestGateway {
         let device = SimDevice::new();
         device.set_register(Table::Input, 0, 215); // 21.5 degC
         device.set_register(Table::Holding, 10, 45);
@@ -111,9 +119,11 @@ impl TestGateway {
         )
         .expect("write config");
         let config = modbridge::config::load(&config_path).expect("valid config");
-        let api = modbridge::api::Server::bind(&config.api)
-            .await
-            .expect("bind API");
+        let api = limits(
+            modbridge::api::Server::bind(&config.api)
+                .await
+                .expect("bind API"),
+        );
         let addr = api.local_addr();
         let gateway = modbridge::gateway::open(config).await.expect("open");
         let live = gateway.host("pump").expect("host");
