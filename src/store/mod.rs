@@ -35,9 +35,9 @@ use rusqlite::{params, Connection};
 use crate::model::{Config, StorageSpec};
 
 pub use read::{HistoryLimit, OverCap};
-pub use schema::{configure as configure_connection, open_control, open_read, SCHEMA_VERSION};
 #[cfg(test)]
 pub(crate) use schema::pragmas;
+pub use schema::{configure as configure_connection, open_control, open_read, SCHEMA_VERSION};
 pub(crate) use worker::DbThreads;
 
 /// Threads (each with its own read-only connection) that answer history and

@@ -389,6 +389,134 @@ async fn store_outbox_split_order_and_compaction() {
     store.close().unwrap();
 }
 
+/// A sink that records how the points came.
+#[derive(Default)]
+struct Recorder {
+    total: Option<usize>,
+    points: Vec<(i64, f64)>,
+    largest_batch: usize,
+    ended: bool,
+}
+
+impl HistorySink for Recorder {
+    fn start(&mut self, total: usize) -> bool {
+        self.total = Some(total);
+        true
+    }
+    fn points(&mut self, points: &[(i64, f64)]) -> bool {
+        self.largest_batch = self.largest_batch.max(points.len());
+        self.points.extend_from_slice(points);
+        true
+    }
+    fn end(&mut self) {
+        self.ended = true;
+    }
+}
+
+#[tokio::test]
+async fn store_history_limit_and_cap_are_applied_while_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let a = id[0][0];
+    let t0 = now() - 30_000;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut all = Vec::new();
+    // Compacted chunks (with gaps between clocks), then an uncompacted tail.
+    for round in 0..5 {
+        let mut batch = Vec::new();
+        // Rounds apart: clocks ascend from one to the next.
+        let mut c = t0 + round * 5000;
+        for _ in 0..2000 {
+            c += rng.i64(1..3);
+            let v = rng.f64();
+            batch.push(s(a, c, v));
+            batch.push(s(id[0][1], c, v));
+            all.push((c, v));
+        }
+        store.push(&batch);
+        if round < 4 {
+            store.maintain().unwrap();
+        } else {
+            store.flush().unwrap();
+        }
+    }
+    let last = all.last().unwrap().0;
+    for _ in 0..200 {
+        let from = t0 + rng.i64(-100..26_000);
+        let to = from + rng.i64(0..26_000);
+        let limit = match rng.u8(0..4) {
+            0 => None,
+            1 => Some(rng.usize(1..20)),
+            _ => Some(rng.usize(1..9000)),
+        };
+        let mut want: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|p| p.0 >= from && p.0 <= to)
+            .collect();
+        if let Some(l) = limit {
+            want.drain(..want.len().saturating_sub(l));
+        }
+        let got = store.history(a, from, to, limit).await.unwrap();
+        assert_eq!(got.len(), want.len(), "{from}..{to} limit {limit:?}");
+        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert_eq!(
+            first_wrong,
+            None,
+            "{from}..{to} limit {limit:?}: {:?}",
+            first_wrong.map(|i| (
+                &got[i.saturating_sub(2)..(i + 2).min(got.len())],
+                &want[i.saturating_sub(2)..(i + 2).min(want.len())]
+            ))
+        );
+    }
+    // Streamed: the size first, then batches, the newest `limit` ascending.
+    let limit = HistoryLimit {
+        newest: Some(9000),
+        cap: Some(9000),
+    };
+    let (n, r) = store
+        .history_with(a, t0, last, limit, Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(n, Ok(9000));
+    assert_eq!(r.total, Some(9000));
+    assert!(r.ended);
+    assert!(r.largest_batch <= 4096, "{}", r.largest_batch);
+    assert_eq!(r.points, all[all.len() - 9000..].to_vec());
+    // Over the cap: refused before anything is read out.
+    for newest in [None, Some(9001)] {
+        let limit = HistoryLimit {
+            newest,
+            cap: Some(9000),
+        };
+        let (n, r) = store
+            .history_with(a, t0, last, limit, Recorder::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(n, Err(OverCap { at_least }) if at_least > 9000),
+            "{newest:?}: {n:?}"
+        );
+        assert_eq!(r.total, None);
+        assert!(r.points.is_empty());
+    }
+    // Exactly at the cap, and under it without a limit.
+    let tail_from = all[all.len() - 9000].0;
+    let limit = HistoryLimit {
+        newest: None,
+        cap: Some(9000),
+    };
+    let (n, _) = store
+        .history_with(a, tail_from, last, limit, Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(n, Ok(9000));
+    store.close().unwrap();
+}
+
 #[tokio::test]
 async fn store_history_spans_chunks_and_journal() {
     let dir = tempfile::tempdir().unwrap();
@@ -780,7 +908,13 @@ async fn store_schema_and_pragmas() {
     }
     let ledger = crate::ledger::Ledger::open(store.path(), false).unwrap();
     let ledger_busy = crate::ledger::BUSY_TIMEOUT.as_millis() as i64;
-    for (i, p) in ledger.connection_pragmas().await.unwrap().iter().enumerate() {
+    for (i, p) in ledger
+        .connection_pragmas()
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         assert_eq!(*p, expected(ledger_busy), "ledger connection {i}");
     }
     // A plain connection has SQLite's defaults: the checks above can fail.
