@@ -1408,3 +1408,55 @@ async fn connections_beyond_the_limit_wait_and_idle_ones_are_closed() {
     assert!(answer.contains("\"host\":\"pump\""), "{answer}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_history_over_the_cap_is_refused_and_a_limit_streams_the_newest() {
+    let gw = TestGateway::start("").await;
+    let store = &gw.gateway.store;
+    let id = store.item_id("pump", "broken").expect("id");
+    let end = modbridge::clock::unix_now() - 3600;
+    let start = end - 200_000;
+    let samples: Vec<_> = (start..=end)
+        .map(|clock| modbridge::store::Sample {
+            item: id,
+            clock,
+            value: (clock - start) as f64,
+        })
+        .collect();
+    store.push(&samples);
+    store.maintain().expect("committed and compacted");
+    let range = format!("from={start}&to={end}");
+    // 200,001 points: more than one answer carries.
+    let r = gw
+        .get(&format!("/hosts/pump/items/broken/history?{range}"))
+        .await;
+    r.assert_error(422);
+    assert!(r.body.contains("more than 200000 points"), "{}", r.body);
+    let r = gw
+        .get(&format!(
+            "/hosts/pump/items/broken/history?{range}&limit=200001"
+        ))
+        .await;
+    r.assert_error(422);
+    // The cap itself, newest first kept, ascending.
+    let r = gw
+        .get(&format!(
+            "/hosts/pump/items/broken/history?{range}&limit=200000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(200)]);
+    let points: Vec<(i64, f64)> = serde_json::from_str(&r.body).expect("points");
+    assert_eq!(points.len(), 200_000);
+    assert_eq!(points[0], (start + 1, 1.0));
+    assert_eq!(points[199_999], (end, 200_000.0));
+    let r = gw
+        .get(&format!("/hosts/pump/items/broken/history?{range}&limit=3"))
+        .await;
+    assert_eq!(r.status, 200);
+    let points: Vec<(i64, f64)> = serde_json::from_str(&r.body).expect("points");
+    assert_eq!(
+        points,
+        vec![(end - 2, 199_998.0), (end - 1, 199_999.0), (end, 200_000.0)]
+    );
+    gw.stop().await;
+}
