@@ -12,7 +12,7 @@
 //!   windows and `nodata`, if any trigger has them. Clocks are whole seconds,
 //!   so nothing time-dependent changes in between.
 //! - Storage: changes wait in memory until they are stored (one transaction
-//!   per batch, on a blocking thread); a failure is logged and retried every
+//!   per batch, on the ledger's thread); a failure is logged and retried every
 //!   second. A change lost with the process (kill -9 before the commit) is
 //!   seen again at the next start, because the engine resumes from the stored
 //!   states.

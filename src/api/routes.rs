@@ -31,7 +31,7 @@ use crate::wire::{host_object, item_object, ItemObject};
 /// asking for a narrower range or a `limit`.
 pub const MAX_POINTS: usize = 200_000;
 
-/// Runs `f` on the blocking pool (SQLite work must not stall the runtime).
+/// Runs `f` on the blocking pool (large encodings must not stall the runtime).
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
 ) -> Result<T, HttpError> {
