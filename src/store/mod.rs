@@ -356,6 +356,8 @@ pub(crate) struct Inner {
     readers: DbThreads,
     /// The outbox's reads (the uplink never waits behind a history query).
     outbox_reader: DbThreads,
+    /// Outbox messages read ahead of the uplink's cursor.
+    fresh: Mutex<Fresh>,
     counters: Counters,
     commits_tx: tokio::sync::watch::Sender<u64>,
     /// Bumped each time the writer takes the push buffer.
@@ -493,6 +495,7 @@ impl Store {
             live: Mutex::new(live),
             readers,
             outbox_reader,
+            fresh: Mutex::new(Fresh::default()),
             counters: Counters {
                 samples_received: AtomicU64::new(0),
                 history_points: AtomicU64::new(0),
@@ -748,11 +751,27 @@ impl Store {
         after_seq: u64,
         max_messages: usize,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
+        if let Some(msgs) = lock(&self.inner.fresh).take(after_seq, max_messages) {
+            return Ok(msgs);
+        }
         let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
         let inner = self.inner.clone();
         self.inner
             .outbox_reader
-            .call(move |conn| outbox_messages(&inner, conn, after_seq, max_messages, &marks))
+            .call(move |conn| {
+                // Read ahead: the next calls are answered from memory.
+                let commits = lock(&inner.fresh).commits;
+                let want = max_messages.saturating_add(READ_AHEAD);
+                let mut msgs = outbox_messages(&inner, conn, after_seq, want, &marks)?;
+                let full = msgs.len() >= want;
+                let ahead = msgs.split_off(msgs.len().min(max_messages));
+                let last = msgs.last().map_or(after_seq, |m| m.seq);
+                let mut fresh = lock(&inner.fresh);
+                // A commit during the read may have added rows it missed.
+                let more = full || fresh.commits != commits;
+                fresh.reset(last, ahead, more);
+                Ok(msgs)
+            })
             .await
     }
 
@@ -866,6 +885,82 @@ impl HistorySink for Vec<(i64, f64)> {
     fn points(&mut self, points: &[(i64, f64)]) -> bool {
         self.extend_from_slice(points);
         true
+    }
+}
+
+/// Outbox messages read at most ahead of what the uplink asked for.
+const READ_AHEAD: usize = 64;
+
+/// Unsent outbox messages read ahead of the uplink's cursor, so that the
+/// uplink seldom waits for a thread: the outbox reader stashes what it read
+/// beyond a request, and the writer adds the messages of each commit while
+/// the uplink is caught up (before it announces the commit).
+#[derive(Default)]
+pub(crate) struct Fresh {
+    /// `msgs` are the unsent messages right after this seq (None: unknown).
+    after: Option<u64>,
+    msgs: std::collections::VecDeque<OutboxMessage>,
+    /// More unsent messages may follow `msgs` (only a read can tell).
+    more: bool,
+    /// Commits that added outbox messages (to tell a read that raced one).
+    commits: u64,
+}
+
+impl Fresh {
+    /// The answer to `outbox_after(after, max)` if memory holds it.
+    fn take(&mut self, after: u64, max: usize) -> Option<Vec<OutboxMessage>> {
+        if self.after != Some(after) || (self.more && self.msgs.len() < max) {
+            return None;
+        }
+        let n = self.msgs.len().min(max);
+        let msgs: Vec<OutboxMessage> = self.msgs.drain(..n).collect();
+        if let Some(m) = msgs.last() {
+            self.after = Some(m.seq);
+        }
+        Some(msgs)
+    }
+
+    fn reset(&mut self, after: u64, ahead: Vec<OutboxMessage>, more: bool) {
+        self.after = Some(after);
+        self.msgs = ahead.into();
+        self.more = more;
+    }
+
+    /// Where the next commit's messages would go, if memory is complete.
+    fn tail(&self) -> Option<u64> {
+        let after = self.after?;
+        (!self.more).then(|| self.msgs.back().map_or(after, |m| m.seq))
+    }
+}
+
+/// After a commit that added outbox messages, on the writer's thread: reads
+/// them into [`Fresh`] while the uplink is caught up.
+pub(crate) fn prefetch_outbox(inner: &Inner, conn: &Connection) {
+    let (tail, room) = {
+        let mut fresh = lock(&inner.fresh);
+        fresh.commits += 1;
+        let Some(tail) = fresh.tail() else {
+            return;
+        };
+        let room = READ_AHEAD.saturating_sub(fresh.msgs.len());
+        if room == 0 {
+            fresh.more = true;
+            return;
+        }
+        (tail, room)
+    };
+    let marks: HashSet<u64> = lock(&inner.shared).marks.clone();
+    let read = outbox_messages(inner, conn, tail, room, &marks);
+    let mut fresh = lock(&inner.fresh);
+    if fresh.tail() != Some(tail) {
+        return; // the uplink moved meanwhile; its next read starts over
+    }
+    match read {
+        Ok(msgs) => {
+            fresh.more = msgs.len() >= room;
+            fresh.msgs.extend(msgs);
+        }
+        Err(_) => fresh.after = None,
     }
 }
 

@@ -457,6 +457,7 @@ impl Writer {
                 }
                 self.consecutive_failures = 0;
                 if rows > 0 {
+                    super::prefetch_outbox(&self.inner, &self.conn);
                     self.inner.commits_tx.send_modify(|v| *v += 1);
                 }
                 Ok(())
