@@ -751,7 +751,9 @@ impl Store {
         after_seq: u64,
         max_messages: usize,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        if let Some(msgs) = lock(&self.inner.fresh).take(after_seq, max_messages) {
+        let served = lock(&self.inner.fresh).take(after_seq, max_messages);
+        if let Some(msgs) = served {
+            self.read_ahead();
             return Ok(msgs);
         }
         let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
@@ -773,6 +775,52 @@ impl Store {
                 Ok(msgs)
             })
             .await
+    }
+
+    /// While a backlog drains: reads the next messages in the background once
+    /// fewer than three quarters of [`READ_AHEAD`] are left in memory, so the uplink's
+    /// next requests find them there.
+    fn read_ahead(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tail = {
+            let mut fresh = lock(&self.inner.fresh);
+            if !fresh.more || fresh.reading || fresh.msgs.len() >= READ_AHEAD * 3 / 4 {
+                return;
+            }
+            let Some(after) = fresh.after else { return };
+            fresh.reading = true;
+            (fresh.msgs.back().map_or(after, |m| m.seq), fresh.commits)
+        };
+        let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
+        let inner = self.inner.clone();
+        let threads = self.inner.outbox_reader.clone();
+        runtime.spawn(async move {
+            let read = threads
+                .call(move |conn| {
+                    let (from, commits) = tail;
+                    let msgs = outbox_messages(&inner, conn, from, READ_AHEAD, &marks);
+                    let mut fresh = lock(&inner.fresh);
+                    fresh.reading = false;
+                    let same = fresh.after.is_some()
+                        && fresh.msgs.back().map_or(fresh.after, |m| Some(m.seq)) == Some(from);
+                    match msgs {
+                        Ok(msgs) if same => {
+                            fresh.more = msgs.len() >= READ_AHEAD || fresh.commits != commits;
+                            fresh.msgs.extend(msgs);
+                        }
+                        // The uplink started over meanwhile: its next request reads.
+                        Ok(_) => {}
+                        Err(_) => fresh.after = None,
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = read {
+                tracing::debug!(error = %e, "outbox read-ahead failed");
+            }
+        });
     }
 
     /// Marks outbox messages as delivered (after the broker's PUBACK). The marks
@@ -889,7 +937,7 @@ impl HistorySink for Vec<(i64, f64)> {
 }
 
 /// Outbox messages read at most ahead of what the uplink asked for.
-const READ_AHEAD: usize = 64;
+const READ_AHEAD: usize = 256;
 
 /// Unsent outbox messages read ahead of the uplink's cursor, so that the
 /// uplink seldom waits for a thread: the outbox reader stashes what it read
@@ -904,6 +952,8 @@ pub(crate) struct Fresh {
     more: bool,
     /// Commits that added outbox messages (to tell a read that raced one).
     commits: u64,
+    /// A background read is under way.
+    reading: bool,
 }
 
 impl Fresh {
@@ -924,6 +974,8 @@ impl Fresh {
         self.after = Some(after);
         self.msgs = ahead.into();
         self.more = more;
+        // A read-ahead under way now finds its start gone and drops its rows.
+        self.reading = false;
     }
 
     /// Where the next commit's messages would go, if memory is complete.
