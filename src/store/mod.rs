@@ -462,7 +462,8 @@ impl Store {
         let readers = (0..READERS)
             .map(|_| schema::open_read(&path, opts.busy_timeout))
             .collect::<Result<Vec<_>, _>>()?;
-        let readers = DbThreads::spawn("store-read", readers)?;
+        // History answers are bulk work: they yield the CPU to polling.
+        let readers = DbThreads::spawn_with("store-read", readers, worker::Priority::Background)?;
         let outbox_reader = DbThreads::spawn(
             "store-outbox",
             vec![schema::open_read(&path, opts.busy_timeout)?],

@@ -24,22 +24,63 @@ pub struct DbThreads {
     jobs: mpsc::Sender<Job>,
 }
 
+/// How the threads compete for the CPU with the rest of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Normal,
+    /// Bulk work (large history answers): the scheduler prefers everything
+    /// else, so polling and the uplink are not slowed on a small box.
+    Background,
+}
+
+/// The nice value of [`Priority::Background`] threads.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let r = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a reader thread's priority");
+        }
+    }
+}
+
 impl DbThreads {
     /// Starts one thread per connection, named `name`. The threads end when
     /// every clone of the handle is gone (after the jobs already handed over).
     pub fn spawn(name: &str, conns: Vec<Connection>) -> Result<DbThreads, StoreError> {
+        DbThreads::spawn_with(name, conns, Priority::Normal)
+    }
+
+    /// [`DbThreads::spawn`] at a given priority.
+    pub fn spawn_with(
+        name: &str,
+        conns: Vec<Connection>,
+        priority: Priority,
+    ) -> Result<DbThreads, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for mut conn in conns {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(name.to_string())
-                .spawn(move || loop {
-                    // The receiver's lock is held only while waiting for a job.
-                    let job = lock(&rx).recv();
-                    let Ok(job) = job else { break };
-                    if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-                        tracing::error!(thread = %std::thread::current().name().unwrap_or("?"), "a database job panicked");
+                .spawn(move || {
+                    if priority == Priority::Background {
+                        lower_priority();
+                    }
+                    loop {
+                        // The receiver's lock is held only while waiting for a job.
+                        let job = lock(&rx).recv();
+                        let Ok(job) = job else { break };
+                        if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                            tracing::error!(thread = %std::thread::current().name().unwrap_or("?"), "a database job panicked");
+                        }
                     }
                 })?;
         }
