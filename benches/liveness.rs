@@ -45,12 +45,13 @@ fn main() {
             clients.bad_config_requests.len(),
         );
         println!(
-            "poll lateness during the load: {} polls, p99 <= {} ms, max <= {} ms (histogram bucket bounds), {} later than 50 ms; largest since start-up {:.1} ms (targets p99 <= 50 ms, max <= 200 ms)",
+            "poll lateness during the load: {} polls, p99 <= {} ms, max <= {} ms (histogram bucket bounds), {} later than 50 ms; largest since start-up {:.1} ms (host {}) (targets p99 <= 50 ms, max <= 200 ms)",
             during.polls,
             during.quantile_bound(0.99) * 1000.0,
             during.quantile_bound(1.0) * 1000.0,
             during.later_than(0.05),
             during.max_seconds * 1000.0,
+            during.latest_host,
         );
         println!(
             "rss: {:.1} MiB before, {:.1} MiB at most during the load: growth {:.1} MiB (target <= 20 MiB)",

@@ -290,6 +290,8 @@ pub struct Lateness {
     /// (upper bound, polls at most that late), ascending.
     pub buckets: Vec<(f64, u64)>,
     pub max_seconds: f64,
+    /// The host with the largest lateness since start-up.
+    pub latest_host: String,
 }
 
 impl Lateness {
@@ -303,7 +305,10 @@ impl Lateness {
             if name.starts_with("modbridge_poll_lateness_seconds_count") {
                 l.polls += value as u64;
             } else if name.starts_with("modbridge_poll_lateness_max_seconds") {
-                l.max_seconds = l.max_seconds.max(value);
+                if value > l.max_seconds || l.latest_host.is_empty() {
+                    l.max_seconds = value;
+                    l.latest_host = name.split('"').nth(1).unwrap_or("").to_string();
+                }
             } else if let Some(rest) = name.strip_prefix("modbridge_poll_lateness_seconds_bucket") {
                 let Some(le) = rest.split("le=\"").nth(1).and_then(|s| s.split('"').next()) else {
                     continue;
@@ -340,6 +345,7 @@ impl Lateness {
                 })
                 .collect(),
             max_seconds: self.max_seconds,
+            latest_host: self.latest_host.clone(),
         }
     }
 
