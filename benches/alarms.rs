@@ -377,7 +377,9 @@ async fn measure(
     for d in devices {
         d.faults(|f| f.exception_at.clear());
     }
-    let gateway = modbridge::gateway::open(config).expect("open the gateway");
+    let gateway = modbridge::gateway::open(config)
+        .await
+        .expect("open the gateway");
     let stop = CancellationToken::new();
     let driver = tokio::spawn(drive(devices.to_vec(), stop.clone()));
     let until = stop.clone();

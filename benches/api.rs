@@ -68,7 +68,7 @@ unit = "degC"
         .await
         .expect("api");
     let addr = api.local_addr();
-    let gateway = modbridge::gateway::open(config).expect("open");
+    let gateway = modbridge::gateway::open(config).await.expect("open");
 
     // History: one point a second for `days` days, ending a minute ago.
     let id = gateway.store.item_id("pump", "temp").expect("id");

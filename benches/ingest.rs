@@ -123,8 +123,10 @@ fn run(name: &str, items: usize, clocks: i64, random: bool, compact_every: Optio
     let points = store.stats().history_points;
     assert_eq!(points, total, "{name}: every sample is a history point");
     // Spot check.
-    let h = store
-        .history(ids[0], t0, t0 + clocks, None)
+    let h = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(store.history(ids[0], t0, t0 + clocks, None))
         .expect("history");
     assert_eq!(h.len() as i64, clocks);
     store.close().expect("close");

@@ -93,7 +93,7 @@ async fn start(
     tokio::task::JoinHandle<Result<(), modbridge::daemon::DaemonError>>,
 ) {
     let config = modbridge::config::load(path).expect("config");
-    let gateway = modbridge::gateway::open(config).expect("open");
+    let gateway = modbridge::gateway::open(config).await.expect("open");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(modbridge::daemon::run_gateway(gateway.clone(), async {
         let _ = rx.await;

@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hup = hangup_signals();
     // The API's port and token file are checked before anything else starts.
     let api = crate::api::Server::bind(&config.api).await?;
-    let gateway = crate::gateway::open(config)?;
+    let gateway = crate::gateway::open(config).await?;
     let reloader = gateway.clone();
     let hangups = async move {
         let Some(mut hup) = hup else {
@@ -46,7 +46,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         while hup.recv().await.is_some() {
             crate::notify::reloading();
-            crate::notify::reloaded(reload_from_file(&reloader, &path));
+            crate::notify::reloaded(reload_from_file(&reloader, &path).await);
         }
     };
     let run = run_gateway_with_api(gateway, Some(api), shutdown);
@@ -62,7 +62,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// to SIGHUP: it decides whether a live reload can take the file (a moved
 /// `data_dir` needs a restart) and reports the verdict in the journal; the
 /// reload itself is [`Gateway::reload`].
-pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
+pub async fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
     tracing::info!(path = %path.display(), "reloading config");
     match crate::remote::load_effective(path) {
         Ok(config) => {
@@ -72,7 +72,7 @@ pub fn reload_from_file(gateway: &Gateway, path: &std::path::Path) -> bool {
                 );
                 return false;
             }
-            match gateway.reload(config) {
+            match gateway.reload(config).await {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, "reload failed; the old config keeps running");
@@ -254,7 +254,7 @@ pub async fn run_gateway_with_api(
     };
     sync_hosts(&mut tasks);
     start_proxies(&gateway, &buses, &cancel, &tracker).await;
-    let remote = crate::remote::Remote::open(&gateway);
+    let remote = crate::remote::Remote::open(&gateway).await;
     tracker.spawn(remote.clone().run(cancel.clone()));
     let mqtt = crate::mqtt::spawn(gateway.clone(), remote.clone(), gateway.reloads());
     tracker.spawn(crate::alarm::run(

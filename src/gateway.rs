@@ -60,8 +60,8 @@ impl Gateway {
     /// are restarted, new ones started, removed ones stopped; the others keep
     /// polling undisturbed (and keep their live state). Pending writes, events
     /// and the outbox are untouched. The caller has validated `config`.
-    pub fn reload(&self, config: Config) -> Result<(), StoreError> {
-        self.store.reconfigure(&config)?;
+    pub async fn reload(&self, config: Config) -> Result<(), StoreError> {
+        self.store.reconfigure(&config).await?;
         self.ledger.set_uplink(config.mqtt.is_some());
         let old = self.running();
         let mut hosts = BTreeMap::new();
@@ -79,8 +79,8 @@ impl Gateway {
             config: config.clone(),
             hosts,
         });
-        self.alarms.reconfigure();
-        if let Err(e) = self.writes.set_config(config) {
+        self.alarms.reconfigure().await;
+        if let Err(e) = self.writes.set_config(config).await {
             tracing::error!(error = %e, "cannot fail the config requests of removed items");
         }
         self.reloads.send_modify(|n| *n += 1);
@@ -108,9 +108,15 @@ fn live_state(store: &Store, host: &HostSpec) -> HostLiveHandle {
 }
 
 /// Opens the store and the ledger and builds the live state.
-pub fn open(config: Config) -> Result<Gateway, StoreError> {
-    let store = Store::open(&config)?;
-    let ledger = Ledger::open(store.path(), config.mqtt.is_some())?;
+pub async fn open(config: Config) -> Result<Gateway, StoreError> {
+    // Opening runs SQLite (schema, item registration): not on the runtime thread.
+    let (store, ledger, config) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&config)?;
+        let ledger = Ledger::open(store.path(), config.mqtt.is_some())?;
+        Ok::<_, StoreError>((store, ledger, config))
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
     let hosts = config
         .hosts
         .iter()
@@ -122,8 +128,8 @@ pub fn open(config: Config) -> Result<Gateway, StoreError> {
         hosts,
     });
     Ok(Gateway {
-        writes: ConfigRequests::open(ledger.clone(), config.clone())?,
-        alarms: Alarms::new(ledger.clone(), running.clone())?,
+        writes: ConfigRequests::open(ledger.clone(), config.clone()).await?,
+        alarms: Alarms::new(ledger.clone(), running.clone()).await?,
         mqtt: MqttStatus::new(),
         proxies: crate::proxy::ProxyStatus::new(),
         store,

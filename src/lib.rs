@@ -18,10 +18,13 @@
 //! - [`modbus`]: the field side. One link per TCP host, one shared bus per serial port;
 //!   every request has a timeout; a failed transport is dropped and rebuilt with backoff.
 //! - [`decode`]: pure. Registers <-> engineering values, every type and byte order.
-//! - [`store`]: SQLite on its own thread: history, hourly trends, the outbox; batched commits;
-//!   retention, the `max_size` cap and a full disk; no sample dropped for its clock.
+//! - [`store`]: SQLite on its own threads: history, hourly trends, the outbox; batched
+//!   commits; queries are `async fn`s answered by reader threads (history limited and
+//!   capped while it is read); retention, the `max_size` cap and a full disk; no sample
+//!   dropped for its clock.
 //! - [`ledger`]: the control tables in the same database (config requests, alarms,
-//!   the uplink queue): every statement on them, next to their schema.
+//!   the uplink queue): every statement on them, next to their schema, run on the
+//!   ledger's own threads behind `async fn`s.
 //! - [`wire`]: every outgoing JSON shape (hosts, items, data, config statuses, events, triggers).
 //! - [`config_requests`]: writes of settings: request parsing, value checks, the service, the device side.
 //! - [`poll`]: one task per host: schedule (pure), read and narrow exceptions, live state, the task loop.

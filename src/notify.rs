@@ -533,8 +533,8 @@ address = 0
         assert_eq!(host_stall_limit(&c.hosts[2], &c), Duration::from_secs(61));
     }
 
-    #[test]
-    fn a_host_without_progress_and_a_quiet_writer_are_stalled() {
+    #[tokio::test]
+    async fn a_host_without_progress_and_a_quiet_writer_are_stalled() {
         let dir = tempfile::tempdir().unwrap();
         let c = config(&format!(
             r#"
@@ -557,7 +557,7 @@ address = 0
         let store_limit = store_stall_limit(&c);
         assert_eq!(host_limit, Duration::from_secs(34));
         // No host task runs here, so the cycle counter never moves.
-        let gateway = crate::gateway::open(c).unwrap();
+        let gateway = crate::gateway::open(c).await.unwrap();
         let mut health = Health::default();
         let t0 = Instant::now();
         let first = health.check(&gateway, t0);

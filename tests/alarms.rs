@@ -109,15 +109,20 @@ impl Running {
             .value
     }
 
-    fn events(&self) -> Vec<EventObject> {
+    async fn events(&self) -> Vec<EventObject> {
         self.gateway
             .alarms
             .events(&EventFilter::default())
+            .await
             .expect("events")
     }
 
-    fn uplink(&self) -> Vec<UplinkMessage> {
-        self.gateway.ledger.uplink_after(0, 1000).expect("uplink")
+    async fn uplink(&self) -> Vec<UplinkMessage> {
+        self.gateway
+            .ledger
+            .uplink_after(0, 1000)
+            .await
+            .expect("uplink")
     }
 
     /// Waits until `ok` holds, polling with a deadline.
@@ -128,7 +133,7 @@ impl Running {
                 tokio::time::Instant::now() < deadline,
                 "timed out waiting for {what}; triggers {:?}, events {:?}",
                 self.gateway.alarms.triggers(),
-                self.events()
+                self.events().await
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -190,19 +195,19 @@ expression = "last(/boiler/temp) > 80"
 #[tokio::test]
 async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() {
     let rig = Rig::new(OVERHEAT).await;
-    let gw = Running::start(rig.config());
-    let initial = last_trigger_message(&gw.uplink(), 1);
+    let gw = Running::start(rig.config()).await;
+    let initial = last_trigger_message(&gw.uplink().await, 1);
     assert_eq!(initial["value"], "OK");
     assert_eq!(initial["lastchange"], serde_json::Value::Null);
     gw.settle(20.0, 2).await;
-    assert!(gw.events().is_empty());
+    assert!(gw.events().await.is_empty());
     assert_eq!(gw.value(1), "OK");
 
     rig.set_temp(95);
     gw.until("problem", |g| g.value(1) == "problem").await;
     gw.settle(95.0, 4).await;
 
-    let events = gw.events();
+    let events = gw.events().await;
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert!(e.eventid > 0);
@@ -216,7 +221,7 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
     assert_eq!(json["acknowledgements"], serde_json::json!([]));
     assert!((e.clock - modbridge::clock::unix_now()).abs() < 30);
     assert_eq!(
-        gw.gateway.alarms.event(e.eventid).expect("read"),
+        gw.gateway.alarms.event(e.eventid).await.expect("read"),
         Some(e.clone())
     );
 
@@ -230,7 +235,7 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
     assert!(trigger["hosts"][0].get("items").is_none());
     assert!(trigger["hosts"][0]["lastclock"].is_i64());
 
-    let msgs = gw.uplink();
+    let msgs = gw.uplink().await;
     let sent = events_of(&msgs);
     assert_eq!(
         sent,
@@ -251,26 +256,29 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
 
     // Filters: by host/key/clock.
     let alarms = &gw.gateway.alarms;
-    let by = |f: EventFilter| alarms.events(&f).expect("events").len();
+    let by = |f: EventFilter| async move { alarms.events(&f).await.expect("events").len() };
     assert_eq!(
         by(EventFilter {
             host: Some("boiler".into()),
             ..Default::default()
-        }),
+        })
+        .await,
         1
     );
     assert_eq!(
         by(EventFilter {
             host: Some("other".into()),
             ..Default::default()
-        }),
+        })
+        .await,
         0
     );
     assert_eq!(
         by(EventFilter {
             key: Some("flow".into()),
             ..Default::default()
-        }),
+        })
+        .await,
         0
     );
     assert_eq!(
@@ -278,21 +286,24 @@ async fn a_threshold_crossing_makes_exactly_one_problem_event_queued_upstream() 
             from: Some(e.clock),
             to: Some(e.clock),
             ..Default::default()
-        }),
+        })
+        .await,
         1
     );
     assert_eq!(
         by(EventFilter {
             from: Some(e.clock + 1),
             ..Default::default()
-        }),
+        })
+        .await,
         0
     );
     assert_eq!(
         by(EventFilter {
             to: Some(e.clock - 1),
             ..Default::default()
-        }),
+        })
+        .await,
         0
     );
     gw.stop().await;
@@ -311,7 +322,7 @@ recovery_expression = "last(/boiler/temp) < 70"
 "#,
     )
     .await;
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.settle(20.0, 1).await;
     rig.set_temp(85);
     gw.until("problem", |g| g.value(7) == "problem").await;
@@ -320,7 +331,7 @@ recovery_expression = "last(/boiler/temp) < 70"
         gw.settle(f64::from(between), 2).await;
         assert_eq!(gw.value(7), "problem", "at {between}");
     }
-    assert_eq!(gw.events().len(), 1);
+    assert_eq!(gw.events().await.len(), 1);
     rig.set_temp(65);
     gw.until("recovery", |g| g.value(7) == "OK").await;
     for between in [75, 79] {
@@ -328,11 +339,11 @@ recovery_expression = "last(/boiler/temp) < 70"
         gw.settle(f64::from(between), 2).await;
         assert_eq!(gw.value(7), "OK", "at {between}");
     }
-    let values: Vec<String> = gw.events().into_iter().map(|e| e.value).collect();
+    let values: Vec<String> = gw.events().await.into_iter().map(|e| e.value).collect();
     assert_eq!(values, vec!["problem", "OK"]);
-    let ids: Vec<u64> = gw.events().iter().map(|e| e.eventid).collect();
+    let ids: Vec<u64> = gw.events().await.iter().map(|e| e.eventid).collect();
     assert!(ids[0] < ids[1], "event ids increase: {ids:?}");
-    assert_eq!(events_of(&gw.uplink()).len(), 2);
+    assert_eq!(events_of(&gw.uplink().await).len(), 2);
     gw.stop().await;
 }
 
@@ -354,7 +365,7 @@ expression = "last(/boiler/flow) < 1"
 "#,
     )
     .await;
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.settle(20.0, 2).await;
     assert_eq!((gw.value(2).as_str(), gw.value(3).as_str()), ("OK", "OK"));
 
@@ -365,6 +376,7 @@ expression = "last(/boiler/flow) < 1"
         .await;
     let e = gw
         .events()
+        .await
         .into_iter()
         .find(|e| e.triggerid == 2)
         .expect("nodata event");
@@ -373,11 +385,12 @@ expression = "last(/boiler/flow) < 1"
     rig.device.faults(|f| f.silent = false);
     gw.until("data again", |g| g.value(2) == "OK" && g.value(3) == "OK")
         .await;
+    let events = gw.events().await;
     let of = |id: u64| -> Vec<String> {
-        gw.events()
-            .into_iter()
+        events
+            .iter()
             .filter(|e| e.triggerid == id)
-            .map(|e| e.value)
+            .map(|e| e.value.clone())
             .collect()
     };
     assert_eq!(of(2), vec!["problem", "OK"]);
@@ -389,25 +402,25 @@ expression = "last(/boiler/flow) < 1"
 async fn a_restart_in_problem_creates_no_new_event() {
     let rig = Rig::new(OVERHEAT).await;
     rig.set_temp(90);
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.until("problem", |g| g.value(1) == "problem").await;
-    let before = gw.events();
+    let before = gw.events().await;
     assert_eq!(before.len(), 1);
-    let queued = events_of(&gw.uplink()).len();
+    let queued = events_of(&gw.uplink().await).len();
     gw.stop().await;
 
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     assert_eq!(gw.value(1), "problem", "restored before the first poll");
     gw.settle(90.0, 4).await;
     assert_eq!(gw.value(1), "problem");
-    assert_eq!(gw.events(), before, "no new event after the restart");
-    assert_eq!(events_of(&gw.uplink()).len(), queued);
+    assert_eq!(gw.events().await, before, "no new event after the restart");
+    assert_eq!(events_of(&gw.uplink().await).len(), queued);
     let t = gw.gateway.alarms.trigger(1).expect("trigger");
     assert_eq!(t.lastchange, Some(before[0].clock));
 
     rig.set_temp(20);
     gw.until("recovery", |g| g.value(1) == "OK").await;
-    let after = gw.events();
+    let after = gw.events().await;
     assert_eq!(after.len(), 2);
     assert!(after[1].eventid > after[0].eventid);
     gw.stop().await;
@@ -417,13 +430,14 @@ async fn a_restart_in_problem_creates_no_new_event() {
 async fn acknowledgements_are_stored_shown_and_queued_again() {
     let rig = Rig::new(OVERHEAT).await;
     rig.set_temp(99);
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.until("problem", |g| g.value(1) == "problem").await;
-    let id = gw.events()[0].eventid;
+    let id = gw.events().await[0].eventid;
     let alarms = &gw.gateway.alarms;
 
     let first = alarms
         .acknowledge(id, "Service technician dispatched")
+        .await
         .expect("ack");
     assert_eq!(first.acknowledgements.len(), 1);
     assert_eq!(
@@ -433,6 +447,7 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
     assert!((first.acknowledgements[0].clock - modbridge::clock::unix_now()).abs() < 30);
     let second = alarms
         .acknowledge(id, "Fixed: valve replaced")
+        .await
         .expect("ack");
     let messages: Vec<&str> = second
         .acknowledgements
@@ -443,14 +458,17 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
         messages,
         ["Service technician dispatched", "Fixed: valve replaced"]
     );
-    assert_eq!(alarms.event(id).expect("read"), Some(second.clone()));
+    assert_eq!(alarms.event(id).await.expect("read"), Some(second.clone()));
     assert_eq!(
-        alarms.events(&EventFilter::default()).expect("events"),
+        alarms
+            .events(&EventFilter::default())
+            .await
+            .expect("events"),
         vec![second.clone()]
     );
 
     // Queued again each time, with every acknowledgement so far.
-    let sent = events_of(&gw.uplink());
+    let sent = events_of(&gw.uplink().await);
     assert_eq!(sent.len(), 3);
     assert_eq!(
         sent[1]["acknowledgements"].as_array().map(Vec::len),
@@ -463,28 +481,38 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
     );
 
     // Refusals change nothing.
-    let unknown = alarms.acknowledge(id + 1000, "hello").expect_err("unknown");
+    let unknown = alarms
+        .acknowledge(id + 1000, "hello")
+        .await
+        .expect_err("unknown");
     assert!(matches!(unknown, AckError::UnknownEvent(n) if n == id + 1000));
     assert_eq!(unknown.http_status(), 404);
     assert!(matches!(
-        alarms.acknowledge(u64::MAX, "hello"),
+        alarms.acknowledge(u64::MAX, "hello").await,
         Err(AckError::UnknownEvent(u64::MAX))
     ));
     for bad in ["", "   \n", &"x".repeat(MAX_ACK_BYTES + 1)] {
-        let e = alarms.acknowledge(id, bad).expect_err("invalid");
+        let e = alarms.acknowledge(id, bad).await.expect_err("invalid");
         assert!(matches!(e, AckError::Invalid(_)), "{e}");
         assert_eq!(e.http_status(), 422);
     }
     assert!(alarms
         .acknowledge(id, &"é".repeat(MAX_ACK_BYTES / 2))
+        .await
         .is_ok());
-    assert_eq!(alarms.event(id + 1000).expect("read"), None);
-    assert_eq!(events_of(&gw.uplink()).len(), 4);
+    assert_eq!(alarms.event(id + 1000).await.expect("read"), None);
+    assert_eq!(events_of(&gw.uplink().await).len(), 4);
 
     // Acknowledgements survive a restart.
     gw.stop().await;
-    let gw = Running::start(rig.config());
-    let stored = gw.gateway.alarms.event(id).expect("read").expect("event");
+    let gw = Running::start(rig.config()).await;
+    let stored = gw
+        .gateway
+        .alarms
+        .event(id)
+        .await
+        .expect("read")
+        .expect("event");
     assert_eq!(stored.acknowledgements.len(), 3);
     gw.stop().await;
 }
@@ -493,7 +521,7 @@ async fn acknowledgements_are_stored_shown_and_queued_again() {
 async fn a_reload_keeps_trigger_states_and_takes_new_triggers() {
     let rig = Rig::new(OVERHEAT).await;
     rig.set_temp(90);
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.until("problem", |g| g.value(1) == "problem").await;
 
     // Trigger 1 reworded (same expression), trigger 9 added.
@@ -508,7 +536,7 @@ severity = 3
 expression = "avg(/boiler/flow,3s) > 10"
 "#;
     std::fs::write(&rig.path, text).expect("write");
-    assert!(daemon::reload_from_file(&gw.gateway, &rig.path));
+    assert!(daemon::reload_from_file(&gw.gateway, &rig.path).await);
     let t = gw.gateway.alarms.trigger(1).expect("trigger 1");
     assert_eq!(
         (t.value.as_str(), t.description.as_str()),
@@ -516,25 +544,26 @@ expression = "avg(/boiler/flow,3s) > 10"
     );
     assert_eq!(gw.value(9), "OK");
     assert_eq!(
-        last_trigger_message(&gw.uplink(), 1)["description"],
+        last_trigger_message(&gw.uplink().await, 1)["description"],
         "Boiler far too hot"
     );
-    assert_eq!(last_trigger_message(&gw.uplink(), 9)["value"], "OK");
+    assert_eq!(last_trigger_message(&gw.uplink().await, 9)["value"], "OK");
 
     rig.device.set_register(Table::Holding, 1, 50);
     gw.until("the new trigger fires", |g| g.value(9) == "problem")
         .await;
     gw.settle(90.0, 2).await;
     assert_eq!(gw.value(1), "problem");
-    let ids: Vec<u64> = gw.events().iter().map(|e| e.triggerid).collect();
+    let ids: Vec<u64> = gw.events().await.iter().map(|e| e.triggerid).collect();
     assert_eq!(ids, vec![1, 9], "the reload made no event for trigger 1");
 
     // Removing a trigger clears its retained message.
     std::fs::write(&rig.path, config_text_of(&rig, OVERHEAT)).expect("write");
-    assert!(daemon::reload_from_file(&gw.gateway, &rig.path));
+    assert!(daemon::reload_from_file(&gw.gateway, &rig.path).await);
     assert!(gw.gateway.alarms.trigger(9).is_none());
     let cleared = gw
         .uplink()
+        .await
         .into_iter()
         .rev()
         .find(|m| m.topic == "triggers/9")
@@ -546,7 +575,7 @@ expression = "avg(/boiler/flow,3s) > 10"
 #[tokio::test]
 async fn a_storage_failure_keeps_the_change_and_retries_until_it_is_stored() {
     let rig = Rig::new(OVERHEAT).await;
-    let gw = Running::start(rig.config());
+    let gw = Running::start(rig.config()).await;
     gw.settle(20.0, 1).await;
     let db = rusqlite::Connection::open(rig.dir.path().join("data/modbridge.db")).expect("db");
     db.execute_batch(
@@ -564,33 +593,34 @@ async fn a_storage_failure_keeps_the_change_and_retries_until_it_is_stored() {
     let stats = gw.gateway.alarms.stats();
     assert_eq!(stats.pending, 1);
     assert_eq!(gw.value(1), "OK", "shows the stored value");
-    assert!(gw.events().is_empty());
+    assert!(gw.events().await.is_empty());
     assert!(
-        events_of(&gw.uplink()).is_empty(),
+        events_of(&gw.uplink().await).is_empty(),
         "nothing queued without its event"
     );
 
     db.execute_batch("DROP TRIGGER broken_events;")
         .expect("repair");
     gw.until("stored", |g| g.value(1) == "problem").await;
-    let events = gw.events();
+    let events = gw.events().await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(
         events[0].clock >= changed_at && events[0].clock <= changed_at + 2,
         "the event keeps the clock of the change"
     );
     assert_eq!(gw.gateway.alarms.stats().pending, 0);
-    assert_eq!(events_of(&gw.uplink()).len(), 1);
+    assert_eq!(events_of(&gw.uplink().await).len(), 1);
 
     // An acknowledgement that cannot be stored is refused with 503.
     let e = gw
         .gateway
         .alarms
         .acknowledge(events[0].eventid, "on it")
+        .await
         .expect_err("storage fails");
     assert!(matches!(e, AckError::Storage(_)), "{e}");
     assert_eq!(e.http_status(), 503);
-    assert_eq!(events_of(&gw.uplink()).len(), 1, "nothing queued");
+    assert_eq!(events_of(&gw.uplink().await).len(), 1, "nothing queued");
     db.execute_batch("DROP TRIGGER broken_acks;")
         .expect("repair");
     gw.stop().await;

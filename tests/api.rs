@@ -655,7 +655,7 @@ async fn writes_need_the_token_when_one_is_configured() {
     // A reload re-reads the token file.
     std::fs::write(&token_path, "rotated\n").unwrap();
     let config = modbridge::config::load(&gw.config_path).unwrap();
-    gw.gateway.reload(config).unwrap();
+    gw.gateway.reload(config).await.unwrap();
     put(&[("Authorization", "Bearer s3cret-token")])
         .await
         .assert_error(401);
@@ -665,7 +665,7 @@ async fn writes_need_the_token_when_one_is_configured() {
     // A reload whose token file cannot be read keeps the token in force.
     std::fs::remove_file(&token_path).unwrap();
     let config = modbridge::config::load(&gw.config_path).unwrap();
-    gw.gateway.reload(config).unwrap();
+    gw.gateway.reload(config).await.unwrap();
     put(&[]).await.assert_error(401);
     put(&[("Authorization", "Bearer rotated")])
         .await
@@ -1437,6 +1437,53 @@ async fn names_other_than_the_boxs_own_in_host_are_refused_with_421() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_limit_wait_and_idle_ones_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let idle = Duration::from_secs(1);
+    let gw = TestGateway::start_with("", |api| api.with_limits(2, idle)).await;
+    // Two silent connections take both places...
+    let opened = Instant::now();
+    let mut a = TcpStream::connect(gw.addr).await.expect("connect");
+    let _b = TcpStream::connect(gw.addr).await.expect("connect");
+    // ...so a third one's request waits unanswered (in the listen queue).
+    let mut c = TcpStream::connect(gw.addr).await.expect("connect");
+    c.write_all(b"GET /hosts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 64 * 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf))
+            .await
+            .is_err(),
+        "a connection beyond the limit is not served"
+    );
+    // The silent ones are closed once idle for the timeout, not before...
+    let n = tokio::time::timeout(Duration::from_secs(10), a.read(&mut buf))
+        .await
+        .expect("an idle connection is closed");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "closed without an answer: {n:?}"
+    );
+    let closed_after = opened.elapsed();
+    assert!(
+        closed_after >= idle - Duration::from_millis(100),
+        "closed after {closed_after:?}, before the idle timeout"
+    );
+    // ...which lets the waiting one in.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .expect("served once a place is free")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"host\":\"pump\""), "{answer}");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn writes_from_another_origin_or_without_a_json_type_are_refused() {
     let gw = TestGateway::start("").await;
     let origin = format!("http://{}", gw.addr);
@@ -1546,5 +1593,57 @@ async fn an_api_on_the_network_takes_changes_only_with_a_token() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_history_over_the_cap_is_refused_and_a_limit_streams_the_newest() {
+    let gw = TestGateway::start("").await;
+    let store = &gw.gateway.store;
+    let id = store.item_id("pump", "broken").expect("id");
+    let end = modbridge::clock::unix_now() - 3600;
+    let start = end - 200_000;
+    let samples: Vec<_> = (start..=end)
+        .map(|clock| modbridge::store::Sample {
+            item: id,
+            clock,
+            value: (clock - start) as f64,
+        })
+        .collect();
+    store.push(&samples);
+    store.maintain().expect("committed and compacted");
+    let range = format!("from={start}&to={end}");
+    // 200,001 points: more than one answer carries.
+    let r = gw
+        .get(&format!("/hosts/pump/items/broken/history?{range}"))
+        .await;
+    r.assert_error(422);
+    assert!(r.body.contains("more than 200000 points"), "{}", r.body);
+    let r = gw
+        .get(&format!(
+            "/hosts/pump/items/broken/history?{range}&limit=200001"
+        ))
+        .await;
+    r.assert_error(422);
+    // The cap itself, newest first kept, ascending.
+    let r = gw
+        .get(&format!(
+            "/hosts/pump/items/broken/history?{range}&limit=200000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(200)]);
+    let points: Vec<(i64, f64)> = serde_json::from_str(&r.body).expect("points");
+    assert_eq!(points.len(), 200_000);
+    assert_eq!(points[0], (start + 1, 1.0));
+    assert_eq!(points[199_999], (end, 200_000.0));
+    let r = gw
+        .get(&format!("/hosts/pump/items/broken/history?{range}&limit=3"))
+        .await;
+    assert_eq!(r.status, 200);
+    let points: Vec<(i64, f64)> = serde_json::from_str(&r.body).expect("points");
+    assert_eq!(
+        points,
+        vec![(end - 2, 199_998.0), (end - 1, 199_999.0), (end, 200_000.0)]
+    );
     gw.stop().await;
 }

@@ -431,7 +431,7 @@ async fn sigterm_commits_everything_in_memory() {
     let id = store
         .item_id("pump", "modbus.pump.F1345.1.30004")
         .expect("id");
-    let history = store.history(id, 0, i64::MAX, None).expect("history");
+    let history = store.history(id, 0, i64::MAX, None).await.expect("history");
     assert!(
         !history.is_empty(),
         "the samples polled before SIGTERM are in the database"

@@ -141,9 +141,9 @@ impl Fixture {
     }
 
     /// Writes the config file and starts the gateway on it.
-    fn start(&self) -> Running {
+    async fn start(&self) -> Running {
         self.write();
-        Running::start_file(&self.path)
+        Running::start_file(&self.path).await
     }
 }
 
@@ -155,7 +155,7 @@ fn is_status(m: &Msg, state: &str) -> bool {
 /// the points of the rows still waiting in its outbox.
 type Series = BTreeMap<String, Vec<(i64, f64)>>;
 
-fn stored(config_path: &Path, host: &str) -> (Series, Vec<Data>) {
+async fn stored(config_path: &Path, host: &str) -> (Series, Vec<Data>) {
     let config = modbridge::config::load(config_path).expect("config");
     let store = Store::open(&config).expect("reopen");
     let spec = config.host(host).expect("host").clone();
@@ -164,11 +164,12 @@ fn stored(config_path: &Path, host: &str) -> (Series, Vec<Data>) {
         let id = store.item_id(host, &item.key).expect("id");
         history.insert(
             item.key.clone(),
-            store.history(id, 0, i64::MAX, None).expect("history"),
+            store.history(id, 0, i64::MAX, None).await.expect("history"),
         );
     }
     let pending = store
         .outbox_after(0, usize::MAX >> 1)
+        .await
         .expect("outbox")
         .into_iter()
         .filter(|m| m.host == host)
@@ -278,7 +279,7 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
         "\n[[hosts]]\nhost = \"boiler\"\nconnection = \"tcp://{addr}\"\nunit = 2\npoll_interval = \"1s\"\n\n[[hosts.items]]\nkey = \"t\"\ntable = \"input\"\naddress = 1\ntype = \"u16\"\n"
     );
     fx.setup.hosts = boiler;
-    let run = fx.start();
+    let run = fx.start().await;
 
     let msgs = fx
         .up
@@ -353,7 +354,7 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
     fx.setup.hosts = String::new();
     fx.write();
     let before = fx.up.messages().len();
-    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path));
+    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path).await);
     fx.up
         .wait(
             "boiler metadata cleared, pump republished",
@@ -402,7 +403,7 @@ async fn samples_status_and_host_metadata_reach_the_upstream() {
 async fn a_broker_outage_loses_nothing() {
     let mut fx = Fixture::new(Broker::start(), "upstream-2", None).await;
     fx.setup.poll = "500ms";
-    let run = fx.start();
+    let run = fx.start().await;
     fx.up
         .wait("first data", Duration::from_secs(10), |m| {
             data_messages(m, ROOT).len() >= 2
@@ -455,7 +456,7 @@ async fn a_broker_outage_loses_nothing() {
         )
         .await;
     let received = data_messages(&msgs, ROOT);
-    let (history, pending) = stored(&fx.path, "pump");
+    let (history, pending) = stored(&fx.path, "pump").await;
     check_delivery(&received, &pending, &history);
     // The values set during the outage all arrived, in order.
     let during: Vec<f64> = received
@@ -605,7 +606,7 @@ async fn sigkill_while_a_backlog_drains_loses_nothing() {
     let mut all_history = Series::new();
     let mut all_pending = Vec::new();
     for host in &config.hosts {
-        let (history, pending) = stored(&fx.path, &host.host);
+        let (history, pending) = stored(&fx.path, &host.host).await;
         for (k, v) in history {
             all_history.insert(format!("{}/{k}", host.host), v);
         }
@@ -646,7 +647,7 @@ async fn tls_with_client_certificates_and_a_wrong_ca() {
     )
     .await;
     fx.setup.mqtt = tls_section(&fx.broker, &pki, "wrong-ca.pem");
-    let run = fx.start();
+    let run = fx.start().await;
     let status = run.gateway.mqtt.clone();
     eventually("two refused handshakes", Duration::from_secs(20), || {
         status.connect_errors.load(Ordering::Relaxed) >= 2
@@ -671,7 +672,7 @@ async fn tls_with_client_certificates_and_a_wrong_ca() {
     // The right CA (a changed [mqtt] section): it connects and the backlog drains.
     fx.setup.mqtt = tls_section(&fx.broker, &pki, "ca.pem");
     fx.write();
-    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path));
+    assert!(modbridge::daemon::reload_from_file(&run.gateway, &fx.path).await);
     fx.up
         .wait(
             "online status and data over TLS",
@@ -701,7 +702,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
         )
         .await;
     let now = modbridge::clock::unix_now();
-    let run = fx.start();
+    let run = fx.start().await;
     fx.up
         .wait("online and data", Duration::from_secs(10), |m| {
             m.iter().any(|m| is_status(m, "online")) && !data_messages(m, ROOT).is_empty()
@@ -844,6 +845,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
         .gateway
         .store
         .history(temp, now - 3600, to, None)
+        .await
         .expect("history");
     assert!(!history.is_empty());
     fx.up
@@ -875,6 +877,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
         .gateway
         .store
         .history(temp, now - 3600, to, None)
+        .await
         .expect("history");
     let got = &resend.items["temp"];
     assert!(got.len() >= history.len() && got[..history.len()] == history[..]);
@@ -898,7 +901,7 @@ async fn bad_downlink_messages_are_refused_on_rejected() {
 #[tokio::test]
 async fn a_config_request_over_mqtt_reports_pending_then_success() {
     let mut fx = Fixture::new(Broker::start(), "upstream-6", None).await;
-    let run = fx.start();
+    let run = fx.start().await;
     fx.up
         .wait("online", Duration::from_secs(10), |m| {
             m.iter().any(|m| is_status(m, "online"))
@@ -981,7 +984,7 @@ severity = 4
 expression = "last(/pump/temp) > 30"
 "#
     .to_string();
-    let run = fx.start();
+    let run = fx.start().await;
     fx.up
         .wait("online", Duration::from_secs(10), |m| {
             m.iter().any(|m| is_status(m, "online"))
@@ -1055,6 +1058,7 @@ expression = "last(/pump/temp) > 30"
         .gateway
         .alarms
         .event(eventid)
+        .await
         .expect("query")
         .expect("stored");
     assert_eq!(stored.acknowledgements.len(), 1);

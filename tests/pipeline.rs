@@ -78,7 +78,9 @@ async fn polled_values_become_history_and_trends() {
     )
     .expect("write");
     let config = modbridge::config::load(&path).expect("valid config");
-    let gateway = modbridge::gateway::open(config.clone()).expect("open");
+    let gateway = modbridge::gateway::open(config.clone())
+        .await
+        .expect("open");
     let live = gateway.host("pump").expect("host");
     let mut cycles = live.subscribe();
     let run = Running::run(gateway);
@@ -121,7 +123,10 @@ async fn polled_values_become_history_and_trends() {
 
     let store = modbridge::store::Store::open(&config).expect("reopen");
     let temp = store.item_id("pump", "temp").expect("temp id");
-    let history = store.history(temp, 0, i64::MAX, None).expect("history");
+    let history = store
+        .history(temp, 0, i64::MAX, None)
+        .await
+        .expect("history");
     let values: Vec<f64> = history.iter().map(|(_, v)| *v).collect();
     // Every successful poll is a point; the three values we set appear in order.
     let pos = |x: f64| values.iter().position(|v| (v - x).abs() < 1e-9);
@@ -135,21 +140,25 @@ async fn polled_values_become_history_and_trends() {
     let broken = store.item_id("pump", "broken").expect("id");
     assert!(store
         .history(broken, 0, i64::MAX, None)
+        .await
         .expect("history")
         .is_empty());
     // The deadband keeps only the first point of "quiet" (100, 102, 103 are within 5).
     let quiet = store.item_id("pump", "quiet").expect("id");
-    let q = store.history(quiet, 0, i64::MAX, None).expect("history");
+    let q = store
+        .history(quiet, 0, i64::MAX, None)
+        .await
+        .expect("history");
     assert_eq!(q.iter().map(|p| p.1).collect::<Vec<_>>(), vec![100.0]);
     // ...but its trend counts every good sample.
-    let trend = store.trend(quiet, 0, i64::MAX).expect("trend");
+    let trend = store.trend(quiet, 0, i64::MAX).await.expect("trend");
     let num: u64 = trend.iter().map(|(_, b)| b.num).sum();
     assert!(num >= 3, "{trend:?}");
     let max = trend.iter().map(|(_, b)| b.max).fold(f64::MIN, f64::max);
     assert_eq!(max, 103.0);
     // Restart continuity: the last value is restored into the live state.
     store.close().expect("close");
-    let again = modbridge::gateway::open(config).expect("open again");
+    let again = modbridge::gateway::open(config).await.expect("open again");
     let l = again.host("pump").expect("host").lock().clone();
     assert_eq!(l.items[0].value, Some(-1.0));
     assert_eq!(l.items[0].state, ItemState::Unknown);

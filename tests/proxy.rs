@@ -102,7 +102,7 @@ async fn clients_share_the_serial_line_with_polling() {
     let _server = device.serve_rtu(&pty.b, 19200).expect("serve rtu");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), &SERIAL_HOSTS.replace("PTY", &pty.a));
-    let running = Running::start_file(&path);
+    let running = Running::start_file(&path).await;
     let addr = running.gateway.proxies.listening("127.0.0.1:0").await;
 
     // Four clients read through the proxy at once while both hosts poll.
@@ -314,7 +314,7 @@ async fn at_most_sixteen_clients() {
     let _server = device.serve_rtu(&pty.b, 19200).expect("serve rtu");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), &SERIAL_HOSTS.replace("PTY", &pty.a));
-    let running = Running::start_file(&path);
+    let running = Running::start_file(&path).await;
     let addr = running.gateway.proxies.listening("127.0.0.1:0").await;
     let mut open = Vec::new();
     for _ in 0..16 {
@@ -376,7 +376,7 @@ writes = true
 "#
         ),
     );
-    let running = Running::start_file(&path);
+    let running = Running::start_file(&path).await;
     let addr = running.gateway.proxies.listening("127.0.0.1:0").await;
     let mut ctx = client(addr, 1).await;
     assert_eq!(read(&mut ctx, 5, 1).await, Ok(vec![77]));

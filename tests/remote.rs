@@ -153,7 +153,7 @@ impl Fixture {
             .await
             .expect("bind API");
         let addr = api.local_addr();
-        let gateway = modbridge::gateway::open(config).expect("open");
+        let gateway = modbridge::gateway::open(config).await.expect("open");
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(modbridge::daemon::run_gateway_with_api(
             gateway.clone(),

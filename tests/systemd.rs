@@ -466,7 +466,7 @@ async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         ("alpha", "modbus.alpha.generic.1.40001", 11.0),
     ] {
         let id = store.item_id(host, key).expect("item");
-        let history = store.history(id, 0, i64::MAX, None).expect("history");
+        let history = store.history(id, 0, i64::MAX, None).await.expect("history");
         assert!(
             history.last().is_some_and(|p| p.1 == value),
             "{host} {key}: {history:?}"

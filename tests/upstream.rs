@@ -148,7 +148,7 @@ impl Fixture {
             .await
             .expect("bind API");
         let addr = api.local_addr();
-        let gateway = modbridge::gateway::open(config).expect("open");
+        let gateway = modbridge::gateway::open(config).await.expect("open");
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(modbridge::daemon::run_gateway_with_api(
             gateway.clone(),
@@ -335,10 +335,7 @@ async fn retained_metadata_is_cleared_after_a_reload_removes_a_host() {
         .expect("addr");
     let text = config_text(&fx.data, &broker.url(false), boiler, None);
     std::fs::write(&fx.config_path, text).expect("config");
-    assert!(modbridge::daemon::reload_from_file(
-        &fx.gateway,
-        &fx.config_path
-    ));
+    assert!(modbridge::daemon::reload_from_file(&fx.gateway, &fx.config_path).await);
     up.wait("the pump's metadata cleared", WAIT, |m| {
         [format!("things/{PUMP}"), format!("timeseries/{PRESSURE}")]
             .iter()

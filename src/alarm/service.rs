@@ -143,7 +143,7 @@ impl Alarms {
     /// their stored states. A trigger seen for the first time gets an `OK`
     /// state row and its retained message; the state of a trigger no longer
     /// configured is deleted and its retained message cleared.
-    pub fn new(ledger: Ledger, running: SnapshotHandle) -> Result<Alarms, StoreError> {
+    pub async fn new(ledger: Ledger, running: SnapshotHandle) -> Result<Alarms, StoreError> {
         let alarms = Alarms {
             ledger,
             inner: Arc::new(Inner {
@@ -153,7 +153,7 @@ impl Alarms {
             }),
         };
         let mut stored = HashMap::new();
-        for row in alarms.ledger.trigger_states()? {
+        for row in alarms.ledger.trigger_states().await? {
             let value = TriggerValue::parse(&row.value).unwrap_or_else(|| {
                 tracing::warn!(
                     triggerid = row.triggerid,
@@ -176,7 +176,7 @@ impl Alarms {
             .map(|e| e.compiled.triggerid)
             .filter(|id| !stored.contains_key(id))
             .collect();
-        alarms.sync_states(&catalog, &fresh, &[], &stale)?;
+        alarms.sync_states(&catalog, &fresh, &[], &stale).await?;
         for (id, (value, _)) in &stored {
             if catalog.get(*id).is_some() && *value == TriggerValue::Problem {
                 tracing::info!(triggerid = id, "trigger resumes in problem");
@@ -218,16 +218,25 @@ impl Alarms {
     /// One transaction: `fresh` triggers get an `OK` state row and their
     /// retained message, `changed` ones their retained message again, `stale`
     /// ones lose their state row and retained message.
-    fn sync_states(
+    async fn sync_states(
         &self,
         catalog: &Catalog,
         fresh: &[u64],
         changed: &[u64],
         stale: &[u64],
     ) -> Result<(), StoreError> {
-        if fresh.is_empty() && changed.is_empty() && stale.is_empty() {
-            return Ok(());
-        }
+        let rows = self.state_rows(catalog, fresh, changed);
+        self.store_states(rows, stale).await
+    }
+
+    /// The state rows of `fresh` triggers and the retained messages of
+    /// `fresh` and `changed` ones, for [`Alarms::store_states`].
+    fn state_rows(
+        &self,
+        catalog: &Catalog,
+        fresh: &[u64],
+        changed: &[u64],
+    ) -> (Vec<NewTriggerState>, Vec<(u64, String)>) {
         let running = self.running();
         let payloads: Vec<(u64, String)> = fresh
             .iter()
@@ -238,7 +247,7 @@ impl Alarms {
                 Some((*id, to_json(&object)))
             })
             .collect();
-        let fresh: Vec<NewTriggerState<'_>> = fresh
+        let fresh: Vec<NewTriggerState> = fresh
             .iter()
             .filter_map(|id| {
                 let e = catalog.get(*id)?;
@@ -249,17 +258,29 @@ impl Alarms {
                 })
             })
             .collect();
-        self.ledger.sync_trigger_states(&fresh, stale, &payloads)
+        (fresh, payloads)
+    }
+
+    async fn store_states(
+        &self,
+        (fresh, payloads): (Vec<NewTriggerState>, Vec<(u64, String)>),
+        stale: &[u64],
+    ) -> Result<(), StoreError> {
+        if fresh.is_empty() && payloads.is_empty() && stale.is_empty() {
+            return Ok(());
+        }
+        self.ledger
+            .sync_trigger_states(fresh, stale.to_vec(), payloads)
+            .await
     }
 
     /// Takes over the triggers of the current config after a reload: kept
     /// triggers keep their state, new ones start `OK`, removed ones are
     /// forgotten. Called by [`crate::gateway::Gateway::reload`] after the new
     /// config is in place; the alarm task then rebuilds its engine.
-    pub fn reconfigure(&self) {
+    pub async fn reconfigure(&self) {
         let running = self.running();
-        let mut catalog = lock(&self.inner.catalog);
-        let old = std::mem::take(&mut *catalog);
+        let old = std::mem::take(&mut *lock(&self.inner.catalog));
         let new = self.entries(&running.config, |id| {
             old.get(id).map(|e| (e.value, e.lastchange))
         });
@@ -288,16 +309,14 @@ impl Alarms {
             .map(|e| e.compiled.triggerid)
             .filter(|id| new.get(*id).is_none())
             .collect();
-        if let Err(e) = self.sync_states(&new, &fresh, &changed, &stale) {
+        let (triggers, added, removed) = (new.triggers.len(), fresh.len(), stale.len());
+        let rows = self.state_rows(&new, &fresh, &changed);
+        // In place before the statements run (never a lock held across them).
+        *lock(&self.inner.catalog) = new;
+        if let Err(e) = self.store_states(rows, &stale).await {
             tracing::error!(error = %e, "storing the trigger states of the new config failed; they are written with the next event");
         }
-        tracing::info!(
-            triggers = new.triggers.len(),
-            added = fresh.len(),
-            removed = stale.len(),
-            "alarm triggers reconfigured"
-        );
-        *catalog = new;
+        tracing::info!(triggers, added, removed, "alarm triggers reconfigured");
     }
 
     /// The compiled triggers and their stored states, for building an engine.
@@ -355,8 +374,8 @@ impl Alarms {
     /// Stores a batch of changes in one transaction: per change an event row,
     /// the trigger's state row (if still configured) and the `events`
     /// message; per trigger its retained message (`payloads`, see
-    /// [`Alarms::trigger_payloads`]). Returns the stored events. Blocking.
-    pub(crate) fn record(
+    /// [`Alarms::trigger_payloads`]). Returns the stored events.
+    pub(crate) async fn record(
         &self,
         batch: &[PendingChange],
         payloads: &[(u64, String)],
@@ -368,24 +387,25 @@ impl Alarms {
                 .map(|p| catalog.get(p.triggerid).is_some())
                 .collect()
         };
-        let rows: Vec<NewEvent<'_>> = batch
+        let rows: Vec<NewEvent> = batch
             .iter()
             .zip(&configured)
             .map(|(p, configured)| NewEvent {
                 triggerid: p.triggerid,
-                host: &p.host,
-                key: &p.key,
+                host: p.host.clone(),
+                key: p.key.clone(),
                 value: p.value.as_str(),
                 clock: p.clock,
-                description: &p.description,
+                description: p.description.clone(),
                 severity: p.severity,
-                severity_text: &p.severity_text,
+                severity_text: p.severity_text.clone(),
                 update_state: *configured,
             })
             .collect();
         let events: Vec<EventObject> = self
             .ledger
-            .record_events(&rows, payloads, announce)?
+            .record_events(rows, payloads.to_vec(), announce)
+            .await?
             .into_iter()
             .map(EventObject::from)
             .collect();
@@ -453,7 +473,7 @@ impl Alarms {
     /// Adds an acknowledgement to an event, stores it, queues the event again
     /// for the uplink, and returns the event with all its acknowledgements.
     /// The message must not be blank and at most [`MAX_ACK_BYTES`] long.
-    pub fn acknowledge(&self, eventid: u64, message: &str) -> Result<EventObject, AckError> {
+    pub async fn acknowledge(&self, eventid: u64, message: &str) -> Result<EventObject, AckError> {
         if message.trim().is_empty() {
             return Err(AckError::Invalid("message must not be empty".to_string()));
         }
@@ -471,7 +491,8 @@ impl Alarms {
         let clock = unix_now();
         let event = self
             .ledger
-            .acknowledge_event(eventid, clock, message, announce)?
+            .acknowledge_event(eventid, clock, message, announce)
+            .await?
             .map(EventObject::from);
         match event {
             Some(event) => {
@@ -484,25 +505,26 @@ impl Alarms {
 
     /// Stored events matching the filter (`from`/`to` inclusive, on `clock`),
     /// ascending by `eventid`; at most [`EVENTS_LIMIT`], the newest.
-    pub fn events(&self, filter: &EventFilter) -> Result<Vec<EventObject>, StoreError> {
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<EventObject>, StoreError> {
         let query = EventQuery {
             from: filter.from,
             to: filter.to,
-            host: filter.host.as_deref(),
-            key: filter.key.as_deref(),
+            host: filter.host.clone(),
+            key: filter.key.clone(),
             limit: EVENTS_LIMIT,
         };
         Ok(self
             .ledger
-            .events(&query)?
+            .events(&query)
+            .await?
             .into_iter()
             .map(EventObject::from)
             .collect())
     }
 
     /// One stored event.
-    pub fn event(&self, eventid: u64) -> Result<Option<EventObject>, StoreError> {
-        Ok(self.ledger.event(eventid)?.map(EventObject::from))
+    pub async fn event(&self, eventid: u64) -> Result<Option<EventObject>, StoreError> {
+        Ok(self.ledger.event(eventid).await?.map(EventObject::from))
     }
 
     /// Every configured trigger with its current value, in config order.

@@ -12,7 +12,7 @@
 //!   windows and `nodata`, if any trigger has them. Clocks are whole seconds,
 //!   so nothing time-dependent changes in between.
 //! - Storage: changes wait in memory until they are stored (one transaction
-//!   per batch, on a blocking thread); a failure is logged and retried every
+//!   per batch, on the ledger's thread); a failure is logged and retried every
 //!   second. A change lost with the process (kill -9 before the commit) is
 //!   seen again at the next start, because the engine resumes from the stored
 //!   states.
@@ -279,10 +279,8 @@ fn queue(alarms: &Alarms, pending: &mut Vec<PendingChange>, changes: Vec<Trigger
 async fn flush(alarms: &Alarms, pending: &mut Vec<PendingChange>) -> bool {
     let batch = pending.clone();
     let payloads = alarms.trigger_payloads(&batch);
-    let service = alarms.clone();
-    let result = tokio::task::spawn_blocking(move || service.record(&batch, &payloads)).await;
-    let error = match result {
-        Ok(Ok(events)) => {
+    let error = match alarms.record(&batch, &payloads).await {
+        Ok(events) => {
             for e in &events {
                 tracing::info!(
                     eventid = e.eventid,
@@ -295,7 +293,6 @@ async fn flush(alarms: &Alarms, pending: &mut Vec<PendingChange>) -> bool {
             pending.clear();
             return true;
         }
-        Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     };
     alarms.storage_failed();

@@ -25,7 +25,7 @@ use crate::alarm::AlarmStats;
 use crate::clock::unix_now;
 use crate::config_requests::ConfigRequestStats;
 use crate::gateway::Gateway;
-use crate::poll::LATENCY_BUCKETS;
+use crate::poll::{LATENCY_BUCKETS, LATENESS_BUCKETS};
 use crate::snapshot::Snapshot;
 use crate::store::StoreStats;
 
@@ -234,6 +234,9 @@ struct HostFigures {
     unknown: usize,
     latency_buckets: Vec<u64>,
     latency_sum: f64,
+    lateness_buckets: Vec<u64>,
+    lateness_sum: f64,
+    lateness_max: f64,
 }
 
 impl HostFigures {
@@ -257,6 +260,9 @@ impl HostFigures {
             unknown,
             latency_buckets: l.latency_buckets.clone(),
             latency_sum: l.latency_sum,
+            lateness_buckets: l.lateness_buckets.clone(),
+            lateness_sum: l.lateness_sum,
+            lateness_max: l.lateness_max,
         }
     }
 }
@@ -474,27 +480,66 @@ fn items_per_state(m: &mut Exposition, lives: &[(String, HostFigures)]) {
     }
 }
 
-/// Writes the per-host request latency histogram with cumulative buckets, sum and count.
+/// Writes the per-host request latency and poll lateness histograms.
 fn request_latency(m: &mut Exposition, lives: &[(String, HostFigures)]) {
-    let hist = "modbridge_request_duration_seconds";
-    m.family(hist, "histogram", "Modbus request latency per host.");
+    per_host_histogram(
+        m,
+        lives,
+        (
+            "modbridge_request_duration_seconds",
+            "Modbus request latency per host.",
+        ),
+        &LATENCY_BUCKETS,
+        &|l| (&l.latency_buckets, l.latency_sum),
+    );
+    per_host_histogram(
+        m,
+        lives,
+        (
+            "modbridge_poll_lateness_seconds",
+            "How late poll cycles started against their schedule, per host.",
+        ),
+        &LATENESS_BUCKETS,
+        &|l| (&l.lateness_buckets, l.lateness_sum),
+    );
+    per_host(
+        m,
+        lives,
+        "modbridge_poll_lateness_max_seconds",
+        "gauge",
+        "The latest start of a poll cycle against its schedule since start-up, per host.",
+        &|l| l.lateness_max,
+    );
+}
+
+/// Writes a per-host histogram with cumulative buckets, sum and count; `f`
+/// gives a host's counts per bucket of `bounds` (+Inf last) and their sum.
+fn per_host_histogram(
+    m: &mut Exposition,
+    lives: &[(String, HostFigures)],
+    (hist, help): (&str, &str),
+    bounds: &[f64],
+    f: &dyn Fn(&HostFigures) -> (&Vec<u64>, f64),
+) {
+    m.family(hist, "histogram", help);
     for (host, l) in lives {
+        let (buckets, sum) = f(l);
         let mut cumulative = 0u64;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += l.latency_buckets.get(i).copied().unwrap_or(0);
+        for (i, bound) in bounds.iter().enumerate() {
+            cumulative += buckets.get(i).copied().unwrap_or(0);
             m.sample(
                 &format!("{hist}_bucket"),
                 &[("host", host), ("le", &prometheus_number(*bound))],
                 cumulative as f64,
             );
         }
-        let count: u64 = l.latency_buckets.iter().sum();
+        let count: u64 = buckets.iter().sum();
         m.sample(
             &format!("{hist}_bucket"),
             &[("host", host), ("le", "+Inf")],
             count as f64,
         );
-        m.sample(&format!("{hist}_sum"), &[("host", host)], l.latency_sum);
+        m.sample(&format!("{hist}_sum"), &[("host", host)], sum);
         m.sample(&format!("{hist}_count"), &[("host", host)], count as f64);
     }
 }

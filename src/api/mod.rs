@@ -3,8 +3,9 @@
 //! - [`Server`]: binds `[api] listen` (reads the token file first), then
 //!   [`Server::serve`] answers until its cancellation token fires. It runs on
 //!   the daemon's runtime; everything that touches SQLite (history, trends,
-//!   events, config requests) runs on the blocking pool, so a slow query never
-//!   delays polling.
+//!   events, config requests) is an `async fn` of the store or the ledger
+//!   whose SQL runs on their own threads, so a slow query never delays
+//!   polling; history answers are streamed (`stream`) as they are read.
 //! - `routes`: hosts, items, history, trends, config requests, events,
 //!   acknowledgements, triggers; `upstream`: Things, Time-series and
 //!   Datasets; `health`: `/health` and `/metrics`;
@@ -33,6 +34,7 @@ mod limit;
 mod page;
 mod params;
 mod routes;
+mod stream;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -91,6 +93,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     token: auth::Tokens,
+    max_connections: usize,
+    idle_timeout: Duration,
 }
 
 impl Server {
@@ -136,7 +140,18 @@ impl Server {
             listener,
             addr,
             token,
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
         })
+    }
+
+    /// Other limits than [`MAX_CONNECTIONS`] and [`IDLE_TIMEOUT`] (tests).
+    pub fn with_limits(self, max_connections: usize, idle_timeout: Duration) -> Server {
+        Server {
+            max_connections,
+            idle_timeout,
+            ..self
+        }
     }
 
     /// The address the API listens on (the real port when bound to port 0).
@@ -155,7 +170,7 @@ impl Server {
         self.token.bind_config(&gateway.config());
         let state = State::new(gateway, remote, self.token, guard::Site::here(&addr));
         let app = router(state).into_make_service_with_connect_info::<limit::Peer>();
-        let listener = limit::Limited::new(self.listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
+        let listener = limit::Limited::new(self.listener, self.max_connections, self.idle_timeout);
         tracing::info!(listen = %addr, "HTTP API listening");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled_owned().await })

@@ -15,6 +15,7 @@ use super::client::encode;
 use super::error::HttpError;
 use super::limit::Peer;
 use super::params::{self, Params, RawQuery};
+use super::stream::JsonPoints;
 use super::State as AppState;
 use crate::alarm::EventFilter;
 use crate::clock::unix_now;
@@ -23,13 +24,14 @@ use crate::gateway::Gateway;
 use crate::model::HostSpec;
 use crate::poll::HostLiveHandle;
 use crate::snapshot::Snapshot;
+use crate::store::HistoryLimit;
 use crate::wire::{host_object, item_object, ItemObject};
 
 /// The most history points (or events) one answer carries; more is a 422
 /// asking for a narrower range or a `limit`.
 pub const MAX_POINTS: usize = 200_000;
 
-/// Runs `f` on the blocking pool (SQLite work must not stall the runtime).
+/// Runs `f` on the blocking pool (large encodings must not stall the runtime).
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
 ) -> Result<T, HttpError> {
@@ -115,7 +117,7 @@ fn find_item(
 }
 
 /// Item objects of a host (all, or the one at `only`), with the latest config
-/// request of configurable items. Reads the ledger: call on the blocking pool.
+/// request of configurable items (all in memory).
 pub fn item_objects(
     gateway: &Gateway,
     spec: &HostSpec,
@@ -233,14 +235,30 @@ pub(super) async fn history_of(
     let Some(id) = store.item_id(&host, &key) else {
         return ok_json(&[] as &[(i64, f64)]);
     };
-    blocking_ok(move || {
-        let points = store
-            .history(id, from, to, limit)
-            .map_err(|e| HttpError::storage(&e))?;
-        at_most_max_points(points.len(), "points")?;
-        to_json(&points)
-    })
-    .await
+    // Read, capped and encoded on a reader thread; streamed as it is read.
+    let (sink, stream) = JsonPoints::new();
+    let limit = HistoryLimit {
+        newest: limit,
+        cap: Some(MAX_POINTS),
+    };
+    let read = tokio::spawn(async move {
+        store
+            .history_with(id, from, to, limit, sink)
+            .await
+            .map(|(n, _)| n)
+    });
+    if stream.head.await.is_ok() {
+        return Ok(stream.body.into_response());
+    }
+    match read.await {
+        Ok(Ok(Ok(_))) => ok_json(&[] as &[(i64, f64)]),
+        Ok(Ok(Err(over))) => Err(HttpError::unprocessable(format!(
+            "more than {MAX_POINTS} points in that range ({} or more), more than one answer carries; narrow from/to or give a limit",
+            over.at_least
+        ))),
+        Ok(Err(e)) => Err(HttpError::storage(&e)),
+        Err(e) => Err(HttpError::internal_join(&e)),
+    }
 }
 
 /// The trend buckets of an item, `[(hour, bucket)]`, current hour included.
@@ -257,12 +275,10 @@ async fn trend_buckets(
     let Some(id) = store.item_id(&host, &key) else {
         return Ok(Vec::new());
     };
-    blocking(move || {
-        store
-            .trend(id, from, to)
-            .map_err(|e| HttpError::storage(&e))
-    })
-    .await
+    store
+        .trend(id, from, to)
+        .await
+        .map_err(|e| HttpError::storage(&e))
 }
 
 /// `GET /hosts/{host}/items/{key}/trend?from=&to=`
@@ -411,13 +427,12 @@ pub async fn put_config(
     let channel = channel(peer, &headers)?;
     let request =
         config_requests::parse_body(&host, &key, &body).map_err(|e| HttpError::submit(&e))?;
-    let writes = st.gateway.writes.clone();
-    let object = blocking(move || {
-        writes
-            .submit(request, channel)
-            .map_err(|e| HttpError::submit(&e))
-    })
-    .await?;
+    let object = st
+        .gateway
+        .writes
+        .submit(request, channel)
+        .await
+        .map_err(|e| HttpError::submit(&e))?;
     tracing::info!(%host, %key, %peer, status = object.status.as_str(), "config request through the API");
     Ok(json_at(
         StatusCode::ACCEPTED,
@@ -463,17 +478,19 @@ pub async fn events(State(st): State<AppState>, q: RawQuery) -> Result<Response,
         host: params.text("host").map(str::to_string),
         key: params.text("key").map(str::to_string),
     };
-    let alarms = st.gateway.alarms.clone();
-    blocking_ok(move || {
-        let mut events = alarms.events(&filter).map_err(|e| HttpError::storage(&e))?;
-        if let Some(limit) = limit {
-            let drop = events.len().saturating_sub(limit);
-            events.drain(..drop);
-        }
-        at_most_max_points(events.len(), "events")?;
-        to_json(&events)
-    })
-    .await
+    let mut events = st
+        .gateway
+        .alarms
+        .events(&filter)
+        .await
+        .map_err(|e| HttpError::storage(&e))?;
+    if let Some(limit) = limit {
+        let drop = events.len().saturating_sub(limit);
+        events.drain(..drop);
+    }
+    at_most_max_points(events.len(), "events")?;
+    // Encoded on the blocking pool: an answer can be large.
+    blocking_ok(move || to_json(&events)).await
 }
 
 /// `GET /events/{eventid}`
@@ -484,13 +501,11 @@ pub async fn event(
 ) -> Result<Response, HttpError> {
     let eventid = params::id("eventid", &params::path(p)?)?;
     Params::parse(q, &[])?;
-    let alarms = st.gateway.alarms.clone();
-    blocking_ok(move || match alarms.event(eventid) {
-        Ok(Some(event)) => to_json(&event),
+    match st.gateway.alarms.event(eventid).await {
+        Ok(Some(event)) => ok_json(&event),
         Ok(None) => Err(HttpError::not_found(format!("no event {eventid}"))),
         Err(e) => Err(HttpError::storage(&e)),
-    })
-    .await
+    }
 }
 
 /// `POST /events/{eventid}/acknowledgements` with `{"message"}`: 201 with the
@@ -522,13 +537,12 @@ pub async fn acknowledge(
             ))
         }
     };
-    let alarms = st.gateway.alarms.clone();
-    let event = blocking(move || {
-        alarms
-            .acknowledge(eventid, &message)
-            .map_err(|e| HttpError::ack(&e))
-    })
-    .await?;
+    let event = st
+        .gateway
+        .alarms
+        .acknowledge(eventid, &message)
+        .await
+        .map_err(|e| HttpError::ack(&e))?;
     tracing::info!(eventid, %peer, "event acknowledged through the API");
     Ok(json_at(
         StatusCode::CREATED,

@@ -79,7 +79,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     for host in &config.hosts {
         device.animate(&host.items);
     }
-    let gateway = crate::gateway::open(config.clone())?;
+    let gateway = crate::gateway::open(config.clone()).await?;
     let host = config
         .hosts
         .first()

@@ -126,29 +126,22 @@ async fn carry_out(
             words,
         },
     };
-    // Right before the frame goes out, under the lock a supersede takes: a
-    // request superseded meanwhile is never written.
-    let mut halted = None;
-    let mut clear_to_write = || match requests.clear_to_write(host, &p.key, p.rid) {
-        Ok(go) => {
-            if !go {
-                halted = Some(Attempt::Withdrawn);
-            }
-            go
+    // Durably noted before anything can reach the device (kept across a
+    // crash); then, right before the frame goes out and under the lock a
+    // supersede takes, checked again: a request superseded meanwhile is
+    // never written.
+    if !p.written {
+        if let Err(e) = requests.mark_written(p.rid).await {
+            return Attempt::Unreachable(format!("cannot record the attempt: {e}"));
         }
-        Err(e) => {
-            halted = Some(Attempt::Unreachable(format!(
-                "cannot record the attempt: {e}"
-            )));
-            false
-        }
-    };
+    }
+    let mut clear_to_write = || requests.clear_to_write(host, &p.key, p.rid);
     match link
         .request_gated(&op, Priority::Write, &mut clear_to_write)
         .await
     {
         Err(e) => return step_failed(e, "the device refused the write"),
-        Ok(None) => return halted.unwrap_or(Attempt::Withdrawn),
+        Ok(None) => return Attempt::Withdrawn,
         Ok(Some(_)) => {}
     }
     match read_item(link, item).await {
@@ -262,7 +255,7 @@ impl HostConfigRequests {
                     ),
                     None => "expired before it could be carried out".to_string(),
                 };
-                self.end(&p, Status::Failed, Some(reason));
+                self.end(&p, Status::Failed, Some(reason)).await;
                 continue;
             }
             if self.retry_at.is_some_and(|at| at > Instant::now()) {
@@ -273,7 +266,7 @@ impl HostConfigRequests {
                 .iter()
                 .position(|i| i.key == p.key && i.configurable)
             else {
-                self.end(&p, Status::Failed, Some(REMOVED.into()));
+                self.end(&p, Status::Failed, Some(REMOVED.into())).await;
                 continue;
             };
             let item = &host.items[index];
@@ -286,11 +279,11 @@ impl HostConfigRequests {
                         value,
                         clock: unix_ms() / 1000,
                     });
-                    self.end(&p, Status::Success, None);
+                    self.end(&p, Status::Success, None).await;
                 }
                 Attempt::Failed(reason) => {
                     self.answered();
-                    self.end(&p, Status::Failed, Some(reason));
+                    self.end(&p, Status::Failed, Some(reason)).await;
                 }
                 Attempt::Withdrawn => {
                     tracing::info!(host = %self.host, key = %p.key, "config request superseded while under way; not written");
@@ -319,10 +312,11 @@ impl HostConfigRequests {
         self.last_error = None;
     }
 
-    fn end(&mut self, p: &PendingRequest, status: Status, reason: Option<String>) {
+    async fn end(&mut self, p: &PendingRequest, status: Status, reason: Option<String>) {
         if let Err(e) = self
             .requests
             .finish(&self.host, &p.key, p.rid, status, reason)
+            .await
         {
             // Stays pending; retried after the backoff so that a broken
             // database does not make the task spin.

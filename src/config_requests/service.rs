@@ -19,7 +19,7 @@ use super::device::HostConfigRequests;
 use super::request::{check_request, Channel, ConfigRequest, SubmitError};
 use super::value::check_target;
 use crate::clock::unix_ms;
-use crate::ledger::config_requests::{NewConfigRequest, StatusChange};
+use crate::ledger::config_requests::{self as stored, NewConfigRequest, StatusChange};
 use crate::ledger::Ledger;
 use crate::model::{Config, HostSpec, ItemSpec};
 use crate::store::StoreError;
@@ -78,7 +78,19 @@ struct Latest {
     rid: i64,
     object: ConfigObject,
     expires_ms: i64,
+    /// A write frame of it was sent (it may have reached the device).
     written: bool,
+    /// A newer request is superseding it: it must not be written any more.
+    withdrawn: bool,
+}
+
+/// The reason a superseded request fails with: whether its write was sent.
+fn superseded_reason(l: &Latest) -> &'static str {
+    if l.written {
+        SUPERSEDED_AFTER_WRITE
+    } else {
+        SUPERSEDED
+    }
 }
 
 struct State {
@@ -92,7 +104,9 @@ struct State {
 
 struct Inner {
     ledger: Ledger,
-    /// Lock order: this state, then the ledger's connection.
+    /// Only ever locked briefly, never across SQL: changes are decided and
+    /// applied on the ledger's thread (see [`Ledger::transaction_then`]), so
+    /// they are applied in commit order.
     state: Mutex<State>,
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -124,8 +138,8 @@ impl ConfigRequests {
     /// The pipeline over the ledger, for the current config. Prefer
     /// [`ConfigRequests::open`]: if the ledger cannot be read, this logs the error and
     /// starts without the requests recorded earlier.
-    pub fn new(ledger: Ledger, config: Arc<Config>) -> ConfigRequests {
-        match ConfigRequests::open(ledger.clone(), config.clone()) {
+    pub async fn new(ledger: Ledger, config: Arc<Config>) -> ConfigRequests {
+        match ConfigRequests::open(ledger.clone(), config.clone()).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read recorded config requests; starting without them");
@@ -152,15 +166,17 @@ impl ConfigRequests {
     /// Opens the pipeline: loads every item's newest request, drops finished
     /// requests older than the history retention (never an item's newest), and
     /// fails pending requests whose item left the config while we were down.
-    pub fn open(ledger: Ledger, config: Arc<Config>) -> Result<ConfigRequests, StoreError> {
+    pub async fn open(ledger: Ledger, config: Arc<Config>) -> Result<ConfigRequests, StoreError> {
         let horizon = unix_ms() / 1000
             - i64::try_from(config.storage.history_retention.as_secs()).unwrap_or(i64::MAX / 2);
         // Only the newest request of an item may be pending.
-        let pruned = ledger.tidy_config_requests(SUPERSEDED, unix_ms() / 1000, horizon)?;
+        let pruned = ledger
+            .tidy_config_requests(SUPERSEDED, unix_ms() / 1000, horizon)
+            .await?;
         if pruned > 0 {
             tracing::info!(pruned, "old config requests removed");
         }
-        let stored = ledger.load_config_requests()?;
+        let stored = ledger.load_config_requests().await?;
         let mut latest: HashMap<String, HashMap<String, Latest>> = HashMap::new();
         for r in stored.newest {
             let object = ConfigObject {
@@ -181,6 +197,7 @@ impl ConfigRequests {
                     object,
                     expires_ms: r.expires_ms,
                     written: r.written,
+                    withdrawn: false,
                 },
             );
         }
@@ -197,8 +214,8 @@ impl ConfigRequests {
             if pending > 0 {
                 tracing::info!(pending, "pending config requests resumed");
             }
-            requests.fail_removed(&mut st)?;
         }
+        requests.fail_removed().await?;
         Ok(requests)
     }
 
@@ -208,19 +225,22 @@ impl ConfigRequests {
 
     /// Takes a request from any channel: refused with an error (nothing
     /// recorded), or recorded durably (PENDING, or FAILED at once) and returned.
-    pub fn submit(
+    pub async fn submit(
         &self,
         request: ConfigRequest,
         channel: Channel,
     ) -> Result<ConfigObject, SubmitError> {
-        let mut st = self.state();
-        let refusal = check_request(&st.config, &request);
-        if let Err(e) = refusal {
-            st.stats.refused += 1;
-            tracing::info!(host = %request.host, key = %request.key, channel = %channel.audit(), error = %e, "config request refused");
-            return Err(e);
-        }
-        let Some(host) = st.config.host(&request.host).cloned() else {
+        let host = {
+            let mut st = self.state();
+            let refusal = check_request(&st.config, &request);
+            if let Err(e) = refusal {
+                st.stats.refused += 1;
+                tracing::info!(host = %request.host, key = %request.key, channel = %channel.audit(), error = %e, "config request refused");
+                return Err(e);
+            }
+            st.config.host(&request.host).cloned()
+        };
+        let Some(host) = host else {
             return Err(SubmitError::UnknownHost(request.host));
         };
         let Some(item) = host.item(&request.key) else {
@@ -248,50 +268,89 @@ impl ConfigRequests {
         };
         let expires_ms = now_ms.saturating_add(duration_ms(host.write_expiry));
         let (host_id, key) = (request.host, request.key);
-        let superseded_reason = |l: &Latest| {
-            if l.written {
-                SUPERSEDED_AFTER_WRITE
-            } else {
-                SUPERSEDED
-            }
-        };
-        let older = st
-            .latest
-            .get(&host_id)
-            .and_then(|m| m.get(&key))
-            .filter(|l| l.object.status == Status::Pending);
-        let why_superseded = older.map_or(SUPERSEDED, superseded_reason);
-        let superseded = older.map(|l| ConfigObject {
-            status: Status::Failed,
-            reason: Some(why_superseded.to_string()),
-            ..l.object.clone()
-        });
-        let audit_json = serde_json::to_string(&object.audit).unwrap_or_else(|_| "[]".into());
-        let id_json = object.id.as_ref().map(Value::to_string);
-        let payload = uplink_payload(&host_id, &key, &object);
-        let superseded_payload = superseded
-            .as_ref()
-            .map(|old| uplink_payload(&host_id, &key, old));
         let row = NewConfigRequest {
-            host: &host_id,
-            key: &key,
+            host: host_id.clone(),
+            key: key.clone(),
             target: request.target,
             expected: object.expected,
-            audit: &audit_json,
-            id: id_json.as_deref(),
+            audit: serde_json::to_string(&object.audit).unwrap_or_else(|_| "[]".into()),
+            id: object.id.as_ref().map(Value::to_string),
             status: object.status.as_str(),
             lastclock,
-            reason: object.reason.as_deref(),
+            reason: object.reason.clone(),
             expires_ms,
             finished: (status != Status::Pending).then_some(lastclock),
         };
-        let rid = self.inner.ledger.insert_config_request(
-            &row,
-            why_superseded,
-            superseded_payload.as_deref(),
-            &payload,
-        )?;
-        if superseded.is_some() {
+        let payload = uplink_payload(&host_id, &key, &object);
+        let (decide, apply) = (self.clone(), self.clone());
+        let recorded = object.clone();
+        self.inner
+            .ledger
+            .transaction_then(
+                move |tx, up| {
+                    // Decided here, on the ledger's thread: every earlier
+                    // request of the item is committed and applied.
+                    // The older request is withdrawn under the state lock
+                    // that `clear_to_write` takes: it is either written
+                    // before this (and said so) or never.
+                    let (superseded, why) = {
+                        let mut st = decide.state();
+                        let older = st
+                            .latest
+                            .get_mut(&row.host)
+                            .and_then(|m| m.get_mut(&row.key))
+                            .filter(|l| l.object.status == Status::Pending);
+                        match older {
+                            Some(l) => {
+                                l.withdrawn = true;
+                                let why = superseded_reason(l);
+                                let object = ConfigObject {
+                                    status: Status::Failed,
+                                    reason: Some(why.to_string()),
+                                    ..l.object.clone()
+                                };
+                                (Some((object, l.rid)), why)
+                            }
+                            None => (None, SUPERSEDED),
+                        }
+                    };
+                    let superseded_payload = superseded
+                        .as_ref()
+                        .map(|(old, _)| uplink_payload(&row.host, &row.key, old));
+                    let rid = stored::insert(tx, up, &row, why, superseded_payload, payload)
+                        .inspect_err(|_| {
+                            // Not recorded: the older request goes on.
+                            if let Some((_, old)) = &superseded {
+                                decide.unwithdraw(&row.host, &row.key, *old);
+                            }
+                        })?;
+                    Ok((rid, superseded.is_some()))
+                },
+                move |(rid, superseded)| {
+                    apply.recorded(
+                        host_id, key, rid, recorded, expires_ms, superseded, &channel,
+                    )
+                },
+            )
+            .await?;
+        Ok(object)
+    }
+
+    /// Applies a request just committed (on the ledger's thread).
+    #[allow(clippy::too_many_arguments)]
+    fn recorded(
+        &self,
+        host_id: String,
+        key: String,
+        rid: i64,
+        object: ConfigObject,
+        expires_ms: i64,
+        superseded: bool,
+        channel: &Channel,
+    ) {
+        let mut st = self.state();
+        let status = object.status;
+        if superseded {
             st.stats.count(Status::Pending, -1);
             st.stats.count(Status::Failed, 1);
             tracing::info!(host = %host_id, key = %key, "pending config request superseded by a newer one");
@@ -307,23 +366,23 @@ impl ConfigRequests {
             reason = object.reason.as_deref().unwrap_or(""),
             "config request recorded"
         );
-        st.latest.entry(host_id.clone()).or_default().insert(
-            key,
-            Latest {
-                rid,
-                object: object.clone(),
-                expires_ms,
-                written: false,
-            },
-        );
         if status == Status::Pending {
             if let Some(w) = st.wake.get(&host_id) {
                 w.send_modify(|n| *n += 1);
             }
         }
+        st.latest.entry(host_id).or_default().insert(
+            key,
+            Latest {
+                rid,
+                object,
+                expires_ms,
+                written: false,
+                withdrawn: false,
+            },
+        );
         drop(st);
         self.inner.changes.send_modify(|n| *n += 1);
-        Ok(object)
     }
 
     /// The item's latest config object, if it ever received a request.
@@ -349,25 +408,29 @@ impl ConfigRequests {
     /// Takes a new config (reload): pending requests for items that are gone
     /// or no longer configurable fail ("item removed from config"); the others
     /// go on.
-    pub fn set_config(&self, config: Arc<Config>) -> Result<(), StoreError> {
-        let mut st = self.state();
-        st.config = config;
-        self.fail_removed(&mut st)
+    pub async fn set_config(&self, config: Arc<Config>) -> Result<(), StoreError> {
+        self.state().config = config;
+        self.fail_removed().await
     }
 
-    fn fail_removed(&self, st: &mut State) -> Result<(), StoreError> {
-        let mut gone = Vec::new();
-        for (host, items) in &st.latest {
-            for (key, l) in items {
-                if l.object.status == Status::Pending
-                    && configurable(&st.config, host, key).is_none()
-                {
-                    gone.push((host.clone(), key.clone(), l.rid));
+    async fn fail_removed(&self) -> Result<(), StoreError> {
+        let gone: Vec<(String, String, i64)> = {
+            let st = self.state();
+            let mut gone = Vec::new();
+            for (host, items) in &st.latest {
+                for (key, l) in items {
+                    if l.object.status == Status::Pending
+                        && configurable(&st.config, host, key).is_none()
+                    {
+                        gone.push((host.clone(), key.clone(), l.rid));
+                    }
                 }
             }
-        }
+            gone
+        };
         for (host, key, rid) in gone {
-            self.finish_locked(st, &host, &key, rid, Status::Failed, Some(REMOVED.into()))?;
+            self.finish(&host, &key, rid, Status::Failed, Some(REMOVED.into()))
+                .await?;
         }
         Ok(())
     }
@@ -391,7 +454,7 @@ impl ConfigRequests {
             .get(host)
             .into_iter()
             .flat_map(|m| m.iter())
-            .filter(|(_, l)| l.object.status == Status::Pending)
+            .filter(|(_, l)| l.object.status == Status::Pending && !l.withdrawn)
             .map(|(key, l)| PendingRequest {
                 rid: l.rid,
                 key: key.clone(),
@@ -407,7 +470,7 @@ impl ConfigRequests {
 
     /// Ends a pending request. Returns false when it was no longer pending
     /// (superseded or failed meanwhile): then nothing changes.
-    pub(super) fn finish(
+    pub(super) async fn finish(
         &self,
         host: &str,
         key: &str,
@@ -415,82 +478,103 @@ impl ConfigRequests {
         status: Status,
         reason: Option<String>,
     ) -> Result<bool, StoreError> {
-        let mut st = self.state();
-        self.finish_locked(&mut st, host, key, rid, status, reason)
+        let (host, key) = (host.to_string(), key.to_string());
+        let (decide, apply) = (self.clone(), self.clone());
+        self.inner
+            .ledger
+            .transaction_then(
+                move |tx, up| {
+                    let object = {
+                        let st = decide.state();
+                        match st.latest.get(&host).and_then(|m| m.get(&key)) {
+                            Some(l) if l.rid == rid && l.object.status == Status::Pending => {
+                                ConfigObject {
+                                    status,
+                                    reason,
+                                    ..l.object.clone()
+                                }
+                            }
+                            _ => return Ok(None),
+                        }
+                    };
+                    let change = StatusChange {
+                        status: status.as_str(),
+                        reason: object.reason.clone(),
+                        finished: unix_ms() / 1000,
+                        payload: uplink_payload(&host, &key, &object),
+                    };
+                    let changed = stored::finish(tx, up, &host, &key, rid, change)?;
+                    Ok(changed.then_some((host, key, object)))
+                },
+                move |changed| match changed {
+                    Some((host, key, object)) => {
+                        apply.finished(&host, &key, rid, object);
+                        true
+                    }
+                    None => false,
+                },
+            )
+            .await
     }
 
-    fn finish_locked(
-        &self,
-        st: &mut State,
-        host: &str,
-        key: &str,
-        rid: i64,
-        status: Status,
-        reason: Option<String>,
-    ) -> Result<bool, StoreError> {
-        let Some(latest) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) else {
-            return Ok(false);
-        };
-        if latest.rid != rid || latest.object.status != Status::Pending {
-            return Ok(false);
+    /// Applies a status change just committed (on the ledger's thread).
+    fn finished(&self, host: &str, key: &str, rid: i64, object: ConfigObject) {
+        let mut st = self.state();
+        tracing::info!(
+            host,
+            key,
+            status = object.status.as_str(),
+            reason = object.reason.as_deref().unwrap_or(""),
+            "config request finished"
+        );
+        st.stats.count(Status::Pending, -1);
+        st.stats.count(object.status, 1);
+        if let Some(latest) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) {
+            if latest.rid == rid {
+                latest.object = object;
+            }
         }
-        let object = ConfigObject {
-            status,
-            reason,
-            ..latest.object.clone()
-        };
-        let now = unix_ms() / 1000;
-        let payload = uplink_payload(host, key, &object);
-        let change = StatusChange {
-            status: status.as_str(),
-            reason: object.reason.as_deref(),
-            finished: now,
-            payload: &payload,
-        };
-        let changed = self
-            .inner
-            .ledger
-            .finish_config_request(host, key, rid, &change)?;
-        if changed {
-            tracing::info!(
-                host,
-                key,
-                status = status.as_str(),
-                reason = object.reason.as_deref().unwrap_or(""),
-                "config request finished"
-            );
-            latest.object = object;
-            st.stats.count(Status::Pending, -1);
-            st.stats.count(status, 1);
-            self.inner.changes.send_modify(|n| *n += 1);
-        }
-        Ok(changed)
+        drop(st);
+        self.inner.changes.send_modify(|n| *n += 1);
     }
 
     /// Right before a write of this request is sent: true if it is still the
-    /// item's pending request, and then it is recorded that its write may
-    /// reach the device. False when it was superseded (or ended) meanwhile:
-    /// it must not be written. Checked under the lock [`ConfigRequests::submit`]
-    /// supersedes under, so a request is either superseded before this or
-    /// written after it, never both.
-    pub(super) fn clear_to_write(
-        &self,
-        host: &str,
-        key: &str,
-        rid: i64,
-    ) -> Result<bool, StoreError> {
+    /// item's pending request and not withdrawn by a newer one, and then it is
+    /// noted that its write may reach the device. False when it was
+    /// superseded (or ended) meanwhile: it must not be written. Checked under
+    /// the state lock that a supersede takes (on the ledger's thread, in
+    /// [`ConfigRequests::submit`]), so a request is either superseded before
+    /// this or written after it, never both. No SQLite here: the durable
+    /// record comes before, from [`ConfigRequests::mark_written`].
+    pub(super) fn clear_to_write(&self, host: &str, key: &str, rid: i64) -> bool {
         let mut st = self.state();
         let Some(l) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) else {
-            return Ok(false);
+            return false;
         };
-        if l.rid != rid || l.object.status != Status::Pending {
-            return Ok(false);
+        if l.rid != rid || l.object.status != Status::Pending || l.withdrawn {
+            return false;
         }
-        if !l.written {
-            self.inner.ledger.mark_config_request_written(rid)?;
-            l.written = true;
+        l.written = true;
+        true
+    }
+
+    /// A supersede whose commit failed: the older request goes on.
+    fn unwithdraw(&self, host: &str, key: &str, rid: i64) {
+        let mut st = self.state();
+        if let Some(l) = st.latest.get_mut(host).and_then(|m| m.get_mut(key)) {
+            if l.rid == rid {
+                l.withdrawn = false;
+            }
         }
-        Ok(true)
+    }
+
+    /// Records durably, before the write is attempted, that a write of this
+    /// request may reach the device.
+    pub(super) async fn mark_written(&self, rid: i64) -> Result<(), StoreError> {
+        self.inner
+            .ledger
+            .transaction_then(move |tx, _| stored::mark_written(tx, rid), |()| ())
+            .await
     }
 
     /// A pending request could not reach the device: shown in its `reason`

@@ -25,23 +25,23 @@ pub struct StoredTriggerState {
 
 /// A trigger state row to create (a trigger seen for the first time).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NewTriggerState<'a> {
+pub struct NewTriggerState {
     pub triggerid: u64,
-    pub value: &'a str,
+    pub value: &'static str,
     pub lastchange: i64,
 }
 
 /// A change of a trigger's value to record as an event.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NewEvent<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
     pub triggerid: u64,
-    pub host: &'a str,
-    pub key: &'a str,
-    pub value: &'a str,
+    pub host: String,
+    pub key: String,
+    pub value: &'static str,
     pub clock: i64,
-    pub description: &'a str,
+    pub description: String,
     pub severity: u8,
-    pub severity_text: &'a str,
+    pub severity_text: String,
     /// Whether the trigger is still configured: only then is its state row
     /// updated along with the event.
     pub update_state: bool,
@@ -70,12 +70,12 @@ pub struct StoredEvent {
 }
 
 /// Which events to list: `from`/`to` inclusive on `clock`, at most `limit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct EventQuery<'a> {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
     pub from: Option<i64>,
     pub to: Option<i64>,
-    pub host: Option<&'a str>,
-    pub key: Option<&'a str>,
+    pub host: Option<String>,
+    pub key: Option<String>,
     pub limit: usize,
 }
 
@@ -86,7 +86,7 @@ fn trigger_topic(triggerid: u64) -> String {
 
 impl Ledger {
     /// Every stored trigger state.
-    pub fn trigger_states(&self) -> Result<Vec<StoredTriggerState>, StoreError> {
+    pub async fn trigger_states(&self) -> Result<Vec<StoredTriggerState>, StoreError> {
         self.read(|conn| {
             let mut st = conn.prepare("SELECT triggerid, value, lastchange FROM trigger_states")?;
             let rows = st.query_map([], |r| {
@@ -98,50 +98,52 @@ impl Ledger {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+        .await
     }
 
     /// One transaction: `fresh` triggers get their state row, `stale` ones
     /// lose it and have their retained `triggers/<id>` message cleared, and
     /// `messages` (trigger id, payload) are queued as retained state messages.
-    pub fn sync_trigger_states(
+    pub async fn sync_trigger_states(
         &self,
-        fresh: &[NewTriggerState<'_>],
-        stale: &[u64],
-        messages: &[(u64, String)],
+        fresh: Vec<NewTriggerState>,
+        stale: Vec<u64>,
+        messages: Vec<(u64, String)>,
     ) -> Result<(), StoreError> {
-        self.transaction(|tx, up| {
+        self.transaction(move |tx, up| {
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO trigger_states(triggerid, value, lastchange) VALUES (?1, ?2, ?3)",
                 )?;
-                for s in fresh {
+                for s in &fresh {
                     insert.execute(params![to_sql_id(s.triggerid), s.value, s.lastchange])?;
                 }
                 let mut delete =
                     tx.prepare_cached("DELETE FROM trigger_states WHERE triggerid = ?1")?;
                 for id in stale {
-                    delete.execute([to_sql_id(*id)])?;
-                    up.push(trigger_topic(*id), "", true);
+                    delete.execute([to_sql_id(id)])?;
+                    up.push(trigger_topic(id), "", true);
                 }
             }
             for (id, payload) in messages {
-                up.push(trigger_topic(*id), payload.as_str(), true);
+                up.push(trigger_topic(id), payload, true);
             }
             Ok(())
         })
+        .await
     }
 
     /// Records a batch of changes in one transaction: per change its event
     /// row, its trigger's state row (when `update_state`) and the `events`
     /// message `announce` makes of the stored event; then `messages` (trigger
     /// id, payload) as retained state messages. Returns the stored events.
-    pub fn record_events(
+    pub async fn record_events(
         &self,
-        batch: &[NewEvent<'_>],
-        messages: &[(u64, String)],
-        announce: impl Fn(&StoredEvent) -> String,
+        batch: Vec<NewEvent>,
+        messages: Vec<(u64, String)>,
+        announce: impl Fn(&StoredEvent) -> String + Send + 'static,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.transaction(|tx, up| {
+        self.transaction(move |tx, up| {
             let mut events = Vec::with_capacity(batch.len());
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events(triggerid, host, key, value, clock, description, severity, severity_text) \
@@ -162,45 +164,47 @@ impl Ledger {
                     p.severity,
                     p.severity_text
                 ])?;
-                let event = StoredEvent {
-                    eventid: tx.last_insert_rowid().max(0) as u64,
-                    triggerid: p.triggerid,
-                    host: p.host.to_string(),
-                    key: p.key.to_string(),
-                    value: p.value.to_string(),
-                    clock: p.clock,
-                    description: p.description.to_string(),
-                    severity: p.severity,
-                    severity_text: p.severity_text.to_string(),
-                    acknowledgements: Vec::new(),
-                };
                 if p.update_state {
                     state.execute(params![to_sql_id(p.triggerid), p.value, p.clock])?;
                 }
+                let event = StoredEvent {
+                    eventid: tx.last_insert_rowid().max(0) as u64,
+                    triggerid: p.triggerid,
+                    host: p.host,
+                    key: p.key,
+                    value: p.value.to_string(),
+                    clock: p.clock,
+                    description: p.description,
+                    severity: p.severity,
+                    severity_text: p.severity_text,
+                    acknowledgements: Vec::new(),
+                };
                 up.push("events", announce(&event), false);
                 events.push(event);
             }
             for (id, payload) in messages {
-                up.push(trigger_topic(*id), payload.as_str(), true);
+                up.push(trigger_topic(id), payload, true);
             }
             Ok(events)
         })
+        .await
     }
 
     /// Adds an acknowledgement to a stored event and queues the `events`
     /// message `announce` makes of the event with all its acknowledgements,
     /// in one transaction. None (and nothing written) for an unknown event.
-    pub fn acknowledge_event(
+    pub async fn acknowledge_event(
         &self,
         eventid: u64,
         clock: i64,
         message: &str,
-        announce: impl FnOnce(&StoredEvent) -> String,
+        announce: impl FnOnce(&StoredEvent) -> String + Send + 'static,
     ) -> Result<Option<StoredEvent>, StoreError> {
         let Ok(id) = i64::try_from(eventid) else {
             return Ok(None);
         };
-        self.transaction(|tx, up| {
+        let message = message.to_string();
+        self.transaction(move |tx, up| {
             let Some(mut event) = load_event(tx, id)? else {
                 return Ok(None);
             };
@@ -214,12 +218,14 @@ impl Ledger {
             up.push("events", announce(&event), false);
             Ok(Some(event))
         })
+        .await
     }
 
     /// Stored events matching the query, ascending by `eventid`; at most
     /// `limit`, the newest.
-    pub fn events(&self, query: &EventQuery<'_>) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read(|conn| {
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| {
             let mut st = conn.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events \
                  WHERE (?1 IS NULL OR clock >= ?1) AND (?2 IS NULL OR clock <= ?2) \
@@ -247,14 +253,15 @@ impl Ledger {
             }
             Ok(events)
         })
+        .await
     }
 
     /// One stored event with its acknowledgements.
-    pub fn event(&self, eventid: u64) -> Result<Option<StoredEvent>, StoreError> {
+    pub async fn event(&self, eventid: u64) -> Result<Option<StoredEvent>, StoreError> {
         let Ok(id) = i64::try_from(eventid) else {
             return Ok(None);
         };
-        self.read(|conn| {
+        self.read(move |conn| {
             let Some(mut event) = load_event(conn, id)? else {
                 return Ok(None);
             };
@@ -263,6 +270,7 @@ impl Ledger {
                 .unwrap_or_default();
             Ok(Some(event))
         })
+        .await
     }
 }
 
@@ -326,43 +334,45 @@ fn to_sql_id(id: u64) -> i64 {
 mod tests {
     use super::*;
 
-    fn change(value: &str, clock: i64, update_state: bool) -> NewEvent<'_> {
+    fn change(value: &'static str, clock: i64, update_state: bool) -> NewEvent {
         NewEvent {
             triggerid: 7,
-            host: "pump",
-            key: "k",
+            host: "pump".into(),
+            key: "k".into(),
             value,
             clock,
-            description: "hot",
+            description: "hot".into(),
             severity: 3,
-            severity_text: "Average",
+            severity_text: "Average".into(),
             update_state,
         }
     }
 
-    #[test]
-    fn an_event_its_state_and_messages_are_one_transaction() {
+    #[tokio::test]
+    async fn an_event_its_state_and_messages_are_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let l = super::super::tests::open(dir.path(), true);
         l.sync_trigger_states(
-            &[NewTriggerState {
+            vec![NewTriggerState {
                 triggerid: 7,
                 value: "OK",
                 lastchange: 0,
             }],
-            &[],
-            &[(7, "{}".into())],
+            vec![],
+            vec![(7, "{}".into())],
         )
+        .await
         .unwrap();
         let events = l
             .record_events(
-                &[change("problem", 100, true), change("OK", 101, false)],
-                &[(7, "state".into())],
+                vec![change("problem", 100, true), change("OK", 101, false)],
+                vec![(7, "state".into())],
                 |e| format!("event {}", e.eventid),
             )
+            .await
             .unwrap();
         assert_eq!(events.len(), 2);
-        let states = l.trigger_states().unwrap();
+        let states = l.trigger_states().await.unwrap();
         assert_eq!(states.len(), 1);
         assert_eq!(
             (states[0].value.as_str(), states[0].lastchange),
@@ -370,6 +380,7 @@ mod tests {
         );
         let topics: Vec<String> = l
             .uplink_after(0, 10)
+            .await
             .unwrap()
             .into_iter()
             .map(|m| format!("{} {}", m.topic, m.payload))
@@ -387,24 +398,31 @@ mod tests {
             .acknowledge_event(events[0].eventid, 102, "seen", |e| {
                 format!("acks {}", e.acknowledgements.len())
             })
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(acked.acknowledgements[0].message, "seen");
         assert!(l
             .acknowledge_event(999, 103, "x", |_| String::new())
+            .await
             .unwrap()
             .is_none());
         assert_eq!(l.uplink_len(), 5, "an unknown event queues nothing");
         let query = EventQuery {
-            host: Some("pump"),
+            host: Some("pump".into()),
             limit: 10,
             ..EventQuery::default()
         };
-        let listed = l.events(&query).unwrap();
+        let listed = l.events(&query).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].acknowledgements.len(), 1);
-        assert_eq!(l.event(events[1].eventid).unwrap().unwrap().value, "OK");
-        l.sync_trigger_states(&[], &[7], &[]).unwrap();
-        assert!(l.trigger_states().unwrap().is_empty());
+        assert_eq!(
+            l.event(events[1].eventid).await.unwrap().unwrap().value,
+            "OK"
+        );
+        l.sync_trigger_states(vec![], vec![7], vec![])
+            .await
+            .unwrap();
+        assert!(l.trigger_states().await.unwrap().is_empty());
     }
 }

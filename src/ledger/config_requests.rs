@@ -6,9 +6,9 @@
 //! `config/<host>/<key>` uplink message; the config request service builds the
 //! payloads (the item's `config` object) and hands them in.
 
-use rusqlite::params;
+use rusqlite::{params, Transaction};
 
-use super::Ledger;
+use super::{Ledger, Uplink};
 use crate::store::StoreError;
 
 /// The newest request of an item, as stored. Text columns are as written:
@@ -33,36 +33,36 @@ pub struct StoredConfigRequest {
 }
 
 /// A request to record.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NewConfigRequest<'a> {
-    pub host: &'a str,
-    pub key: &'a str,
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewConfigRequest {
+    pub host: String,
+    pub key: String,
     pub target: f64,
     pub expected: Option<f64>,
     /// JSON array of strings.
-    pub audit: &'a str,
+    pub audit: String,
     /// The requester's id, as JSON.
-    pub id: Option<&'a str>,
-    pub status: &'a str,
+    pub id: Option<String>,
+    pub status: &'static str,
     /// When it was received, Unix seconds; also when an older pending request
     /// of the item is superseded.
     pub lastclock: i64,
-    pub reason: Option<&'a str>,
+    pub reason: Option<String>,
     pub expires_ms: i64,
     /// When it became SUCCESS or FAILED (a request failed at once).
     pub finished: Option<i64>,
 }
 
 /// The end of a pending request.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StatusChange<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
     /// `SUCCESS` or `FAILED`.
-    pub status: &'a str,
-    pub reason: Option<&'a str>,
+    pub status: &'static str,
+    pub reason: Option<String>,
     /// When, Unix seconds.
     pub finished: i64,
     /// The item's retained `config` message after the change.
-    pub payload: &'a str,
+    pub payload: String,
 }
 
 /// What the config request service loads at start-up.
@@ -85,13 +85,14 @@ impl Ledger {
     /// seconds), and finished requests received before `horizon` (Unix
     /// seconds) are deleted, never an item's newest. Returns how many were
     /// deleted.
-    pub fn tidy_config_requests(
+    pub async fn tidy_config_requests(
         &self,
         superseded: &str,
         now: i64,
         horizon: i64,
     ) -> Result<usize, StoreError> {
-        self.transaction(|tx, _| {
+        let superseded = superseded.to_string();
+        self.transaction(move |tx, _| {
             tx.execute(
                 "UPDATE config_requests SET status = 'FAILED', reason = ?1, finished = ?2
                  WHERE status = 'PENDING' AND rid NOT IN
@@ -105,10 +106,11 @@ impl Ledger {
             )?;
             Ok(pruned)
         })
+        .await
     }
 
     /// The newest request of every item, and the number of rows per status.
-    pub fn load_config_requests(&self) -> Result<StoredConfigRequests, StoreError> {
+    pub async fn load_config_requests(&self) -> Result<StoredConfigRequests, StoreError> {
         self.read(|conn| {
             let mut st = conn.prepare(
                 "SELECT rid, host, key, target, expected, audit, id, status, lastclock, reason,
@@ -139,99 +141,130 @@ impl Ledger {
             let counts = rows.collect::<Result<Vec<_>, _>>()?;
             Ok(StoredConfigRequests { newest, counts })
         })
+        .await
     }
 
-    /// Records a request in one transaction: a pending request of the same
-    /// item fails with `superseded` (and, if there was one, `superseded_payload`
-    /// is queued as its retained message), the new row is inserted and
-    /// `payload` queued as the item's retained message. Returns the new row's id.
-    pub fn insert_config_request(
+    /// Records a request in one transaction (see [`insert`]). Returns the new row's id.
+    pub async fn insert_config_request(
         &self,
-        request: &NewConfigRequest<'_>,
+        request: NewConfigRequest,
         superseded: &str,
-        superseded_payload: Option<&str>,
-        payload: &str,
+        superseded_payload: Option<String>,
+        payload: String,
     ) -> Result<i64, StoreError> {
-        let (host, key) = (request.host, request.key);
-        self.transaction(|tx, up| {
-            let n = tx.execute(
-                "UPDATE config_requests SET status = 'FAILED', reason = ?3, finished = ?4
-                 WHERE host = ?1 AND key = ?2 AND status = 'PENDING'",
-                params![host, key, superseded, request.lastclock],
-            )?;
-            if let (Some(old), true) = (superseded_payload, n > 0) {
-                up.push(status_topic(host, key), old, true);
-            }
-            tx.execute(
-                "INSERT INTO config_requests(host, key, target, expected, audit, id, status,
-                     lastclock, reason, expires_ms, written, finished)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)",
-                params![
-                    host,
-                    key,
-                    request.target,
-                    request.expected,
-                    request.audit,
-                    request.id,
-                    request.status,
-                    request.lastclock,
-                    request.reason,
-                    request.expires_ms,
-                    request.finished,
-                ],
-            )?;
-            let rid = tx.last_insert_rowid();
-            up.push(status_topic(host, key), payload, true);
-            Ok(rid)
+        let superseded = superseded.to_string();
+        self.transaction(move |tx, up| {
+            insert(tx, up, &request, &superseded, superseded_payload, payload)
         })
+        .await
     }
 
-    /// Ends the pending request `rid` of `host`/`key` as `change` says, with
-    /// its retained message, in one transaction. Returns false (and writes
-    /// nothing) when the request was no longer pending.
-    pub fn finish_config_request(
+    /// Ends a pending request in one transaction (see [`finish`]).
+    pub async fn finish_config_request(
         &self,
         host: &str,
         key: &str,
         rid: i64,
-        change: &StatusChange<'_>,
+        change: StatusChange,
     ) -> Result<bool, StoreError> {
-        self.transaction(|tx, up| {
-            let n = tx.execute(
-                "UPDATE config_requests SET status = ?2, reason = ?3, finished = ?4
-                 WHERE rid = ?1 AND status = 'PENDING'",
-                params![rid, change.status, change.reason, change.finished],
-            )?;
-            if n > 0 {
-                up.push(status_topic(host, key), change.payload, true);
-            }
-            Ok(n > 0)
-        })
+        let (host, key) = (host.to_string(), key.to_string());
+        self.transaction(move |tx, up| finish(tx, up, &host, &key, rid, change))
+            .await
     }
 
     /// Records that a write of request `rid` may reach the device.
-    pub fn mark_config_request_written(&self, rid: i64) -> Result<(), StoreError> {
-        self.transaction(|tx, _| {
-            tx.execute(
-                "UPDATE config_requests SET written = 1 WHERE rid = ?1",
-                [rid],
-            )?;
-            Ok(())
-        })
+    pub async fn mark_config_request_written(&self, rid: i64) -> Result<(), StoreError> {
+        self.transaction(move |tx, _| mark_written(tx, rid)).await
     }
+}
+
+/// Records a request: a pending request of the same item fails with
+/// `superseded` (and, if there was one, `superseded_payload` is queued as its
+/// retained message), the new row is inserted and `payload` queued as the
+/// item's retained message. Returns the new row's id. For
+/// [`Ledger::transaction`]s of the config request service.
+pub fn insert(
+    tx: &Transaction<'_>,
+    up: &mut Uplink,
+    request: &NewConfigRequest,
+    superseded: &str,
+    superseded_payload: Option<String>,
+    payload: String,
+) -> Result<i64, StoreError> {
+    let (host, key) = (request.host.as_str(), request.key.as_str());
+    let n = tx.execute(
+        "UPDATE config_requests SET status = 'FAILED', reason = ?3, finished = ?4
+         WHERE host = ?1 AND key = ?2 AND status = 'PENDING'",
+        params![host, key, superseded, request.lastclock],
+    )?;
+    if let (Some(old), true) = (superseded_payload, n > 0) {
+        up.push(status_topic(host, key), old, true);
+    }
+    tx.execute(
+        "INSERT INTO config_requests(host, key, target, expected, audit, id, status,
+             lastclock, reason, expires_ms, written, finished)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)",
+        params![
+            host,
+            key,
+            request.target,
+            request.expected,
+            request.audit,
+            request.id,
+            request.status,
+            request.lastclock,
+            request.reason,
+            request.expires_ms,
+            request.finished,
+        ],
+    )?;
+    let rid = tx.last_insert_rowid();
+    up.push(status_topic(host, key), payload, true);
+    Ok(rid)
+}
+
+/// Ends the pending request `rid` of `host`/`key` as `change` says, with its
+/// retained message. Returns false (and writes nothing) when the request was
+/// no longer pending.
+pub fn finish(
+    tx: &Transaction<'_>,
+    up: &mut Uplink,
+    host: &str,
+    key: &str,
+    rid: i64,
+    change: StatusChange,
+) -> Result<bool, StoreError> {
+    let n = tx.execute(
+        "UPDATE config_requests SET status = ?2, reason = ?3, finished = ?4
+         WHERE rid = ?1 AND status = 'PENDING'",
+        params![rid, change.status, change.reason, change.finished],
+    )?;
+    if n > 0 {
+        up.push(status_topic(host, key), change.payload, true);
+    }
+    Ok(n > 0)
+}
+
+/// Records that a write of request `rid` may reach the device.
+pub fn mark_written(tx: &Transaction<'_>, rid: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE config_requests SET written = 1 WHERE rid = ?1",
+        [rid],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request<'a>(target: f64, lastclock: i64) -> NewConfigRequest<'a> {
+    fn request(target: f64, lastclock: i64) -> NewConfigRequest {
         NewConfigRequest {
-            host: "pump",
-            key: "k",
+            host: "pump".into(),
+            key: "k".into(),
             target,
             expected: None,
-            audit: "[\"mqtt\"]",
+            audit: "[\"mqtt\"]".into(),
             id: None,
             status: "PENDING",
             lastclock,
@@ -241,19 +274,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_newer_request_supersedes_the_pending_one_with_its_message() {
+    #[tokio::test]
+    async fn a_newer_request_supersedes_the_pending_one_with_its_message() {
         let dir = tempfile::tempdir().unwrap();
         let l = super::super::tests::open(dir.path(), true);
         let first = l
-            .insert_config_request(&request(1.0, 10), "superseded", Some("old"), "first")
+            .insert_config_request(
+                request(1.0, 10),
+                "superseded",
+                Some("old".into()),
+                "first".into(),
+            )
+            .await
             .unwrap();
         let second = l
-            .insert_config_request(&request(2.0, 11), "superseded", Some("old"), "second")
+            .insert_config_request(
+                request(2.0, 11),
+                "superseded",
+                Some("old".into()),
+                "second".into(),
+            )
+            .await
             .unwrap();
         assert!(second > first);
         let msgs: Vec<(String, String)> = l
             .uplink_after(0, 10)
+            .await
             .unwrap()
             .into_iter()
             .map(|m| (m.topic, m.payload))
@@ -267,7 +313,7 @@ mod tests {
                 (topic, "second".into())
             ]
         );
-        let stored = l.load_config_requests().unwrap();
+        let stored = l.load_config_requests().await.unwrap();
         assert_eq!(stored.newest.len(), 1);
         assert_eq!(stored.newest[0].rid, second);
         let mut counts = stored.counts;
@@ -275,30 +321,40 @@ mod tests {
         assert_eq!(counts, vec![("FAILED".into(), 1), ("PENDING".into(), 1)]);
     }
 
-    #[test]
-    fn only_a_pending_request_is_finished() {
+    #[tokio::test]
+    async fn only_a_pending_request_is_finished() {
         let dir = tempfile::tempdir().unwrap();
         let l = super::super::tests::open(dir.path(), true);
         let rid = l
-            .insert_config_request(&request(1.0, 10), "superseded", None, "new")
+            .insert_config_request(request(1.0, 10), "superseded", None, "new".into())
+            .await
             .unwrap();
         let change = StatusChange {
             status: "SUCCESS",
             reason: None,
             finished: 12,
-            payload: "done",
+            payload: "done".into(),
         };
-        assert!(l.finish_config_request("pump", "k", rid, &change).unwrap());
-        assert!(!l.finish_config_request("pump", "k", rid, &change).unwrap());
+        assert!(l
+            .finish_config_request("pump", "k", rid, change.clone())
+            .await
+            .unwrap());
+        assert!(!l
+            .finish_config_request("pump", "k", rid, change)
+            .await
+            .unwrap());
         assert_eq!(
             l.uplink_len(),
             2,
             "no message for a change that did not happen"
         );
-        l.mark_config_request_written(rid).unwrap();
-        let stored = l.load_config_requests().unwrap();
+        l.mark_config_request_written(rid).await.unwrap();
+        let stored = l.load_config_requests().await.unwrap();
         assert_eq!(stored.newest[0].status, "SUCCESS");
         assert!(stored.newest[0].written);
-        assert_eq!(l.tidy_config_requests("superseded", 20, 100).unwrap(), 0);
+        assert_eq!(
+            l.tidy_config_requests("superseded", 20, 100).await.unwrap(),
+            0
+        );
     }
 }

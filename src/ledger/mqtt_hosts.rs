@@ -9,11 +9,12 @@ use crate::store::StoreError;
 impl Ledger {
     /// Records the host topics just published and returns the recorded ones
     /// not among them (hosts gone from the config), sorted, in one transaction.
-    pub fn remember_host_topics(&self, topics: &[String]) -> Result<Vec<String>, StoreError> {
-        self.transaction(|tx, _| {
+    pub async fn remember_host_topics(&self, topics: &[String]) -> Result<Vec<String>, StoreError> {
+        let topics = topics.to_vec();
+        self.transaction(move |tx, _| {
             let mut add =
                 tx.prepare_cached("INSERT OR IGNORE INTO mqtt_hosts(topic) VALUES (?1)")?;
-            for t in topics {
+            for t in &topics {
                 add.execute([t])?;
             }
             let mut st = tx.prepare_cached("SELECT topic FROM mqtt_hosts ORDER BY topic")?;
@@ -25,31 +26,34 @@ impl Ledger {
                 .filter(|t| !topics.contains(t))
                 .collect::<Vec<_>>())
         })
+        .await
     }
 
     /// Forgets host topics whose retained message the broker has cleared.
-    pub fn forget_host_topics(&self, topics: &[String]) -> Result<(), StoreError> {
-        self.transaction(|tx, _| {
+    pub async fn forget_host_topics(&self, topics: &[String]) -> Result<(), StoreError> {
+        let topics = topics.to_vec();
+        self.transaction(move |tx, _| {
             let mut st = tx.prepare_cached("DELETE FROM mqtt_hosts WHERE topic = ?1")?;
             for t in topics {
                 st.execute([t])?;
             }
             Ok(())
         })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_host_topic_not_published_again_is_stale_until_forgotten() {
+    #[tokio::test]
+    async fn a_host_topic_not_published_again_is_stale_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let l = super::super::tests::open(dir.path(), true);
         let both = ["R/hosts/a".to_string(), "R/hosts/b".to_string()];
-        assert!(l.remember_host_topics(&both).unwrap().is_empty());
-        let stale = l.remember_host_topics(&both[..1]).unwrap();
+        assert!(l.remember_host_topics(&both).await.unwrap().is_empty());
+        let stale = l.remember_host_topics(&both[..1]).await.unwrap();
         assert_eq!(stale, vec!["R/hosts/b".to_string()]);
-        l.forget_host_topics(&stale).unwrap();
-        assert!(l.remember_host_topics(&both[..1]).unwrap().is_empty());
+        l.forget_host_topics(&stale).await.unwrap();
+        assert!(l.remember_host_topics(&both[..1]).await.unwrap().is_empty());
     }
 }

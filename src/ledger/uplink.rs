@@ -40,8 +40,12 @@ pub(super) fn insert(
 
 impl Ledger {
     /// Queued uplink messages with `id > after`, oldest first, at most `max`.
-    pub fn uplink_after(&self, after: u64, max: usize) -> Result<Vec<UplinkMessage>, StoreError> {
-        self.read(|conn| {
+    pub async fn uplink_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<UplinkMessage>, StoreError> {
+        self.read(move |conn| {
             let mut st = conn.prepare_cached(
                 "SELECT id, topic, payload, retained FROM uplink WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
@@ -58,28 +62,32 @@ impl Ledger {
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+        .await
     }
 
     /// Removes delivered messages (after the broker's PUBACK).
-    pub fn uplink_done(&self, ids: &[u64]) -> Result<(), StoreError> {
+    pub async fn uplink_done(&self, ids: &[u64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let removed = self.transaction(|tx, _| {
+        let ids = ids.to_vec();
+        let inner = self.inner.clone();
+        self.transaction(move |tx, _| {
             let mut st = tx.prepare_cached("DELETE FROM uplink WHERE id = ?1")?;
-            let mut n = 0u64;
+            let mut removed = 0u64;
             for id in ids {
-                n += st.execute([(*id).min(i64::MAX as u64) as i64])? as u64;
+                removed += st.execute([id.min(i64::MAX as u64) as i64])? as u64;
             }
-            Ok(n)
-        })?;
-        let _ = self
-            .inner
-            .uplink_len
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(removed))
-            });
-        Ok(())
+            // Counted before the commit returns (a failed commit only means
+            // the rows are sent again, the count then catches up at the next start).
+            let _ = inner
+                .uplink_len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(removed))
+                });
+            Ok(())
+        })
+        .await
     }
 
     /// Queued uplink messages not yet acknowledged by the broker.

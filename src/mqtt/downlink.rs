@@ -32,7 +32,7 @@ pub(crate) enum Outcome {
 
 /// Carries out one downlink message received on `topic` (full topic), or
 /// says why it was refused.
-pub(crate) fn handle(
+pub(crate) async fn handle(
     gateway: &Gateway,
     root: &str,
     topic: &str,
@@ -55,6 +55,7 @@ pub(crate) fn handle(
             gateway
                 .writes
                 .submit(request, Channel::Mqtt)
+                .await
                 .map_err(|e| e.to_string())?;
             Ok(Outcome::Done)
         }
@@ -63,12 +64,15 @@ pub(crate) fn handle(
             gateway
                 .alarms
                 .acknowledge(eventid, &message)
+                .await
                 .map_err(|e| e.to_string())?;
             Ok(Outcome::Done)
         }
         "cmd/resend" => {
             let request = parse_resend(payload)?;
-            plan_resend(gateway, &request, now).map(Outcome::Resend)
+            plan_resend(gateway, &request, now)
+                .await
+                .map(Outcome::Resend)
         }
         _ => Err(format!(
             "unknown command topic; the gateway takes {}",
@@ -148,7 +152,7 @@ fn parse_resend(payload: &[u8]) -> Result<ResendRequest, String> {
 /// Checks a resend against the config and its size bound, then reads the
 /// history and cuts it into messages like the live ones (at most
 /// `MAX_POINTS_PER_MESSAGE` points, about `MAX_MESSAGE_JSON_BYTES`).
-fn plan_resend(
+async fn plan_resend(
     gateway: &Gateway,
     r: &ResendRequest,
     now: i64,
@@ -196,6 +200,7 @@ fn plan_resend(
             let points = gateway
                 .store
                 .history(id, from, to, None)
+                .await
                 .map_err(|e| format!("cannot read history: {e}"))?;
             builder.add(&item.key, &points);
         }

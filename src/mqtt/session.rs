@@ -253,7 +253,7 @@ impl<'a> Session<'a> {
 
     async fn run(mut self, reloads: &mut watch::Receiver<u64>, cancel: &CancellationToken) -> End {
         let end = self.connected(reloads, cancel).await;
-        self.finish();
+        self.finish().await;
         end
     }
 
@@ -307,7 +307,7 @@ impl<'a> Session<'a> {
         self.subscribe();
         let online = crate::wire::status::online(unix_now());
         self.push_ctrl("status", online.into_bytes(), true, Tag::Other);
-        self.queue_hosts();
+        self.queue_hosts().await;
         for (topic, error) in std::mem::take(&mut self.keep.rejections) {
             self.reject(&topic, &error);
         }
@@ -321,8 +321,8 @@ impl<'a> Session<'a> {
                 thing_checked = tokio::time::Instant::now();
                 self.queue_thing_changes();
             }
-            self.pump();
-            self.flush_releases();
+            self.pump().await;
+            self.flush_releases().await;
             self.update_status();
             let retry_at = self.retry_at;
             tokio::select! {
@@ -341,13 +341,13 @@ impl<'a> Session<'a> {
                         self.close().await;
                         return End::Reconfigure;
                     }
-                    self.queue_hosts();
+                    self.queue_hosts().await;
                 }
                 ev = self.events.recv() => {
                     let mut ev = ev;
                     for _ in 0..EVENT_BATCH {
                         match ev {
-                            Some(Ok(event)) => self.on_event(event),
+                            Some(Ok(event)) => self.on_event(event).await,
                             Some(Err(e)) => return self.lost(&e, since),
                             None => {
                                 tracing::warn!("mqtt: event loop ended");
@@ -402,8 +402,8 @@ impl<'a> Session<'a> {
 
     /// The connection is over (for whatever reason): forget what it had in
     /// flight and resume from the lowest unacknowledged row next time.
-    fn finish(&mut self) {
-        self.flush_releases();
+    async fn finish(&mut self) {
+        self.flush_releases().await;
         let (seq, id) = self.window.abandon();
         if let Some(seq) = seq {
             self.keep.data_cursor = self.keep.data_cursor.min(seq.saturating_sub(1));
@@ -435,7 +435,7 @@ impl<'a> Session<'a> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, self.events.recv()).await
         {
-            self.on_event(event);
+            self.on_event(event).await;
         }
         self.poller.abort();
     }
@@ -447,10 +447,10 @@ impl<'a> Session<'a> {
         let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
         while self.window.has_durable() {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(event))) => self.on_event(event),
+                Ok(Some(Ok(event))) => self.on_event(event).await,
                 _ => break,
             }
-            self.flush_releases();
+            self.flush_releases().await;
         }
         let offline = crate::wire::status::offline(unix_now());
         let topic = format!("{}/status", self.target.root);
@@ -465,11 +465,11 @@ impl<'a> Session<'a> {
         let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
         while self.window.len() > 0 {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(event))) => self.on_event(event),
+                Ok(Some(Ok(event))) => self.on_event(event).await,
                 _ => break,
             }
         }
-        self.flush_releases();
+        self.flush_releases().await;
         if self.client.try_disconnect().is_ok() {
             self.wait_poller().await;
         }
@@ -485,7 +485,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    async fn on_event(&mut self, event: Event) {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.window.on_outgoing(pkid),
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.window.on_await_ack(pkid),
@@ -496,7 +496,7 @@ impl<'a> Session<'a> {
             }
             // While closing, commands are left unacknowledged: the broker
             // delivers them again on the next connection.
-            Event::Incoming(Incoming::Publish(p)) if !self.closing => self.on_command(p),
+            Event::Incoming(Incoming::Publish(p)) if !self.closing => self.on_command(p).await,
             Event::Incoming(Incoming::SubAck(ack))
                 if ack
                     .return_codes
@@ -543,7 +543,7 @@ impl<'a> Session<'a> {
     }
 
     /// Records deliveries in the database.
-    fn flush_releases(&mut self) {
+    async fn flush_releases(&mut self) {
         if !self.acked_seqs.is_empty() {
             if let Err(e) = self.gateway.store.mark_sent(&self.acked_seqs) {
                 tracing::error!(error = %e, "mqtt: cannot record delivered data messages; they will be sent again");
@@ -551,7 +551,7 @@ impl<'a> Session<'a> {
             self.acked_seqs.clear();
         }
         if !self.acked_ids.is_empty() {
-            if let Err(e) = self.gateway.ledger.uplink_done(&self.acked_ids) {
+            if let Err(e) = self.gateway.ledger.uplink_done(&self.acked_ids).await {
                 let text =
                     format!("cannot record delivered messages (they will be sent again): {e}");
                 self.status.set_error(text.clone());
@@ -561,7 +561,7 @@ impl<'a> Session<'a> {
         }
         if !self.cleared_hosts.is_empty() {
             let topics = std::mem::take(&mut self.cleared_hosts);
-            let r = self.gateway.ledger.forget_host_topics(&topics);
+            let r = self.gateway.ledger.forget_host_topics(&topics).await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "mqtt: cannot forget cleared host topics");
             }
@@ -591,7 +591,7 @@ impl<'a> Session<'a> {
         self.push_ctrl("rejected", payload, false, Tag::Other);
     }
 
-    fn on_command(&mut self, p: Publish) {
+    async fn on_command(&mut self, p: Publish) {
         self.status.commands.fetch_add(1, Ordering::Relaxed);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         p.topic.hash(&mut h);
@@ -617,7 +617,8 @@ impl<'a> Session<'a> {
                 &p.topic,
                 &p.payload,
                 unix_now(),
-            );
+            )
+            .await;
             match r {
                 Ok(Outcome::Done) => {
                     tracing::info!(topic = %p.topic, "mqtt: command carried out");
@@ -677,7 +678,7 @@ impl<'a> Session<'a> {
     /// Retained metadata of every configured host and of the upstream model
     /// (Things, Time-series, Datasets), and empty retained messages for
     /// those published earlier that are gone from the config.
-    fn queue_hosts(&mut self) {
+    async fn queue_hosts(&mut self) {
         let running = self.gateway.running();
         let mut topics = Vec::new();
         for spec in &running.config.hosts {
@@ -715,7 +716,7 @@ impl<'a> Session<'a> {
             self.push_ctrl(&below, payload, true, Tag::Other);
         }
         self.thing_states.reset(&running);
-        let stale = self.gateway.ledger.remember_host_topics(&topics);
+        let stale = self.gateway.ledger.remember_host_topics(&topics).await;
         match stale {
             Ok(stale) => {
                 for topic in stale {
@@ -736,7 +737,7 @@ impl<'a> Session<'a> {
     /// (control messages, rows already read), resends (at most half the
     /// window), queued events/states/statuses, data. Rows are read only when
     /// `ctrl` is empty, so they go out in database order.
-    fn pump(&mut self) {
+    async fn pump(&mut self) {
         while let Some(p) = self.acks.front() {
             if self.client.try_ack(p).is_err() {
                 break;
@@ -770,24 +771,25 @@ impl<'a> Session<'a> {
             }
             let room = WINDOW - self.window.len();
             if self.uplink_more {
-                self.fetch_uplink(room);
+                self.fetch_uplink(room).await;
                 continue;
             }
             // Data rows come in batches (fewer database reads while draining a
             // backlog), or at once when nothing is in flight (low latency).
             if self.data_more && (room >= WINDOW / 2 || self.window.len() == 0) {
-                self.fetch_data(room);
+                self.fetch_data(room).await;
                 continue;
             }
             return;
         }
     }
 
-    fn fetch_uplink(&mut self, room: usize) {
+    async fn fetch_uplink(&mut self, room: usize) {
         match self
             .gateway
             .ledger
             .uplink_after(self.keep.uplink_cursor, room)
+            .await
         {
             Ok(rows) => {
                 self.uplink_more = rows.len() >= room;
@@ -808,8 +810,13 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn fetch_data(&mut self, room: usize) {
-        match self.gateway.store.outbox_after(self.keep.data_cursor, room) {
+    async fn fetch_data(&mut self, room: usize) {
+        match self
+            .gateway
+            .store
+            .outbox_after(self.keep.data_cursor, room)
+            .await
+        {
             Ok(messages) => {
                 self.data_more = messages.len() >= room;
                 for m in messages {

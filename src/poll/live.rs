@@ -62,6 +62,11 @@ pub struct HostLive {
     /// Request latency histogram, counts per bucket of [`LATENCY_BUCKETS`] (+Inf last).
     pub latency_buckets: Vec<u64>,
     pub latency_sum: f64,
+    /// How late poll cycles started against their schedule: counts per
+    /// bucket of [`LATENESS_BUCKETS`] (+Inf last), their sum and the largest.
+    pub lateness_buckets: Vec<u64>,
+    pub lateness_sum: f64,
+    pub lateness_max: f64,
     /// Per item, in the host's item order.
     pub items: Vec<ItemLive>,
 }
@@ -69,12 +74,27 @@ pub struct HostLive {
 /// Upper bounds, in seconds, of the request latency histogram.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// Upper bounds, in seconds, of the poll lateness histogram.
+pub const LATENESS_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// Counts `seconds` in the bucket of `bounds` it falls in (the last bucket is +Inf).
+fn observe(buckets: &mut [u64], bounds: &[f64], seconds: f64) {
+    let i = bounds
+        .iter()
+        .position(|b| seconds <= *b)
+        .unwrap_or(bounds.len());
+    if let Some(b) = buckets.get_mut(i) {
+        *b += 1;
+    }
+}
+
 impl HostLive {
     /// A fresh state for a host's items.
     pub fn new(items: usize) -> HostLive {
         HostLive {
             items: vec![ItemLive::default(); items],
             latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
+            lateness_buckets: vec![0; LATENESS_BUCKETS.len() + 1],
             ..HostLive::default()
         }
     }
@@ -102,14 +122,16 @@ impl HostLive {
     }
 
     fn observe_latency(&mut self, seconds: f64) {
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        if let Some(b) = self.latency_buckets.get_mut(i) {
-            *b += 1;
-        }
+        observe(&mut self.latency_buckets, &LATENCY_BUCKETS, seconds);
         self.latency_sum += seconds;
+    }
+
+    /// A poll cycle started `late` after the instant its schedule set.
+    pub fn observe_lateness(&mut self, late: std::time::Duration) {
+        let seconds = late.as_secs_f64();
+        observe(&mut self.lateness_buckets, &LATENESS_BUCKETS, seconds);
+        self.lateness_sum += seconds;
+        self.lateness_max = self.lateness_max.max(seconds);
     }
 }
 

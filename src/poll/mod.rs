@@ -20,7 +20,7 @@ pub mod task;
 
 pub use live::{
     apply_readings, apply_written, HostLive, HostLiveCell, HostLiveHandle, ItemLive, ItemState,
-    LATENCY_BUCKETS,
+    LATENCY_BUCKETS, LATENESS_BUCKETS,
 };
 pub use reader::{CycleReport, HostReader, ItemReading, CUT_LIFETIME};
 pub use schedule::Schedule;

@@ -75,9 +75,14 @@ pub async fn run_host_with_writes(
         }
         let now = Instant::now();
         let wall = clock::since_epoch();
+        let planned = schedule.next_wake();
         let Some(due) = schedule.take_due(now, wall) else {
             continue;
         };
+        outputs
+            .live
+            .lock()
+            .observe_lateness(now.saturating_duration_since(planned));
         let clock = clock::unix_now();
         let report = reader.read(&due).await;
         drop(due);

@@ -159,8 +159,14 @@ fn refuse(status: &mut DeployObject, errors: Vec<String>) {
     status.errors = errors;
 }
 
+/// Waits for the store's or the gateway's `async fn` from a thread of the
+/// blocking pool, where deployments run (never on the runtime's threads).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
 /// Queues `R/deploy` (retained, durable).
-fn publish(gateway: &Gateway, status: &DeployObject) {
+async fn publish(gateway: &Gateway, status: &DeployObject) {
     let payload = match serde_json::to_string(status) {
         Ok(p) => p,
         Err(e) => {
@@ -168,10 +174,13 @@ fn publish(gateway: &Gateway, status: &DeployObject) {
             return;
         }
     };
-    let queued = gateway.ledger.transaction(|_, uplink| {
-        uplink.push("deploy", payload, true);
-        Ok(())
-    });
+    let queued = gateway
+        .ledger
+        .transaction(move |_, uplink| {
+            uplink.push("deploy", payload, true);
+            Ok(())
+        })
+        .await;
     if let Err(e) = queued {
         tracing::error!(error = %e, "cannot queue the deployment status for R/deploy");
     }
@@ -180,7 +189,7 @@ fn publish(gateway: &Gateway, status: &DeployObject) {
 impl Remote {
     /// The remote configuration of `gateway`; publishes a status a restart
     /// changed (a rolled back probation). Reads `data_dir`: call at start-up.
-    pub fn open(gateway: &Gateway) -> Remote {
+    pub async fn open(gateway: &Gateway) -> Remote {
         let dirs = Dirs::of(&gateway.config().gateway.data_dir);
         let mut state = files::read_state(&dirs).unwrap_or_else(|e| {
             tracing::error!(error = %e, path = %dirs.state.display(), "cannot read the deployment state");
@@ -188,7 +197,7 @@ impl Remote {
         });
         if state.unpublished {
             if let Some(d) = &state.deploy {
-                publish(gateway, d);
+                publish(gateway, d).await;
             }
             state.unpublished = false;
             if let Err(e) = files::write_state(&dirs, &state) {
@@ -341,7 +350,7 @@ impl Remote {
             .filter(|h| before.config.host(h).is_none() || answered.contains(h))
             .collect();
         let rollback_after = config.remote.rollback_after;
-        if let Err(e) = gateway.reload(config) {
+        if let Err(e) = wait(gateway.reload(config)) {
             let _ = restore_previous(dirs, had_previous);
             return Err(Refusal::Failed(format!(
                 "the deployment could not be applied: {e}"
@@ -366,7 +375,7 @@ impl Remote {
         if let Err(e) = files::write_state(&self.inner.dirs, state) {
             tracing::error!(error = %e, "cannot record the deployment status");
         }
-        publish(&self.inner.gateway, &status);
+        wait(publish(&self.inner.gateway, &status));
     }
 
     /// Ends the probation: `APPLIED`, or `ROLLED_BACK` naming the hosts that
@@ -424,7 +433,7 @@ impl Remote {
         }
         match load_effective(&running.local_path) {
             Ok(config) => {
-                if let Err(e) = gateway.reload(config) {
+                if let Err(e) = wait(gateway.reload(config)) {
                     tracing::error!(error = %e, "cannot reload the previous config");
                 }
             }

@@ -9,15 +9,21 @@
 //!   MQTT data message with `seq` = the row's `seq`.
 //! - Compaction (in the writer, every few minutes per host) moves journal points
 //!   into per-item `history` chunks; journal rows are deleted once sent and compacted.
-//! - Queries run on a separate read-only connection.
+//! - Queries run on read-only connections of their own threads
+//!   ([`worker::DbThreads`]): history and trends on [`READERS`] of them, the
+//!   outbox on one of its own, so a long history query never holds up the
+//!   uplink. Every method that reads the database is an `async fn` that hands
+//!   its work to those threads.
 //! - Retention, the `max_size` cap, WAL checkpoints and a full file system:
 //!   `space.rs`. Samples are kept whatever their clock (see `writer.rs`).
 
 mod codec;
+mod read;
 mod schema;
 mod space;
 #[cfg(test)]
 mod tests;
+pub(crate) mod worker;
 mod writer;
 
 use std::collections::HashSet;
@@ -31,7 +37,15 @@ use rusqlite::{params, Connection};
 
 use crate::model::{Config, StorageSpec};
 
-pub use schema::SCHEMA_VERSION;
+pub use read::{HistoryLimit, OverCap};
+#[cfg(test)]
+pub(crate) use schema::pragmas;
+pub use schema::{configure as configure_connection, open_control, open_read, SCHEMA_VERSION};
+pub(crate) use worker::DbThreads;
+
+/// Threads (each with its own read-only connection) that answer history and
+/// trend queries.
+pub const READERS: usize = 4;
 
 /// A stable number for an item (host, key), kept in the database.
 pub type ItemId = u32;
@@ -411,7 +425,12 @@ pub(crate) struct Inner {
     done: Condvar,
     items: RwLock<schema::Items>,
     live: Mutex<Live>,
-    reader: Mutex<Connection>,
+    /// History and trend queries; registering a reloaded config's items.
+    readers: DbThreads,
+    /// The outbox's reads (the uplink never waits behind a history query).
+    outbox_reader: DbThreads,
+    /// Outbox messages read ahead of the uplink's cursor.
+    fresh: Mutex<Fresh>,
     counters: Counters,
     commits_tx: tokio::sync::watch::Sender<u64>,
     /// Bumped each time the writer takes the push buffer.
@@ -520,7 +539,15 @@ impl Store {
             conn.query_row("SELECT count(*) FROM journal WHERE sent = 0", [], |r| {
                 r.get(0)
             })?;
-        let reader = schema::open_read(&path, opts.busy_timeout)?;
+        let readers = (0..READERS)
+            .map(|_| schema::open_read(&path, opts.busy_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        // History answers are bulk work: they yield the CPU to polling.
+        let readers = DbThreads::spawn_with("store-read", readers, worker::Priority::Background)?;
+        let outbox_reader = DbThreads::spawn(
+            "store-outbox",
+            vec![schema::open_read(&path, opts.busy_timeout)?],
+        )?;
         let (commits_tx, _) = tokio::sync::watch::channel(0u64);
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -547,7 +574,9 @@ impl Store {
             done: Condvar::new(),
             items: RwLock::new(items),
             live: Mutex::new(live),
-            reader: Mutex::new(reader),
+            readers,
+            outbox_reader,
+            fresh: Mutex::new(Fresh::default()),
             counters: Counters {
                 samples_received: AtomicU64::new(0),
                 history_points: AtomicU64::new(0),
@@ -705,77 +734,62 @@ impl Store {
         }
     }
 
-    /// History points of an item in `[from, to]`, ascending; with `limit`, the newest `limit`.
-    pub fn history(
+    /// History points of an item in `[from, to]`, ascending; with `limit`,
+    /// the newest `limit`. `limit` is applied while reading: the query holds
+    /// no more points than it returns.
+    pub async fn history(
         &self,
         item: ItemId,
         from: i64,
         to: i64,
         limit: Option<usize>,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
-        if from > to || limit == Some(0) {
-            return Ok(Vec::new());
+        let limit = HistoryLimit {
+            newest: limit,
+            cap: None,
+        };
+        match self.history_with(item, from, to, limit, Vec::new()).await? {
+            (Ok(_), points) => Ok(points),
+            // Without a cap there is nothing to exceed.
+            (Err(_), _) => Ok(Vec::new()),
+        }
+    }
+
+    /// Reads history as [`Store::history`] does, on a reader thread, handing
+    /// the points to `sink` there in batches as they are decoded (the API
+    /// streams its answer from it). Returns the sink with the number of points
+    /// handed over, or [`OverCap`] (before anything was handed over) when the
+    /// answer would have more than `limit.cap` points.
+    pub async fn history_with<S: HistorySink>(
+        &self,
+        item: ItemId,
+        from: i64,
+        to: i64,
+        limit: HistoryLimit,
+        mut sink: S,
+    ) -> Result<(Result<usize, OverCap>, S), StoreError> {
+        if from > to || limit.newest == Some(0) {
+            return Ok((Ok(0), sink));
         }
         let host_id = {
             let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
             match items.get(item) {
                 Some((hid, _)) => hid,
-                None => return Ok(Vec::new()),
+                None => return Ok((Ok(0), sink)),
             }
         };
-        let conn = lock(&self.inner.reader);
-        // One read transaction: chunks and journal rows from the same snapshot,
-        // so a compaction in between can neither hide nor duplicate points.
-        let tx = conn.unchecked_transaction()?;
-        let mut out = Vec::new();
-        {
-            let mut st = tx.prepare_cached(
-                "SELECT data FROM history WHERE item_id = ?1
-                   AND start >= coalesce((SELECT max(start) FROM history WHERE item_id = ?1 AND start <= ?2), ?2)
-                   AND start <= ?3
-                 ORDER BY start",
-            )?;
-            let mut rows = st.query(params![item, from, to])?;
-            while let Some(row) = rows.next()? {
-                let blob = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-                codec::decode_chunk(blob, |c, v| {
-                    if c >= from && c <= to {
-                        out.push((c, v));
-                    }
-                })?;
-            }
-        }
-        {
-            let mut st = tx.prepare_cached(
-                "SELECT data FROM journal WHERE host_id = ?1 AND compacted = 0
-                   AND clock_max >= ?2 AND clock_min <= ?3 ORDER BY seq",
-            )?;
-            let mut rows = st.query(params![host_id, from, to])?;
-            while let Some(row) = rows.next()? {
-                let blob = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-                codec::decode_row(blob, |i, c, v| {
-                    if i == item && c >= from && c <= to {
-                        out.push((c, v));
-                    }
-                })?;
-            }
-        }
-        drop(tx);
-        // Chunks are in clock order; journal points in arrival order, which
-        // after a step back of the wall clock is not clock order. Stable:
-        // points sharing a second stay in arrival order.
-        out.sort_by_key(|p| p.0);
-        if let Some(limit) = limit {
-            if out.len() > limit {
-                out.drain(..out.len() - limit);
-            }
-        }
-        Ok(out)
+        self.inner
+            .readers
+            .call(move |conn| {
+                let n = read::history(conn, item, host_id, (from, to), limit, &mut sink)?;
+                Ok((n, sink))
+            })
+            .await
     }
 
     /// Hourly trend buckets of an item whose hour starts in `[from, to]`
     /// (the bucket containing `from` included), with the current hour.
-    pub fn trend(
+    pub async fn trend(
         &self,
         item: ItemId,
         from: i64,
@@ -785,41 +799,27 @@ impl Store {
         if lo > to {
             return Ok(Vec::new());
         }
-        let mut out: Vec<(i64, TrendBucket)> = Vec::new();
-        {
-            let conn = lock(&self.inner.reader);
-            let mut st = conn.prepare_cached(
-                "SELECT hour, num, min, avg, max FROM trend WHERE item_id = ?1 AND hour >= ?2 AND hour <= ?3 ORDER BY hour",
-            )?;
-            let rows = st.query_map(params![item, lo, to], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    TrendBucket {
-                        num: r.get::<_, i64>(1)?.max(0) as u64,
-                        min: r.get(2)?,
-                        avg: r.get(3)?,
-                        max: r.get(4)?,
-                    },
-                ))
-            })?;
-            for row in rows {
-                out.push(row?);
-            }
-        }
-        let cur = {
-            let live = lock(&self.inner.live);
-            live.cur.get(item as usize).copied().flatten()
-        };
-        if let Some(acc) = cur {
-            if acc.hour >= lo && acc.hour <= to {
-                // The in-memory bucket is the whole hour (reloaded at open).
-                match out.binary_search_by_key(&acc.hour, |(h, _)| *h) {
-                    Ok(i) => out[i].1 = acc.bucket(),
-                    Err(i) => out.insert(i, (acc.hour, acc.bucket())),
+        let inner = self.inner.clone();
+        self.inner
+            .readers
+            .call(move |conn| {
+                let mut out = read::trend(conn, item, lo, to)?;
+                let cur = {
+                    let live = lock(&inner.live);
+                    live.cur.get(item as usize).copied().flatten()
+                };
+                if let Some(acc) = cur {
+                    if acc.hour >= lo && acc.hour <= to {
+                        // The in-memory bucket is the whole hour (reloaded at open).
+                        match out.binary_search_by_key(&acc.hour, |(h, _)| *h) {
+                            Ok(i) => out[i].1 = acc.bucket(),
+                            Err(i) => out.insert(i, (acc.hour, acc.bucket())),
+                        }
+                    }
                 }
-            }
-        }
-        Ok(out)
+                Ok(out)
+            })
+            .await
     }
 
     /// The newest history point of an item, to restore `lastvalue` after a restart.
@@ -829,61 +829,83 @@ impl Store {
         Ok(live.last(item))
     }
 
-    /// Unsent outbox messages with `seq > after_seq`, ascending, at most `max_messages`.
-    pub fn outbox_after(
+    /// Unsent outbox messages with `seq > after_seq`, ascending, at most
+    /// `max_messages`; read on the outbox's own connection.
+    pub async fn outbox_after(
         &self,
         after_seq: u64,
         max_messages: usize,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let served = lock(&self.inner.fresh).take(after_seq, max_messages);
+        if let Some(msgs) = served {
+            self.read_ahead();
+            return Ok(msgs);
+        }
         let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
-        let mut raw = Vec::new();
-        {
-            let conn = lock(&self.inner.reader);
-            let mut st = conn.prepare_cached(
-                "SELECT seq, host_id, data FROM journal WHERE seq > ?1 AND sent = 0 ORDER BY seq LIMIT ?2",
-            )?;
-            let limit = (max_messages + marks.len()).min(i64::MAX as usize) as i64;
-            let mut rows = st.query(params![after_seq.min(i64::MAX as u64) as i64, limit])?;
-            while let Some(row) = rows.next()? {
-                let seq = row.get::<_, i64>(0)? as u64;
-                if marks.contains(&seq) {
-                    continue;
-                }
-                raw.push((seq, row.get::<_, i64>(1)? as u32, row.get::<_, Vec<u8>>(2)?));
-                if raw.len() >= max_messages {
-                    break;
-                }
+        let inner = self.inner.clone();
+        self.inner
+            .outbox_reader
+            .call(move |conn| {
+                // Read ahead: the next calls are answered from memory.
+                let commits = lock(&inner.fresh).commits;
+                let want = max_messages.saturating_add(READ_AHEAD);
+                let mut msgs = outbox_messages(&inner, conn, after_seq, want, &marks)?;
+                let full = msgs.len() >= want;
+                let ahead = msgs.split_off(msgs.len().min(max_messages));
+                let last = msgs.last().map_or(after_seq, |m| m.seq);
+                let mut fresh = lock(&inner.fresh);
+                // A commit during the read may have added rows it missed.
+                let more = full || fresh.commits != commits;
+                fresh.reset(last, ahead, more);
+                Ok(msgs)
+            })
+            .await
+    }
+
+    /// While a backlog drains: reads the next messages in the background once
+    /// fewer than three quarters of [`READ_AHEAD`] are left in memory, so the uplink's
+    /// next requests find them there.
+    fn read_ahead(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tail = {
+            let mut fresh = lock(&self.inner.fresh);
+            if !fresh.more || fresh.reading || fresh.msgs.len() >= READ_AHEAD * 3 / 4 {
+                return;
             }
-        }
-        let items = self.inner.items.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(raw.len());
-        for (seq, hid, blob) in raw {
-            let mut msg_items: Vec<(String, Vec<(i64, f64)>)> = Vec::new();
-            let mut last_item = None;
-            codec::decode_row(&blob, |i, c, v| {
-                if last_item != Some(i) {
-                    last_item = Some(i);
-                    let key = match items.get(i) {
-                        Some((_, k)) => k.to_string(),
-                        None => format!("#{i}"),
-                    };
-                    msg_items.push((key, Vec::new()));
-                }
-                if let Some((_, p)) = msg_items.last_mut() {
-                    p.push((c, v));
-                }
-            })?;
-            let host = match items.hosts.get(&hid) {
-                Some(h) => h.to_string(),
-                None => format!("#{hid}"),
-            };
-            out.push(OutboxMessage {
-                seq,
-                host,
-                items: msg_items,
-            });
-        }
-        Ok(out)
+            let Some(after) = fresh.after else { return };
+            fresh.reading = true;
+            (fresh.msgs.back().map_or(after, |m| m.seq), fresh.commits)
+        };
+        let marks: HashSet<u64> = lock(&self.inner.shared).marks.clone();
+        let inner = self.inner.clone();
+        let threads = self.inner.outbox_reader.clone();
+        runtime.spawn(async move {
+            let read = threads
+                .call(move |conn| {
+                    let (from, commits) = tail;
+                    let msgs = outbox_messages(&inner, conn, from, READ_AHEAD, &marks);
+                    let mut fresh = lock(&inner.fresh);
+                    fresh.reading = false;
+                    let same = fresh.after.is_some()
+                        && fresh.msgs.back().map_or(fresh.after, |m| Some(m.seq)) == Some(from);
+                    match msgs {
+                        Ok(msgs) if same => {
+                            fresh.more = msgs.len() >= READ_AHEAD || fresh.commits != commits;
+                            fresh.msgs.extend(msgs);
+                        }
+                        // The uplink started over meanwhile: its next request reads.
+                        Ok(_) => {}
+                        Err(_) => fresh.after = None,
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = read {
+                tracing::debug!(error = %e, "outbox read-ahead failed");
+            }
+        });
     }
 
     /// Marks outbox messages as delivered (after the broker's PUBACK). The marks
@@ -942,23 +964,201 @@ impl Store {
     /// Registers the items of a reloaded config (new ids for new items, new
     /// deadbands, storage settings, with or without MQTT). Takes effect at the
     /// writer's next cycle; ids are usable when this returns.
-    pub fn reconfigure(&self, config: &Config) -> Result<(), StoreError> {
+    pub async fn reconfigure(&self, config: &Config) -> Result<(), StoreError> {
         if lock(&self.inner.shared).closed {
             return Err(StoreError::Closed);
         }
-        let conn = Connection::open(&self.inner.path)?;
-        conn.busy_timeout(self.inner.opts.busy_timeout.max(Duration::from_secs(10)))?;
-        let items = schema::register(&conn, config)?;
-        drop(conn);
-        let settings = settings_of(config, &items);
-        {
-            let max_id = items.max_id();
-            lock(&self.inner.live).ensure(max_id);
-        }
-        *self.inner.items.write().unwrap_or_else(|e| e.into_inner()) = items;
-        lock(&self.inner.shared).settings = Some(settings);
-        Ok(())
+        let inner = self.inner.clone();
+        let config = config.clone();
+        self.inner
+            .readers
+            .call(move |_| {
+                let busy = inner.opts.busy_timeout.max(Duration::from_secs(10));
+                let conn = schema::open_control(&inner.path, busy, 256)?;
+                let items = schema::register(&conn, &config)?;
+                drop(conn);
+                let settings = settings_of(&config, &items);
+                {
+                    let max_id = items.max_id();
+                    lock(&inner.live).ensure(max_id);
+                }
+                *inner.items.write().unwrap_or_else(|e| e.into_inner()) = items;
+                lock(&inner.shared).settings = Some(settings);
+                Ok(())
+            })
+            .await
     }
+}
+
+#[cfg(test)]
+impl Store {
+    /// `schema::Pragmas` of every reader connection, then the outbox's.
+    pub(crate) async fn connection_pragmas(&self) -> Result<Vec<schema::Pragmas>, StoreError> {
+        let mut all = self.inner.readers.on_each(READERS, schema::pragmas).await?;
+        all.extend(self.inner.outbox_reader.on_each(1, schema::pragmas).await?);
+        Ok(all)
+    }
+}
+
+/// Where [`Store::history_with`] hands the points, on a reader thread.
+pub trait HistorySink: Send + 'static {
+    /// The answer will have `total` points; false: do not read them.
+    fn start(&mut self, total: usize) -> bool {
+        let _ = total;
+        true
+    }
+    /// The next points, ascending; false: stop reading.
+    fn points(&mut self, points: &[(i64, f64)]) -> bool;
+    /// Every point was handed over.
+    fn end(&mut self) {}
+}
+
+impl HistorySink for Vec<(i64, f64)> {
+    fn start(&mut self, total: usize) -> bool {
+        self.reserve_exact(total);
+        true
+    }
+    fn points(&mut self, points: &[(i64, f64)]) -> bool {
+        self.extend_from_slice(points);
+        true
+    }
+}
+
+/// Outbox messages read at most ahead of what the uplink asked for.
+const READ_AHEAD: usize = 256;
+
+/// Unsent outbox messages read ahead of the uplink's cursor, so that the
+/// uplink seldom waits for a thread: the outbox reader stashes what it read
+/// beyond a request, and the writer adds the messages of each commit while
+/// the uplink is caught up (before it announces the commit).
+#[derive(Default)]
+pub(crate) struct Fresh {
+    /// `msgs` are the unsent messages right after this seq (None: unknown).
+    after: Option<u64>,
+    msgs: std::collections::VecDeque<OutboxMessage>,
+    /// More unsent messages may follow `msgs` (only a read can tell).
+    more: bool,
+    /// Commits that added outbox messages (to tell a read that raced one).
+    commits: u64,
+    /// A background read is under way.
+    reading: bool,
+}
+
+impl Fresh {
+    /// The answer to `outbox_after(after, max)` if memory holds it.
+    fn take(&mut self, after: u64, max: usize) -> Option<Vec<OutboxMessage>> {
+        if self.after != Some(after) || (self.more && self.msgs.len() < max) {
+            return None;
+        }
+        let n = self.msgs.len().min(max);
+        let msgs: Vec<OutboxMessage> = self.msgs.drain(..n).collect();
+        if let Some(m) = msgs.last() {
+            self.after = Some(m.seq);
+        }
+        Some(msgs)
+    }
+
+    fn reset(&mut self, after: u64, ahead: Vec<OutboxMessage>, more: bool) {
+        self.after = Some(after);
+        self.msgs = ahead.into();
+        self.more = more;
+        // A read-ahead under way now finds its start gone and drops its rows.
+        self.reading = false;
+    }
+
+    /// Where the next commit's messages would go, if memory is complete.
+    fn tail(&self) -> Option<u64> {
+        let after = self.after?;
+        (!self.more).then(|| self.msgs.back().map_or(after, |m| m.seq))
+    }
+}
+
+/// After a commit that added outbox messages, on the writer's thread: reads
+/// them into [`Fresh`] while the uplink is caught up.
+pub(crate) fn prefetch_outbox(inner: &Inner, conn: &Connection) {
+    let (tail, room) = {
+        let mut fresh = lock(&inner.fresh);
+        fresh.commits += 1;
+        let Some(tail) = fresh.tail() else {
+            return;
+        };
+        let room = READ_AHEAD.saturating_sub(fresh.msgs.len());
+        if room == 0 {
+            fresh.more = true;
+            return;
+        }
+        (tail, room)
+    };
+    let marks: HashSet<u64> = lock(&inner.shared).marks.clone();
+    let read = outbox_messages(inner, conn, tail, room, &marks);
+    let mut fresh = lock(&inner.fresh);
+    if fresh.tail() != Some(tail) {
+        return; // the uplink moved meanwhile; its next read starts over
+    }
+    match read {
+        Ok(msgs) => {
+            fresh.more = msgs.len() >= room;
+            fresh.msgs.extend(msgs);
+        }
+        Err(_) => fresh.after = None,
+    }
+}
+
+/// Reads and decodes unsent outbox rows (see [`Store::outbox_after`]).
+fn outbox_messages(
+    inner: &Inner,
+    conn: &Connection,
+    after_seq: u64,
+    max_messages: usize,
+    marks: &HashSet<u64>,
+) -> Result<Vec<OutboxMessage>, StoreError> {
+    let mut raw = Vec::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT seq, host_id, data FROM journal WHERE seq > ?1 AND sent = 0 ORDER BY seq LIMIT ?2",
+        )?;
+        let limit = (max_messages + marks.len()).min(i64::MAX as usize) as i64;
+        let mut rows = st.query(params![after_seq.min(i64::MAX as u64) as i64, limit])?;
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            if marks.contains(&seq) {
+                continue;
+            }
+            raw.push((seq, row.get::<_, i64>(1)? as u32, row.get::<_, Vec<u8>>(2)?));
+            if raw.len() >= max_messages {
+                break;
+            }
+        }
+    }
+    let items = inner.items.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::with_capacity(raw.len());
+    for (seq, hid, blob) in raw {
+        let mut msg_items: Vec<(String, Vec<(i64, f64)>)> = Vec::new();
+        let mut last_item = None;
+        codec::decode_row(&blob, |i, c, v| {
+            if last_item != Some(i) {
+                last_item = Some(i);
+                let key = match items.get(i) {
+                    Some((_, k)) => k.to_string(),
+                    None => format!("#{i}"),
+                };
+                msg_items.push((key, Vec::new()));
+            }
+            if let Some((_, p)) = msg_items.last_mut() {
+                p.push((c, v));
+            }
+        })?;
+        let host = match items.hosts.get(&hid) {
+            Some(h) => h.to_string(),
+            None => format!("#{hid}"),
+        };
+        out.push(OutboxMessage {
+            seq,
+            host,
+            items: msg_items,
+        });
+    }
+    Ok(out)
 }
 
 /// Database file, WAL and reserve file, bytes (what `max_size` caps).

@@ -76,7 +76,8 @@ pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError>
         source,
     };
     let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(busy).map_err(err)?;
+    // 1 MiB of page cache: commits append and compaction reads recent pages.
+    configure(&conn, busy, 1024).map_err(err)?;
     let version: i32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
@@ -96,12 +97,6 @@ pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError>
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(err)?;
-    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
-        .map_err(err)?;
-    // 1 MiB of page cache: commits append and compaction reads recent pages.
-    conn.pragma_update(None, "cache_size", -1024).map_err(err)?;
     migrate(&conn, version).map_err(|e| match e {
         StoreError::Sqlite(source) => err(source),
         other => other,
@@ -148,9 +143,52 @@ pub fn open_read(path: &Path, busy: Duration) -> Result<Connection, StoreError> 
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(err)?;
-    conn.busy_timeout(busy).map_err(err)?;
     // Queries are short range scans; a small page cache keeps the daemon small.
-    conn.pragma_update(None, "cache_size", -512).map_err(err)?;
+    configure(&conn, busy, 512).map_err(err)?;
+    Ok(conn)
+}
+
+/// The largest the WAL file is left at after a checkpoint.
+pub const JOURNAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
+/// The per-connection settings every connection to the database gets (the
+/// writer's, the readers', the ledger's): the busy timeout, `synchronous =
+/// FULL` (a commit is on disk when it returns), the WAL size limit and a page
+/// cache of `cache_kib`.
+pub fn configure(conn: &Connection, busy: Duration, cache_kib: i64) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)
+}
+
+/// A connection's `synchronous`, `busy_timeout` (ms) and `journal_size_limit`.
+#[cfg(test)]
+pub type Pragmas = (i64, i64, i64);
+
+/// The settings [`configure`] makes, as the connection reports them.
+#[cfg(test)]
+pub fn pragmas(conn: &Connection) -> Pragmas {
+    let get = |name: &str| {
+        conn.pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    (
+        get("synchronous"),
+        get("busy_timeout"),
+        get("journal_size_limit"),
+    )
+}
+
+/// A read-write connection that does not migrate (the store has done that):
+/// for the ledger and for registering the items of a reloaded config.
+pub fn open_control(path: &Path, busy: Duration, cache_kib: i64) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    configure(&conn, busy, cache_kib).map_err(err)?;
     Ok(conn)
 }
 

@@ -63,8 +63,8 @@ fn s(item: ItemId, clock: i64, value: f64) -> Sample {
     Sample { item, clock, value }
 }
 
-#[test]
-fn store_history_without_deadband_every_sample() {
+#[tokio::test]
+async fn store_history_without_deadband_every_sample() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 2, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -76,20 +76,20 @@ fn store_history_without_deadband_every_sample() {
         store.push(&[s(a, t0 + i, 5.0), s(b, t0 + i, i as f64 * 0.5)]);
     }
     store.flush().unwrap();
-    let h = store.history(a, t0, t0 + 1000, None).unwrap();
+    let h = store.history(a, t0, t0 + 1000, None).await.unwrap();
     assert_eq!(h.len(), 100);
     assert!(h
         .iter()
         .enumerate()
         .all(|(i, p)| *p == (t0 + i as i64, 5.0)));
-    let h = store.history(b, t0 + 10, t0 + 19, None).unwrap();
+    let h = store.history(b, t0 + 10, t0 + 19, None).await.unwrap();
     assert_eq!(
         h,
         (10..20)
             .map(|i| (t0 + i, i as f64 * 0.5))
             .collect::<Vec<_>>()
     );
-    let h = store.history(b, t0, t0 + 1000, Some(3)).unwrap();
+    let h = store.history(b, t0, t0 + 1000, Some(3)).await.unwrap();
     assert_eq!(h, vec![(t0 + 97, 48.5), (t0 + 98, 49.0), (t0 + 99, 49.5)]);
     assert_eq!(store.latest(b).unwrap(), Some((t0 + 99, 49.5)));
     let st = store.stats();
@@ -101,8 +101,8 @@ fn store_history_without_deadband_every_sample() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_keeps_samples_whatever_their_clock() {
+#[tokio::test]
+async fn store_keeps_samples_whatever_their_clock() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 2, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -147,8 +147,8 @@ fn store_keeps_samples_whatever_their_clock() {
         assert_eq!(at(t0 + 999), vec![999.0, -20.0]);
     };
     // Uncompacted (journal) and compacted (chunks) give the same answer.
-    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
-    let msgs = store.outbox_after(0, 100).unwrap();
+    expected(&store.history(a, t0, t0 + 2000, None).await.unwrap());
+    let msgs = store.outbox_after(0, 100).await.unwrap();
     let sent: Vec<i64> = msgs
         .last()
         .iter()
@@ -161,17 +161,17 @@ fn store_keeps_samples_whatever_their_clock() {
         "sent upstream in arrival order"
     );
     store.maintain().unwrap();
-    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    expected(&store.history(a, t0, t0 + 2000, None).await.unwrap());
     assert_eq!(
-        store.history(a, t0 + 404, t0 + 404, None).unwrap(),
+        store.history(a, t0 + 404, t0 + 404, None).await.unwrap(),
         vec![(t0 + 404, 404.0), (t0 + 404, -4.0), (t0 + 404, -10.0)]
     );
     assert_eq!(
-        store.history(b, t0, t0, None).unwrap(),
+        store.history(b, t0, t0, None).await.unwrap(),
         vec![(t0, 1.0), (t0, 2.0)]
     );
     assert_eq!(
-        store.history(a, t0, t0 + 2000, Some(2)).unwrap(),
+        store.history(a, t0, t0 + 2000, Some(2)).await.unwrap(),
         vec![(t0 + 999, 999.0), (t0 + 999, -20.0)]
     );
     // The deadband baseline is the newest point received, whatever its clock.
@@ -179,12 +179,12 @@ fn store_keeps_samples_whatever_their_clock() {
     store.close().unwrap();
     // A restart keeps them all.
     let store = Store::open_with(&cfg, opts()).unwrap();
-    expected(&store.history(a, t0, t0 + 2000, None).unwrap());
+    expected(&store.history(a, t0, t0 + 2000, None).await.unwrap());
     store.close().unwrap();
 }
 
-#[test]
-fn store_deadband_and_heartbeat() {
+#[tokio::test]
+async fn store_deadband_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 3, false);
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
@@ -209,21 +209,21 @@ fn store_deadband_and_heartbeat() {
         store.push(&[s(db, c, *v), s(dbhb, c, *v), s(none, c, *v)]);
     }
     store.flush().unwrap();
-    let h = store.history(db, t0, t0 + 100, None).unwrap();
+    let h = store.history(db, t0, t0 + 100, None).await.unwrap();
     // first; 20.5 (>= 0.5 from 20.0); 19.9 (0.6 from 20.5); 20.0 is only 0.1 from 19.9.
     assert_eq!(h, vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9)]);
-    let h = store.history(dbhb, t0, t0 + 100, None).unwrap();
+    let h = store.history(dbhb, t0, t0 + 100, None).await.unwrap();
     // ... plus heartbeats 10 s after the last point: t0+15.
     assert_eq!(
         h,
         vec![(t0, 20.0), (t0 + 3, 20.5), (t0 + 5, 19.9), (t0 + 15, 20.0)]
     );
     assert_eq!(
-        store.history(none, t0, t0 + 100, None).unwrap().len(),
+        store.history(none, t0, t0 + 100, None).await.unwrap().len(),
         vals.len()
     );
     // Trends see every sample, also the suppressed ones.
-    let tr = store.trend(db, t0, t0 + 100).unwrap();
+    let tr = store.trend(db, t0, t0 + 100).await.unwrap();
     assert_eq!(tr.len(), 1);
     assert_eq!(tr[0].1.num, vals.len() as u64);
     assert_eq!(tr[0].1.min, 19.9);
@@ -231,8 +231,8 @@ fn store_deadband_and_heartbeat() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_trends_over_hours_including_current() {
+#[tokio::test]
+async fn store_trends_over_hours_including_current() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
     let o = StoreOptions {
@@ -252,7 +252,7 @@ fn store_trends_over_hours_including_current() {
         store.push(&[s(a, h0 + 3 * 3600 + m * 60, 100.0 + m as f64)]);
     }
     store.flush().unwrap();
-    let tr = store.trend(a, h0 + 100, h0 + 4 * 3600).unwrap();
+    let tr = store.trend(a, h0 + 100, h0 + 4 * 3600).await.unwrap();
     assert_eq!(tr.len(), 4, "{tr:?}");
     for (i, (hour, b)) in tr.iter().take(3).enumerate() {
         assert_eq!(*hour, h0 + i as i64 * 3600);
@@ -264,22 +264,22 @@ fn store_trends_over_hours_including_current() {
         (10, 100.0, 104.5, 109.0)
     );
     // A range that excludes hours.
-    let tr = store.trend(a, h0 + 3600, h0 + 3600).unwrap();
+    let tr = store.trend(a, h0 + 3600, h0 + 3600).await.unwrap();
     assert_eq!(tr.len(), 1);
     assert_eq!(tr[0].0, h0 + 3600);
     // A late sample for a closed hour is merged into it (visible once written out).
     store.push(&[s(a, h0 + 30, 1000.0)]);
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
-    let tr = store.trend(a, h0, h0 + 4 * 3600).unwrap();
+    let tr = store.trend(a, h0, h0 + 4 * 3600).await.unwrap();
     assert_eq!(tr[0].1.num, 61);
     assert_eq!(tr[0].1.max, 1000.0);
     assert_eq!(tr[3].1.num, 10);
     store.close().unwrap();
 }
 
-#[test]
-fn store_restart_continuity() {
+#[tokio::test]
+async fn store_restart_continuity() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2, 3, true);
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
@@ -293,6 +293,7 @@ fn store_restart_continuity() {
     store.flush().unwrap();
     let seqs1: Vec<u64> = store
         .outbox_after(0, 100)
+        .await
         .unwrap()
         .iter()
         .map(|m| m.seq)
@@ -316,39 +317,116 @@ fn store_restart_continuity() {
     assert!(!id1.concat().contains(&id2[0][0]));
     assert_eq!(store.latest(a).unwrap(), Some((t0, 10.0)));
     assert_eq!(
-        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        store.history(a, t0 - 10, t0 + 10, None).await.unwrap(),
         vec![(t0, 10.0)]
     );
     // Deadband state survived: 10.9 is within 1.0 of 10.0; 11.0 is not.
     store.push(&[s(a, t0 + 2, 10.9), s(a, t0 + 3, 11.0)]);
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0 - 10, t0 + 10, None).unwrap(),
+        store.history(a, t0 - 10, t0 + 10, None).await.unwrap(),
         vec![(t0, 10.0), (t0 + 3, 11.0)]
     );
     // Trend of the current hour continues.
-    let tr = store.trend(a, t0 - 3600, t0 + 3600).unwrap();
+    let tr = store.trend(a, t0 - 3600, t0 + 3600).await.unwrap();
     let total: u64 = tr.iter().map(|b| b.1.num).sum();
     assert_eq!(total, 4);
     // seq keeps increasing, also after the old rows are sent and deleted.
     store.mark_sent(&seqs1).unwrap();
     store.maintain().unwrap();
-    let m = store.outbox_after(0, 100).unwrap();
+    let m = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(m.len(), 1);
     assert!(m[0].seq > *seqs1.iter().max().unwrap());
     store.close().unwrap();
     let store = Store::open_with(&cfg2, opts()).unwrap();
     store.push(&[s(a, t0 + 20, 99.0)]);
     store.flush().unwrap();
-    let m2 = store.outbox_after(0, 100).unwrap();
+    let m2 = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(m2.len(), 2);
     assert!(m2[1].seq > m[0].seq);
-    assert_eq!(store.history(a, t0 - 10, t0 + 100, None).unwrap().len(), 3);
+    assert_eq!(
+        store
+            .history(a, t0 - 10, t0 + 100, None)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     store.close().unwrap();
 }
 
-#[test]
-fn store_outbox_split_order_and_compaction() {
+#[tokio::test]
+async fn store_outbox_read_ahead_serves_every_message_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2, 3, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let t0 = now() - 3 * 3600;
+    let mut clock = t0;
+    let mut commit = |n: usize| {
+        // One message per host and commit.
+        for _ in 0..n {
+            store.push(&[s(id[0][0], clock, 1.0), s(id[1][0], clock, 2.0)]);
+            store.flush().unwrap();
+            clock += 1;
+        }
+    };
+    commit(400);
+    let all: Vec<u64> = store
+        .outbox_after(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(all.len(), 800);
+    // Drain as the uplink does, with commits (read ahead by the writer)
+    // and a start over (a reconnect) in between.
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let mut rounds = 0;
+    loop {
+        let msgs = store.outbox_after(cursor, 16).await.unwrap();
+        if msgs.is_empty() {
+            break;
+        }
+        for m in &msgs {
+            assert!(m.seq > cursor, "ascending after the cursor");
+            seen.push(m.seq);
+            cursor = m.seq;
+        }
+        rounds += 1;
+        if rounds == 20 {
+            // Back to the start, as after a reconnect: everything again.
+            cursor = 0;
+            seen.clear();
+        }
+        if rounds % 7 == 0 {
+            commit(3);
+        }
+        // Let read-ahead run now and then.
+        tokio::task::yield_now().await;
+    }
+    let mut want: Vec<u64> = store
+        .outbox_after(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    want.sort_unstable();
+    assert!(want.len() > 800);
+    assert_eq!(seen, want, "every unsent message exactly once, in order");
+    // Caught up: the next commit's messages come from memory, and right.
+    commit(1);
+    let next = store.outbox_after(cursor, 16).await.unwrap();
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|m| m.seq > cursor));
+    store.close().unwrap();
+}
+
+#[tokio::test]
+async fn store_outbox_split_order_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 2, 3, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -370,7 +448,7 @@ fn store_outbox_split_order_and_compaction() {
     store.flush().unwrap();
     assert!(rx.has_changed().unwrap());
     assert!(*rx.borrow_and_update() > before);
-    let msgs = store.outbox_after(0, 100).unwrap();
+    let msgs = store.outbox_after(0, 100).await.unwrap();
     assert_eq!(
         msgs.len(),
         4,
@@ -408,15 +486,15 @@ fn store_outbox_split_order_and_compaction() {
         (t0 + 3, -3.0)
     );
     // Paging.
-    let first = store.outbox_after(0, 2).unwrap();
+    let first = store.outbox_after(0, 2).await.unwrap();
     assert_eq!(first.len(), 2);
-    let rest = store.outbox_after(first[1].seq, 10).unwrap();
+    let rest = store.outbox_after(first[1].seq, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].seq, msgs[2].seq);
     // Mark two sent: they disappear from the outbox at once.
     store.mark_sent(&[msgs[0].seq, msgs[1].seq]).unwrap();
     assert_eq!(store.outbox_len(), 2);
-    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.outbox_after(0, 10).await.unwrap().len(), 2);
     // Compaction: sent rows go, unsent stay (compacted); history unchanged.
     store.maintain().unwrap();
     let conn = rusqlite::Connection::open(store.path()).unwrap();
@@ -432,12 +510,12 @@ fn store_outbox_split_order_and_compaction() {
     assert!(chunks >= 4);
     for (hi, host) in id.iter().enumerate() {
         for (ii, &it) in host.iter().enumerate() {
-            let h = store.history(it, t0, t0 + 10_000, None).unwrap();
+            let h = store.history(it, t0, t0 + 10_000, None).await.unwrap();
             let key = (format!("h{hi}"), format!("k{ii}"));
             assert_eq!(&h, per_key.get(&key).unwrap_or(&Vec::new()), "{key:?}");
         }
     }
-    assert_eq!(store.outbox_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.outbox_after(0, 10).await.unwrap().len(), 2);
     store.mark_sent(&[msgs[2].seq, msgs[3].seq]).unwrap();
     store.flush().unwrap();
     let rows: i64 = conn
@@ -448,6 +526,7 @@ fn store_outbox_split_order_and_compaction() {
     assert_eq!(
         store
             .history(id[0][2], t0, t0 + 10_000, None)
+            .await
             .unwrap()
             .len(),
         1500
@@ -455,8 +534,136 @@ fn store_outbox_split_order_and_compaction() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_history_spans_chunks_and_journal() {
+/// A sink that records how the points came.
+#[derive(Default)]
+struct Recorder {
+    total: Option<usize>,
+    points: Vec<(i64, f64)>,
+    largest_batch: usize,
+    ended: bool,
+}
+
+impl HistorySink for Recorder {
+    fn start(&mut self, total: usize) -> bool {
+        self.total = Some(total);
+        true
+    }
+    fn points(&mut self, points: &[(i64, f64)]) -> bool {
+        self.largest_batch = self.largest_batch.max(points.len());
+        self.points.extend_from_slice(points);
+        true
+    }
+    fn end(&mut self) {
+        self.ended = true;
+    }
+}
+
+#[tokio::test]
+async fn store_history_limit_and_cap_are_applied_while_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 2, false);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let a = id[0][0];
+    let t0 = now() - 30_000;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut all = Vec::new();
+    // Compacted chunks (with gaps between clocks), then an uncompacted tail.
+    for round in 0..5 {
+        let mut batch = Vec::new();
+        // Rounds apart: clocks ascend from one to the next.
+        let mut c = t0 + round * 5000;
+        for _ in 0..2000 {
+            c += rng.i64(1..3);
+            let v = rng.f64();
+            batch.push(s(a, c, v));
+            batch.push(s(id[0][1], c, v));
+            all.push((c, v));
+        }
+        store.push(&batch);
+        if round < 4 {
+            store.maintain().unwrap();
+        } else {
+            store.flush().unwrap();
+        }
+    }
+    let last = all.last().unwrap().0;
+    for _ in 0..200 {
+        let from = t0 + rng.i64(-100..26_000);
+        let to = from + rng.i64(0..26_000);
+        let limit = match rng.u8(0..4) {
+            0 => None,
+            1 => Some(rng.usize(1..20)),
+            _ => Some(rng.usize(1..9000)),
+        };
+        let mut want: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|p| p.0 >= from && p.0 <= to)
+            .collect();
+        if let Some(l) = limit {
+            want.drain(..want.len().saturating_sub(l));
+        }
+        let got = store.history(a, from, to, limit).await.unwrap();
+        assert_eq!(got.len(), want.len(), "{from}..{to} limit {limit:?}");
+        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert_eq!(
+            first_wrong,
+            None,
+            "{from}..{to} limit {limit:?}: {:?}",
+            first_wrong.map(|i| (
+                &got[i.saturating_sub(2)..(i + 2).min(got.len())],
+                &want[i.saturating_sub(2)..(i + 2).min(want.len())]
+            ))
+        );
+    }
+    // Streamed: the size first, then batches, the newest `limit` ascending.
+    let limit = HistoryLimit {
+        newest: Some(9000),
+        cap: Some(9000),
+    };
+    let (n, r) = store
+        .history_with(a, t0, last, limit, Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(n, Ok(9000));
+    assert_eq!(r.total, Some(9000));
+    assert!(r.ended);
+    assert!(r.largest_batch <= 4096, "{}", r.largest_batch);
+    assert_eq!(r.points, all[all.len() - 9000..].to_vec());
+    // Over the cap: refused before anything is read out.
+    for newest in [None, Some(9001)] {
+        let limit = HistoryLimit {
+            newest,
+            cap: Some(9000),
+        };
+        let (n, r) = store
+            .history_with(a, t0, last, limit, Recorder::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(n, Err(OverCap { at_least }) if at_least > 9000),
+            "{newest:?}: {n:?}"
+        );
+        assert_eq!(r.total, None);
+        assert!(r.points.is_empty());
+    }
+    // Exactly at the cap, and under it without a limit.
+    let tail_from = all[all.len() - 9000].0;
+    let limit = HistoryLimit {
+        newest: None,
+        cap: Some(9000),
+    };
+    let (n, _) = store
+        .history_with(a, tail_from, last, limit, Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(n, Ok(9000));
+    store.close().unwrap();
+}
+
+#[tokio::test]
+async fn store_history_spans_chunks_and_journal() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 2, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -503,7 +710,10 @@ fn store_history_spans_chunks_and_journal() {
         )
         .unwrap();
     assert!(uncompacted >= 1);
-    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    assert_eq!(
+        store.history(a, t0, t0 + 10_000, None).await.unwrap(),
+        expect
+    );
     // Ranges inside and across boundaries.
     let (lo, hi) = (t0 + 1500, t0 + 3200);
     let want: Vec<_> = expect
@@ -511,19 +721,21 @@ fn store_history_spans_chunks_and_journal() {
         .copied()
         .filter(|p| p.0 >= lo && p.0 <= hi)
         .collect();
-    assert_eq!(store.history(a, lo, hi, None).unwrap(), want);
+    assert_eq!(store.history(a, lo, hi, None).await.unwrap(), want);
     let want_last: Vec<_> = want[want.len() - 7..].to_vec();
-    assert_eq!(store.history(a, lo, hi, Some(7)).unwrap(), want_last);
+    assert_eq!(store.history(a, lo, hi, Some(7)).await.unwrap(), want_last);
     assert_eq!(
-        store.history(a, t0 + 2999, t0 + 3000, None).unwrap(),
+        store.history(a, t0 + 2999, t0 + 3000, None).await.unwrap(),
         expect[2999..=3000].to_vec()
     );
     assert!(store
         .history(a, t0 + 20_000, t0 + 30_000, None)
+        .await
         .unwrap()
         .is_empty());
     assert!(store
         .history(9999, t0, t0 + 30_000, None)
+        .await
         .unwrap()
         .is_empty());
     // Restart: last point restored from the journal, history the same.
@@ -531,12 +743,15 @@ fn store_history_spans_chunks_and_journal() {
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(store.latest(a).unwrap(), expect.last().copied());
     store.maintain().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10_000, None).unwrap(), expect);
+    assert_eq!(
+        store.history(a, t0, t0 + 10_000, None).await.unwrap(),
+        expect
+    );
     store.close().unwrap();
 }
 
-#[test]
-fn store_retention() {
+#[tokio::test]
+async fn store_retention() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, false);
     cfg.storage.history_retention = Duration::from_secs(86400);
@@ -557,18 +772,18 @@ fn store_retention() {
     // runs again on the next maintain.
     store.maintain().unwrap();
     assert_eq!(
-        store.history(a, 0, n, None).unwrap(),
+        store.history(a, 0, n, None).await.unwrap(),
         vec![(n - 100, 3.0), (n - 50, 4.0)]
     );
-    let tr = store.trend(a, 0, n).unwrap();
+    let tr = store.trend(a, 0, n).await.unwrap();
     let hours: Vec<i64> = tr.iter().map(|t| t.0).collect();
     assert!(!hours.contains(&(ancient - ancient % 3600)), "{hours:?}");
     assert!(hours.contains(&(old - old % 3600)));
     store.close().unwrap();
 }
 
-#[test]
-fn store_max_size_drops_sent_history_first_then_unsent() {
+#[tokio::test]
+async fn store_max_size_drops_sent_history_first_then_unsent() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 200, true);
     cfg.storage.max_size = 1 << 30;
@@ -591,6 +806,7 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     store.maintain().unwrap();
     let all: Vec<u64> = store
         .outbox_after(0, 10_000)
+        .await
         .unwrap()
         .iter()
         .map(|m| m.seq)
@@ -614,7 +830,7 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
 
     // Shrink the cap: history goes, the unsent outbox stays.
     cfg.storage.max_size = big / 3;
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     store.maintain().unwrap();
     let st = store.stats();
     assert!(
@@ -625,18 +841,18 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     );
     assert_eq!(st.dropped_unsent, 0);
     assert_eq!(store.outbox_len(), unsent);
-    let h = store.history(id[0][0], 0, now(), None).unwrap();
+    let h = store.history(id[0][0], 0, now(), None).await.unwrap();
     assert!(h.len() < 1600 && h.len() >= 100, "{}", h.len());
     assert_eq!(h.last().unwrap().0, t0 + 1599, "the newest history stays");
 
     // Far too small: all history, then the oldest unsent messages go, counted.
     cfg.storage.max_size = 150_000;
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     store.maintain().unwrap();
     let st = store.stats();
     assert!(st.dropped_unsent > 0);
     assert!(store.outbox_len() < unsent);
-    let left = store.outbox_after(0, 10_000).unwrap();
+    let left = store.outbox_after(0, 10_000).await.unwrap();
     assert!(!left.is_empty(), "only as much as needed is dropped");
     assert_eq!(
         left.last().unwrap().seq,
@@ -652,8 +868,8 @@ fn store_max_size_drops_sent_history_first_then_unsent() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_commit_failure_keeps_data_and_retries() {
+#[tokio::test]
+async fn store_commit_failure_keeps_data_and_retries() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -671,10 +887,10 @@ fn store_commit_failure_keeps_data_and_retries() {
     blocker.execute_batch("COMMIT").unwrap();
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 2.0), (t0 + 2, 3.0)]
     );
-    let msgs = store.outbox_after(0, 10).unwrap();
+    let msgs = store.outbox_after(0, 10).await.unwrap();
     assert_eq!(
         msgs.len(),
         1,
@@ -684,8 +900,8 @@ fn store_commit_failure_keeps_data_and_retries() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_memory_cap_drops_oldest_when_commits_fail() {
+#[tokio::test]
+async fn store_memory_cap_drops_oldest_when_commits_fail() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let o = StoreOptions {
@@ -708,15 +924,15 @@ fn store_memory_cap_drops_oldest_when_commits_fail() {
     store.flush().unwrap();
     let st = store.stats();
     assert_eq!(st.dropped_unsent, 1400);
-    let h = store.history(a, 0, now(), None).unwrap();
+    let h = store.history(a, 0, now(), None).await.unwrap();
     assert_eq!(h.len(), 1000);
     assert_eq!(h[0].0, t0 + 1400);
     assert_eq!(h.last().unwrap().0, t0 + 2399);
     store.close().unwrap();
 }
 
-#[test]
-fn store_crash_after_flush_keeps_flushed_data() {
+#[tokio::test]
+async fn store_crash_after_flush_keeps_flushed_data() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, true);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -729,7 +945,7 @@ fn store_crash_after_flush_keeps_flushed_data() {
     drop(store);
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 2.0)]
     );
     assert_eq!(store.latest(a).unwrap(), Some((t0 + 1, 2.0)));
@@ -742,8 +958,8 @@ fn store_crash_after_flush_keeps_flushed_data() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_reconfigure_adds_items_and_deadbands() {
+#[tokio::test]
+async fn store_reconfigure_adds_items_and_deadbands() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -758,26 +974,26 @@ fn store_reconfigure_adds_items_and_deadbands() {
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items[0]
         .extra_mut()
         .deadband = Some(5.0);
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     let b = store.item_id("h0", "k1").unwrap();
     assert_ne!(a, b);
     store.push(&[s(a, t0 + 2, 1.2), s(b, t0 + 2, 7.0), s(a, t0 + 3, 9.0)]);
     store.flush().unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 10, None).unwrap(),
+        store.history(a, t0, t0 + 10, None).await.unwrap(),
         vec![(t0, 1.0), (t0 + 1, 1.1), (t0 + 3, 9.0)]
     );
     assert_eq!(
-        store.history(b, t0, t0 + 10, None).unwrap(),
+        store.history(b, t0, t0 + 10, None).await.unwrap(),
         vec![(t0 + 2, 7.0)]
     );
     // Removing an item: its samples are ignored, its history stays.
     std::sync::Arc::make_mut(&mut cfg.hosts[0]).items.remove(0);
-    store.reconfigure(&cfg).unwrap();
+    store.reconfigure(&cfg).await.unwrap();
     assert!(store.item_id("h0", "k0").is_none());
     store.push(&[s(a, t0 + 4, 100.0)]);
     store.flush().unwrap();
-    assert_eq!(store.history(a, t0, t0 + 10, None).unwrap().len(), 3);
+    assert_eq!(store.history(a, t0, t0 + 10, None).await.unwrap().len(), 3);
     store.close().unwrap();
 }
 
@@ -809,8 +1025,8 @@ fn store_open_errors_are_clear() {
     assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
 }
 
-#[test]
-fn store_schema_and_pragmas() {
+#[tokio::test]
+async fn store_schema_and_pragmas() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
     let store = Store::open_with(&cfg, opts()).unwrap();
@@ -827,6 +1043,32 @@ fn store_schema_and_pragmas() {
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
     assert_eq!(jm, "wal");
+    // Every connection: FULL (2) sync, the busy timeout, the WAL size limit.
+    let limit = schema::JOURNAL_SIZE_LIMIT;
+    let busy = opts().busy_timeout.as_millis() as i64;
+    let expected = |busy_ms: i64| (2, busy_ms, limit);
+    let writer = schema::open_write(store.path(), opts().busy_timeout).unwrap();
+    assert_eq!(schema::pragmas(&writer), expected(busy), "the writer's");
+    let control = schema::open_control(store.path(), Duration::from_secs(10), 256).unwrap();
+    assert_eq!(schema::pragmas(&control), expected(10_000), "reconfigure's");
+    let running = store.connection_pragmas().await.unwrap();
+    assert_eq!(running.len(), super::READERS + 1);
+    for (i, p) in running.iter().enumerate() {
+        assert_eq!(*p, expected(busy), "reader connection {i}");
+    }
+    let ledger = crate::ledger::Ledger::open(store.path(), false).unwrap();
+    let ledger_busy = crate::ledger::BUSY_TIMEOUT.as_millis() as i64;
+    for (i, p) in ledger
+        .connection_pragmas()
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(*p, expected(ledger_busy), "ledger connection {i}");
+    }
+    // A plain connection has SQLite's defaults: the checks above can fail.
+    assert_ne!(schema::pragmas(&conn), expected(busy));
     store.close().unwrap();
 }
 
@@ -855,8 +1097,8 @@ fn store_json_message_format() {
     assert_eq!(v["items"]["b"][1][1].as_f64(), Some(1e300));
 }
 
-#[test]
-fn store_writer_wakes_once_per_interval() {
+#[tokio::test]
+async fn store_writer_wakes_once_per_interval() {
     // Pushes do not wake the writer: with a 1 s interval, 2 s of pushes give at most 3 commits.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1, false);
@@ -875,14 +1117,18 @@ fn store_writer_wakes_once_per_interval() {
     store.close().unwrap();
     let store = Store::open_with(&cfg, opts()).unwrap();
     assert_eq!(
-        store.history(a, t0, t0 + 100_000, None).unwrap().len() as i64,
+        store
+            .history(a, t0, t0 + 100_000, None)
+            .await
+            .unwrap()
+            .len() as i64,
         i
     );
     store.close().unwrap();
 }
 
-#[test]
-fn store_messages_split_by_json_size_with_long_keys() {
+#[tokio::test]
+async fn store_messages_split_by_json_size_with_long_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1500, true);
     for (i, it) in std::sync::Arc::make_mut(&mut cfg.hosts[0])
@@ -901,7 +1147,7 @@ fn store_messages_split_by_json_size_with_long_keys() {
         .collect();
     store.push(&batch);
     store.flush().unwrap();
-    let msgs = store.outbox_after(0, 100).unwrap();
+    let msgs = store.outbox_after(0, 100).await.unwrap();
     assert!(
         msgs.len() >= 2,
         "split by size although below the point limit"
@@ -918,8 +1164,8 @@ fn store_messages_split_by_json_size_with_long_keys() {
     store.close().unwrap();
 }
 
-#[test]
-fn store_history_consistent_during_ingest_and_compaction() {
+#[tokio::test]
+async fn store_history_consistent_during_ingest_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 2, 50, false);
     let o = StoreOptions {
@@ -936,10 +1182,15 @@ fn store_history_consistent_during_ingest_and_compaction() {
         let store = store.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let mut last_len = 0;
             let mut queries = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let h = store.history(a, t0, t0 + 100_000, None).unwrap();
+                let h = rt
+                    .block_on(store.history(a, t0, t0 + 100_000, None))
+                    .unwrap();
                 assert!(
                     h.windows(2).all(|w| w[1].0 == w[0].0 + 1),
                     "gap or duplicate"
@@ -972,7 +1223,11 @@ fn store_history_consistent_during_ingest_and_compaction() {
     let queries = reader.join().unwrap();
     assert!(queries > 0);
     assert_eq!(
-        store.history(a, t0, t0 + 100_000, None).unwrap().len(),
+        store
+            .history(a, t0, t0 + 100_000, None)
+            .await
+            .unwrap()
+            .len(),
         10_000
     );
     store.close().unwrap();
@@ -994,9 +1249,9 @@ fn push_hour(store: &Store, items: &[ItemId], hour: i64) {
 }
 
 /// Sends (marks) every outbox message, checking that `seq` has no hole.
-fn send_all(store: &Store, next_seq: &mut u64) {
+async fn send_all(store: &Store, next_seq: &mut u64) {
     loop {
-        let msgs = store.outbox_after(0, 1000).unwrap();
+        let msgs = store.outbox_after(0, 1000).await.unwrap();
         if msgs.is_empty() {
             return;
         }
@@ -1010,8 +1265,8 @@ fn send_all(store: &Store, next_seq: &mut u64) {
     }
 }
 
-#[test]
-fn store_size_cap_holds_over_days_and_spares_unsent_data() {
+#[tokio::test]
+async fn store_size_cap_holds_over_days_and_spares_unsent_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2, 100, true);
     cfg.storage.max_size = 2 << 20;
@@ -1025,7 +1280,7 @@ fn store_size_cap_holds_over_days_and_spares_unsent_data() {
     for h in 0..hours {
         push_hour(&store, &items, first + h * 3600);
         store.flush().unwrap();
-        send_all(&store, &mut next_seq);
+        send_all(&store, &mut next_seq).await;
         store.maintain().unwrap();
         let size = files(&store);
         assert!(size <= cfg.storage.max_size, "hour {h}: {size} bytes");
@@ -1036,21 +1291,26 @@ fn store_size_cap_holds_over_days_and_spares_unsent_data() {
     for &it in [items[0], items[199]].iter() {
         let h = store
             .history(it, last - 3 * 3600, last + 3600, None)
+            .await
             .unwrap();
         assert_eq!(h.len(), 4 * 60, "the newest hours of history stay");
-        let oldest = store.history(it, 0, last, Some(usize::MAX)).unwrap();
+        let oldest = store.history(it, 0, last, Some(usize::MAX)).await.unwrap();
         assert!(
             oldest[0].0 > first + 3600,
             "older history went: {}",
             oldest[0].0
         );
     }
-    let trend = store.trend(items[0], 0, last + 3600).unwrap();
+    let trend = store.trend(items[0], 0, last + 3600).await.unwrap();
     assert!(trend[0].0 > first, "older trends went too");
     assert_eq!(trend.last().unwrap().0, last, "the newest trends stay");
 
     // The broker goes away: unsent data is kept; older history and trends go.
-    let oldest_before = store.history(items[0], 0, last, Some(usize::MAX)).unwrap()[0].0;
+    let oldest_before = store
+        .history(items[0], 0, last, Some(usize::MAX))
+        .await
+        .unwrap()[0]
+        .0;
     let trend_before = trend[0].0;
     for h in hours..hours + 8 {
         push_hour(&store, &items, first + h * 3600);
@@ -1064,17 +1324,21 @@ fn store_size_cap_holds_over_days_and_spares_unsent_data() {
         "no unsent data dropped while older data is left"
     );
     assert!(st.outbox_messages > 0);
-    let oldest = store.history(items[0], 0, now(), Some(usize::MAX)).unwrap()[0].0;
+    let oldest = store
+        .history(items[0], 0, now(), Some(usize::MAX))
+        .await
+        .unwrap()[0]
+        .0;
     assert!(oldest > oldest_before, "older history went");
-    assert!(store.trend(items[0], 0, now()).unwrap()[0].0 > trend_before);
+    assert!(store.trend(items[0], 0, now()).await.unwrap()[0].0 > trend_before);
     // Back: every message arrives, with no seq hole.
-    send_all(&store, &mut next_seq);
+    send_all(&store, &mut next_seq).await;
     assert_eq!(store.outbox_len(), 0);
     store.close().unwrap();
 }
 
-#[test]
-fn store_close_does_not_wait_for_a_long_compaction() {
+#[tokio::test]
+async fn store_close_does_not_wait_for_a_long_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 1000, false);
     let lazy = StoreOptions {
@@ -1125,10 +1389,17 @@ fn store_close_does_not_wait_for_a_long_compaction() {
     // Nothing lost: the rest is compacted after the restart.
     let store = Store::open_with(&cfg, lazy).unwrap();
     assert_eq!(
-        store.history(items[999], 0, now(), None).unwrap().len(),
+        store
+            .history(items[999], 0, now(), None)
+            .await
+            .unwrap()
+            .len(),
         1000
     );
     store.maintain().unwrap();
-    assert_eq!(store.history(items[0], 0, now(), None).unwrap().len(), 1000);
+    assert_eq!(
+        store.history(items[0], 0, now(), None).await.unwrap().len(),
+        1000
+    );
     store.close().unwrap();
 }

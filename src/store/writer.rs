@@ -518,6 +518,7 @@ impl Writer {
                 }
                 self.consecutive_failures = 0;
                 if rows > 0 {
+                    super::prefetch_outbox(&self.inner, &self.conn);
                     self.inner.commits_tx.send_modify(|v| *v += 1);
                 }
                 Ok(())
@@ -651,12 +652,26 @@ impl Writer {
                 rep.execute(params![id, acc.hour, b.num as i64, b.min, b.avg, b.max])?;
             }
             if trend_due {
-                let live = lock(&self.inner.live);
-                for (i, c) in live.cur.iter().enumerate() {
-                    if let Some(acc) = c.filter(|a| a.dirty) {
+                // Copied out a slice at a time: readers of the live state
+                // never wait for these statements.
+                let mut from = 0;
+                let mut dirty: Vec<(usize, TrendAcc)> = Vec::with_capacity(1024);
+                loop {
+                    dirty.clear();
+                    let more = {
+                        let live = lock(&self.inner.live);
+                        let end = (from + 1024).min(live.cur.len());
+                        dirty.extend(
+                            (from..end)
+                                .filter_map(|i| live.cur[i].filter(|a| a.dirty).map(|a| (i, a))),
+                        );
+                        from = end;
+                        end < live.cur.len()
+                    };
+                    for (i, acc) in &dirty {
                         let b = acc.bucket();
                         rep.execute(params![
-                            i as i64,
+                            *i as i64,
                             acc.hour,
                             b.num as i64,
                             b.min,
@@ -664,8 +679,10 @@ impl Writer {
                             b.max
                         ])?;
                     }
+                    if !more {
+                        break;
+                    }
                 }
-                drop(live);
                 let mut merge = tx.prepare_cached(
                     "INSERT INTO trend(item_id, hour, num, min, avg, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(item_id, hour) DO UPDATE SET

@@ -98,6 +98,22 @@ impl TestGateway {
     /// Like [`TestGateway::start`], with the API on `listen`; `addr` is then
     /// its loopback address when it listens on every interface.
     pub async fn start_at(listen: &str, api_extra: &str) -> TestGateway {
+        TestGateway::start_full(listen, api_extra, |api| api).await
+    }
+
+    /// [`TestGateway::start`] with the API server changed by `server` (limits).
+    pub async fn start_with(
+        api_extra: &str,
+        limits: impl FnOnce(modbridge::api::Server) -> modbridge::api::Server,
+    ) -> TestGateway {
+        TestGateway::start_full("127.0.0.1:0", api_extra, limits).await
+    }
+
+    async fn start_full(
+        listen: &str,
+        api_extra: &str,
+        limits: impl FnOnce(modbridge::api::Server) -> modbridge::api::Server,
+    ) -> TestGateway {
         let device = SimDevice::new();
         device.set_register(Table::Input, 0, 215); // 21.5 degC
         device.set_register(Table::Holding, 10, 45);
@@ -121,14 +137,16 @@ impl TestGateway {
         )
         .expect("write config");
         let config = modbridge::config::load(&config_path).expect("valid config");
-        let api = modbridge::api::Server::bind(&config.api)
-            .await
-            .expect("bind API");
+        let api = limits(
+            modbridge::api::Server::bind(&config.api)
+                .await
+                .expect("bind API"),
+        );
         let mut addr = api.local_addr();
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let gateway = modbridge::gateway::open(config).expect("open");
+        let gateway = modbridge::gateway::open(config).await.expect("open");
         let live = gateway.host("pump").expect("host");
         let mut cycles = live.subscribe();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -136,13 +136,13 @@ pub struct Running {
 
 impl Running {
     /// Opens the gateway for `config` and runs it.
-    pub fn start(config: Config) -> Running {
-        Running::run(gateway::open(config).expect("open"))
+    pub async fn start(config: Config) -> Running {
+        Running::run(gateway::open(config).await.expect("open"))
     }
 
     /// Loads the config file at `path`, opens the gateway and runs it.
-    pub fn start_file(path: &std::path::Path) -> Running {
-        Running::start(modbridge::config::load(path).expect("valid config"))
+    pub async fn start_file(path: &std::path::Path) -> Running {
+        Running::start(modbridge::config::load(path).expect("valid config")).await
     }
 
     /// Runs a gateway already opened.
