@@ -149,19 +149,12 @@ impl Fixture {
         let path = dir.path().join("modbridge.toml");
         std::fs::write(&path, local(&dir.path().join("data"), &token)).expect("config");
         let config = modbridge::remote::load_for_start(&path).expect("valid config");
-        let api = modbridge::api::Server::bind(&config.api)
-            .await
-            .expect("bind API");
-        let addr = api.local_addr();
-        let gateway = modbridge::gateway::open(config).await.expect("open");
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(modbridge::daemon::run_gateway_with_api(
-            gateway.clone(),
-            Some(api),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        let api_gateway::Served {
+            gateway,
+            addr,
+            stop,
+            run,
+        } = api_gateway::serve(config).await;
         Fixture {
             dir,
             gateway,

@@ -144,19 +144,12 @@ impl Fixture {
         let text = config_text(&data, &broker.url(false), addrs[0], Some(addrs[1]));
         std::fs::write(&config_path, text).expect("config");
         let config = modbridge::config::load(&config_path).expect("valid config");
-        let api = modbridge::api::Server::bind(&config.api)
-            .await
-            .expect("bind API");
-        let addr = api.local_addr();
-        let gateway = modbridge::gateway::open(config).await.expect("open");
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(modbridge::daemon::run_gateway_with_api(
-            gateway.clone(),
-            Some(api),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        let api_gateway::Served {
+            gateway,
+            addr,
+            stop,
+            run,
+        } = api_gateway::serve(config).await;
         Fixture {
             _dir: dir,
             config_path,

@@ -47,6 +47,31 @@ pub(super) const HOST_KEYS: [&str; 24] = [
     "items",
 ];
 
+/// The `connection` URL of a `[[hosts]]` or `[[proxy]]` section (`table`);
+/// missing: an error whose hint is `example`.
+pub(super) fn read_connection(
+    section: &Section<'_, '_>,
+    report: &mut Report,
+    table: &str,
+    example: &str,
+) -> Option<Connection> {
+    match section.string(report, "connection") {
+        Some(c) => match Connection::parse(&c.value) {
+            Ok(connection) => Some(connection),
+            Err(e) => {
+                section.error_at(report, &c.pos, &e);
+                None
+            }
+        },
+        None => {
+            if section.raw("connection").is_none() {
+                section.missing(report, "connection", table, example);
+            }
+            None
+        }
+    }
+}
+
 /// The serial line settings among [`HOST_KEYS`].
 pub(super) const SERIAL_KEYS: [&str; 4] = ["baud", "parity", "data_bits", "stop_bits"];
 
@@ -266,26 +291,12 @@ fn read_host(
     let profile = read_profile_reference(&section, profiles, ctx, report);
     let profile = profile.as_deref();
 
-    let connection = match section.string(report, "connection") {
-        Some(c) => match Connection::parse(&c.value) {
-            Ok(connection) => Some(connection),
-            Err(e) => {
-                section.error_at(report, &c.pos, &e);
-                None
-            }
-        },
-        None => {
-            if section.raw("connection").is_none() {
-                section.missing(
-                    report,
-                    "connection",
-                    "[[hosts]]",
-                    " (e.g. connection = \"tcp://10.0.0.21:502\" or \"rtu:///dev/ttyUSB0\")",
-                );
-            }
-            None
-        }
-    };
+    let connection = read_connection(
+        &section,
+        report,
+        "[[hosts]]",
+        " (e.g. connection = \"tcp://10.0.0.21:502\" or \"rtu:///dev/ttyUSB0\")",
+    );
     let connection_pos = section
         .value_pos("connection")
         .unwrap_or_else(|| section.pos.clone());

@@ -6,9 +6,9 @@ use std::time::Duration;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::hosts::{describe_serial, read_serial};
+use super::hosts::{describe_serial, read_connection, read_serial};
 use super::source::{integer_value, type_with_article, Report, Section, Source};
-use crate::model::{ApiSpec, Connection, HostSpec, ProxySpec};
+use crate::model::{ApiSpec, HostSpec, ProxySpec};
 
 /// Keys of `[[proxy]]`.
 pub(super) const PROXY_KEYS: [&str; 9] = [
@@ -95,26 +95,12 @@ fn read_proxy(
             None
         }
     };
-    let connection = match section.string(report, "connection") {
-        Some(c) => match Connection::parse(&c.value) {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                section.error_at(report, &c.pos, &e);
-                None
-            }
-        },
-        None => {
-            if section.raw("connection").is_none() {
-                section.missing(
-                    report,
-                    "connection",
-                    "[[proxy]]",
-                    " (the serial line or TCP device to forward to, e.g. \"rtu:///dev/ttyUSB0\")",
-                );
-            }
-            None
-        }
-    };
+    let connection = read_connection(
+        section,
+        report,
+        "[[proxy]]",
+        " (the serial line or TCP device to forward to, e.g. \"rtu:///dev/ttyUSB0\")",
+    );
     let units = read_units(section, report);
     let writes = section
         .boolean(report, "writes")

@@ -356,3 +356,34 @@ pub async fn http(
     }
     raw(addr, req.as_bytes()).await
 }
+
+/// A gateway serving its API as the daemon runs it, until `stop` is sent.
+pub struct Served {
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub run: tokio::task::JoinHandle<Result<(), DaemonError>>,
+}
+
+/// Opens the gateway of `config` and runs it with its API.
+pub async fn serve(config: modbridge::model::Config) -> Served {
+    let api = modbridge::api::Server::bind(&config.api)
+        .await
+        .expect("bind API");
+    let addr = api.local_addr();
+    let gateway = modbridge::gateway::open(config).await.expect("open");
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(modbridge::daemon::run_gateway_with_api(
+        gateway.clone(),
+        Some(api),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    Served {
+        gateway,
+        addr,
+        stop,
+        run,
+    }
+}
