@@ -198,7 +198,7 @@ pub const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 pub fn stop_budget() -> std::time::Duration {
     API_DRAIN
         + HOST_DRAIN
-        + crate::mqtt::STOP_GRACE
+        + crate::mqtt::STOP_GRACE.max(crate::sparkplug::STOP_GRACE)
         + crate::store::StoreOptions::default().close_budget()
 }
 
@@ -257,6 +257,7 @@ pub async fn run_gateway_with_api(
     let remote = crate::remote::Remote::open(&gateway).await;
     tracker.spawn(remote.clone().run(cancel.clone()));
     let mqtt = crate::mqtt::spawn(gateway.clone(), remote.clone(), gateway.reloads());
+    let sparkplug = crate::sparkplug::spawn(gateway.clone(), gateway.reloads());
     tracker.spawn(crate::alarm::run(
         gateway.alarms.clone(),
         gateway.snapshot(),
@@ -312,7 +313,8 @@ pub async fn run_gateway_with_api(
     }
     // After the host tasks, before the store: publishes the offline status and
     // records the last deliveries, which the store's close then commits.
-    mqtt.stop().await;
+    // Both uplinks say goodbye at once (NDEATH on Sparkplug).
+    tokio::join!(mqtt.stop(), sparkplug.stop());
     let store = gateway.store.clone();
     let budget = store.close_budget();
     let closing = tokio::task::spawn_blocking(move || store.close());

@@ -23,6 +23,8 @@ pub struct Gateway {
     pub writes: ConfigRequests,
     pub alarms: Alarms,
     pub mqtt: Arc<MqttStatus>,
+    /// The Sparkplug B uplink's counters.
+    pub sparkplug: Arc<MqttStatus>,
     /// The Modbus TCP proxies' counters.
     pub proxies: Arc<crate::proxy::ProxyStatus>,
     running: SnapshotHandle,
@@ -131,6 +133,7 @@ pub async fn open(config: Config) -> Result<Gateway, StoreError> {
         writes: ConfigRequests::open(ledger.clone(), config.clone()).await?,
         alarms: Alarms::new(ledger.clone(), running.clone()).await?,
         mqtt: MqttStatus::new(),
+        sparkplug: MqttStatus::new(),
         proxies: crate::proxy::ProxyStatus::new(),
         store,
         ledger,

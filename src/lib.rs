@@ -41,6 +41,7 @@
 //!
 //! On top:
 //! - [`mqtt`]: the uplink and downlink.
+//! - [`sparkplug`]: the Sparkplug B uplink (edge node and devices), beside the native one.
 //! - [`api`]: the local HTTP API, `/health`, `/metrics` and the status page.
 //! - [`notify`]: systemd's readiness, watchdog and status notifications.
 //! - [`daemon`]: supervises `modbridge run`: spawns, reloads on SIGHUP, shuts down in order.
@@ -81,3 +82,4 @@ pub mod logging;
 pub mod mqtt;
 pub mod notify;
 pub mod sim;
+pub mod sparkplug;

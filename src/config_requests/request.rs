@@ -24,15 +24,18 @@ pub enum Channel {
     Api(std::net::SocketAddr),
     /// The command line, with the user's name.
     Cli(String),
+    /// A Sparkplug B DCMD.
+    Sparkplug,
 }
 
 impl Channel {
-    /// The audit string: `mqtt`, `api <peer address>`, `cli <user>`.
+    /// The audit string: `mqtt`, `api <peer address>`, `cli <user>`, `sparkplug`.
     pub fn audit(&self) -> String {
         match self {
             Channel::Mqtt => "mqtt".to_string(),
             Channel::Api(peer) => format!("api {peer}"),
             Channel::Cli(user) => format!("cli {user}"),
+            Channel::Sparkplug => "sparkplug".to_string(),
         }
     }
 }

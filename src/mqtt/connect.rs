@@ -113,14 +113,34 @@ pub(crate) fn options(
     root: &str,
     clean_session: bool,
 ) -> Result<MqttOptions, SetupError> {
-    let endpoint = Endpoint::parse(&spec.url)?;
     let client_id = if spec.client_id.is_empty() {
         format!("modbridge-{}", root.replace('/', "-"))
     } else {
         spec.client_id.clone()
     };
-    let mut o = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+    let mut o = client_options(spec, &client_id)?;
     o.set_clean_session(clean_session);
+    o.set_last_will(LastWill::new(
+        format!("{root}/status"),
+        crate::wire::status::LAST_WILL,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    o.set_inflight(CLIENT_INFLIGHT);
+    o.set_request_channel_capacity(CHANNEL_CAPACITY);
+    // Downlink commands are acknowledged only once handled (durably recorded
+    // or refused), so a crash in between has the broker deliver them again.
+    o.set_manual_acks(true);
+    Ok(o)
+}
+
+/// What every uplink's connection shares: the broker's address from the url,
+/// keep-alive, packet limits, credentials and TLS. The session's own settings
+/// (clean session, Last Will, in-flight limits, acknowledgements) are the
+/// caller's.
+pub(crate) fn client_options(spec: &MqttSpec, client_id: &str) -> Result<MqttOptions, SetupError> {
+    let endpoint = Endpoint::parse(&spec.url)?;
+    let mut o = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
     // rumqttc refuses keep-alives under a second (except 0 = off).
     let keep_alive = if spec.keep_alive.is_zero() {
         Duration::ZERO
@@ -128,18 +148,7 @@ pub(crate) fn options(
         spec.keep_alive.max(Duration::from_secs(1))
     };
     o.set_keep_alive(keep_alive);
-    o.set_last_will(LastWill::new(
-        format!("{root}/status"),
-        crate::wire::status::LAST_WILL,
-        QoS::AtLeastOnce,
-        true,
-    ));
     o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
-    o.set_inflight(CLIENT_INFLIGHT);
-    o.set_request_channel_capacity(CHANNEL_CAPACITY);
-    // Downlink commands are acknowledged only once handled (durably recorded
-    // or refused), so a crash in between has the broker deliver them again.
-    o.set_manual_acks(true);
     let password = match &spec.password_file {
         Some(path) => Some(read_password(path)?),
         None => None,

@@ -7,7 +7,7 @@
 //! row only at the broker's PUBACK, answers downlink commands, and reconnects
 //! with capped exponential backoff. See `session.rs` for the delivery rules.
 
-mod connect;
+pub(crate) mod connect;
 mod downlink;
 mod session;
 mod upstream;
