@@ -719,6 +719,45 @@ impl MqttSpec {
     }
 }
 
+/// `[sparkplug]`: the Sparkplug B uplink. Connection keys default to
+/// those of `[mqtt]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparkplugSpec {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    pub group_id: String,
+    pub edge_node_id: String,
+    pub primary_host_id: Option<String>,
+}
+
+impl SparkplugSpec {
+    /// The defaults for a broker at `url` and a group: client id
+    /// `modbridge-spb-<gateway id>`, edge node id the gateway id, keep-alive
+    /// 30 s, no credentials, TLS files or primary host.
+    pub fn new(url: &str, group_id: &str, gateway_id: &str) -> SparkplugSpec {
+        SparkplugSpec {
+            url: url.to_string(),
+            client_id: format!("modbridge-spb-{gateway_id}"),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keep_alive: Duration::from_secs(30),
+            group_id: group_id.to_string(),
+            edge_node_id: gateway_id.to_string(),
+            primary_host_id: None,
+        }
+    }
+}
+
 /// `[api]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiSpec {
@@ -822,6 +861,8 @@ pub struct Config {
     /// Severity number -> text; defaults 3 C-Larm, 4 B-Larm, 5 A-Larm.
     pub severity: BTreeMap<u8, String>,
     pub mqtt: Option<MqttSpec>,
+    /// `[sparkplug]`: the Sparkplug B uplink, beside `[mqtt]` or alone.
+    pub sparkplug: Option<SparkplugSpec>,
     pub api: ApiSpec,
     pub hosts: Vec<std::sync::Arc<HostSpec>>,
     pub triggers: Vec<TriggerSpec>,
@@ -868,6 +909,7 @@ impl Config {
             storage: StorageSpec::default(),
             severity: default_severity(),
             mqtt: None,
+            sparkplug: None,
             api: ApiSpec::default(),
             hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
             triggers: Vec::new(),

@@ -24,7 +24,7 @@ use toml::Spanned;
 use crate::diag::{did_you_mean, suggest_key, SourcePos};
 use crate::model::{
     default_severity, ApiSpec, Config, DatasetSource, GatewaySpec, MqttSpec, RemoteSpec,
-    StorageSpec, CONFIG_DATASET, LOCAL_ORIGIN,
+    SparkplugSpec, StorageSpec, CONFIG_DATASET, LOCAL_ORIGIN,
 };
 use source::{is_name, At, Report, Section, Source};
 use triggers::TriggerText;
@@ -60,7 +60,7 @@ pub struct LoadOptions {
 }
 
 /// The sections a deployed config may not change: identity and uplink stay with the box.
-pub const PROTECTED_SECTIONS: [&str; 4] = ["gateway", "mqtt", "api", "remote"];
+pub const PROTECTED_SECTIONS: [&str; 5] = ["gateway", "mqtt", "sparkplug", "api", "remote"];
 
 /// Like [`load`], with [`LoadOptions`].
 pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Config, ConfigErrors> {
@@ -198,6 +198,21 @@ const MQTT_KEYS: [&str; 9] = [
     "keep_alive",
 ];
 
+/// Keys of `[sparkplug]`.
+const SPARKPLUG_KEYS: [&str; 11] = [
+    "url",
+    "client_id",
+    "username",
+    "password_file",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "keep_alive",
+    "group_id",
+    "edge_node_id",
+    "primary_host_id",
+];
+
 /// Keys of `[api]`.
 const API_KEYS: [&str; 3] = ["listen", "token_file", "allowed_hosts"];
 
@@ -211,8 +226,17 @@ const TRIGGER_KEYS: [&str; 5] = [
 ];
 
 /// The top-level sections.
-const SECTIONS: [&str; 10] = [
-    "gateway", "storage", "severity", "mqtt", "api", "hosts", "triggers", "proxy", "things",
+const SECTIONS: [&str; 11] = [
+    "gateway",
+    "storage",
+    "severity",
+    "mqtt",
+    "sparkplug",
+    "api",
+    "hosts",
+    "triggers",
+    "proxy",
+    "things",
     "remote",
 ];
 
@@ -272,6 +296,15 @@ fn build_config(
         |r| {
             top.get("mqtt")
                 .and_then(|v| read_mqtt(src, v, &gateway.id, r))
+        },
+        report,
+    );
+    let sparkplug = protected.section(
+        "sparkplug",
+        |b| b.sparkplug.clone(),
+        |r| {
+            top.get("sparkplug")
+                .and_then(|v| read_sparkplug(src, v, &gateway.id, mqtt.as_ref(), r))
         },
         report,
     );
@@ -340,6 +373,7 @@ fn build_config(
         storage,
         severity,
         mqtt,
+        sparkplug,
         api,
         hosts: hosts.into_iter().map(std::sync::Arc::new).collect(),
         triggers: Vec::new(),
@@ -536,43 +570,14 @@ fn read_mqtt(
     let section = Section::of(src, value, "[mqtt]", String::new(), report)?;
     section.check_keys(report, "[mqtt]", &MQTT_KEYS);
     let mut mqtt = MqttSpec::new("", gateway_id);
-    let mut tls = None;
-    match section.string(report, "url") {
-        Some(url) => {
-            let rest = url
-                .value
-                .strip_prefix("mqtts://")
-                .map(|r| (true, r))
-                .or_else(|| url.value.strip_prefix("mqtt://").map(|r| (false, r)));
-            match rest {
-                Some((secure, address)) if valid_broker_address(address) => {
-                    tls = Some(secure);
-                    mqtt.url = url.value;
-                }
-                Some(_) => report.error(
-                    &url.pos,
-                    format!(
-                        "url \"{}\" needs a broker address, e.g. mqtt://10.0.0.5:1883",
-                        url.value
-                    ),
-                ),
-                None => report.error(
-                    &url.pos,
-                    format!(
-                        "url \"{}\" must start with mqtt:// or mqtts:// (TLS)",
-                        url.value
-                    ),
-                ),
-            }
-        }
-        None if section.raw("url").is_none() => section.missing(
-            report,
-            "url",
-            "[mqtt]",
-            " (e.g. url = \"mqtt://10.0.0.5:1883\"; remove [mqtt] to keep everything local)",
-        ),
-        None => {}
-    }
+    let conn = read_connection(
+        &section,
+        report,
+        "[mqtt]",
+        None,
+        " (e.g. url = \"mqtt://10.0.0.5:1883\"; remove [mqtt] to keep everything local)",
+    );
+    mqtt.url = conn.url.unwrap_or_default();
     if let Some(id) = section.nonempty_string(report, "client_id") {
         mqtt.client_id = id.value;
     }
@@ -599,11 +604,78 @@ fn read_mqtt(
             mqtt.keep_alive = k.value;
         }
     }
-    mqtt.username = section.nonempty_string(report, "username").map(|u| u.value);
-    mqtt.password_file = section.path(report, "password_file");
-    mqtt.ca_file = section.path(report, "ca_file");
-    mqtt.cert_file = section.path(report, "cert_file");
-    mqtt.key_file = section.path(report, "key_file");
+    mqtt.username = conn.username;
+    mqtt.password_file = conn.password_file;
+    mqtt.ca_file = conn.ca_file;
+    mqtt.cert_file = conn.cert_file;
+    mqtt.key_file = conn.key_file;
+    Some(mqtt)
+}
+
+/// A broker connection as a section gives it (`[mqtt]`, `[sparkplug]`).
+#[derive(Default)]
+struct BrokerConnection {
+    url: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// The one reader of a section's broker connection: `url`, credentials and
+/// TLS files, each defaulting to `fallback`'s (TLS files only over TLS).
+fn read_connection(
+    section: &Section<'_, '_>,
+    report: &mut Report,
+    name: &str,
+    fallback: Option<&MqttSpec>,
+    missing_hint: &str,
+) -> BrokerConnection {
+    let mut out = BrokerConnection::default();
+    let mut tls = None;
+    match section.string(report, "url") {
+        Some(url) => {
+            let rest = url
+                .value
+                .strip_prefix("mqtts://")
+                .map(|r| (true, r))
+                .or_else(|| url.value.strip_prefix("mqtt://").map(|r| (false, r)));
+            match rest {
+                Some((secure, address)) if valid_broker_address(address) => {
+                    tls = Some(secure);
+                    out.url = Some(url.value);
+                }
+                Some(_) => report.error(
+                    &url.pos,
+                    format!(
+                        "url \"{}\" needs a broker address, e.g. mqtt://10.0.0.5:1883",
+                        url.value
+                    ),
+                ),
+                None => report.error(
+                    &url.pos,
+                    format!(
+                        "url \"{}\" must start with mqtt:// or mqtts:// (TLS)",
+                        url.value
+                    ),
+                ),
+            }
+        }
+        None if section.raw("url").is_none() => match fallback {
+            Some(m) => {
+                tls = Some(m.url.starts_with("mqtts://"));
+                out.url = Some(m.url.clone());
+            }
+            None => section.missing(report, "url", name, missing_hint),
+        },
+        None => {}
+    }
+    out.username = section.nonempty_string(report, "username").map(|u| u.value);
+    out.password_file = section.path(report, "password_file");
+    out.ca_file = section.path(report, "ca_file");
+    out.cert_file = section.path(report, "cert_file");
+    out.key_file = section.path(report, "key_file");
     if tls == Some(false) {
         for key in ["ca_file", "cert_file", "key_file"] {
             if let Some(pos) = section.key_pos(key) {
@@ -625,7 +697,96 @@ fn read_mqtt(
         ),
         _ => {}
     }
-    Some(mqtt)
+    if let Some(m) = fallback {
+        if out.username.is_none() && section.key_pos("username").is_none() {
+            out.username = m.username.clone();
+        }
+        if out.password_file.is_none() && section.key_pos("password_file").is_none() {
+            out.password_file = m.password_file.clone();
+        }
+        let no_tls_keys = ["ca_file", "cert_file", "key_file"]
+            .iter()
+            .all(|k| section.key_pos(k).is_none());
+        if tls == Some(true) && no_tls_keys && m.url.starts_with("mqtts://") {
+            out.ca_file = m.ca_file.clone();
+            out.cert_file = m.cert_file.clone();
+            out.key_file = m.key_file.clone();
+        }
+    }
+    out
+}
+
+/// `[sparkplug]`: the Sparkplug B uplink; its connection defaults to `[mqtt]`'s.
+fn read_sparkplug(
+    src: &Source,
+    value: &Spanned<DeValue<'_>>,
+    gateway_id: &str,
+    mqtt: Option<&MqttSpec>,
+    report: &mut Report,
+) -> Option<SparkplugSpec> {
+    let section = Section::of(src, value, "[sparkplug]", String::new(), report)?;
+    section.check_keys(report, "[sparkplug]", &SPARKPLUG_KEYS);
+    let conn = read_connection(
+        &section,
+        report,
+        "[sparkplug]",
+        mqtt,
+        " (e.g. url = \"mqtt://10.0.0.5:1883\"; without [mqtt] the broker must be given here)",
+    );
+    let mut spb = SparkplugSpec::new(&conn.url.unwrap_or_default(), "", gateway_id);
+    spb.username = conn.username;
+    spb.password_file = conn.password_file;
+    spb.ca_file = conn.ca_file;
+    spb.cert_file = conn.cert_file;
+    spb.key_file = conn.key_file;
+    if let Some(id) = section.nonempty_string(report, "client_id") {
+        spb.client_id = id.value;
+    }
+    if let Some(k) = section.duration(report, "keep_alive", false) {
+        if k.value.as_secs() > 65535 {
+            report.error(&k.pos, "keep_alive must be at most 65535s (MQTT's limit)");
+        } else {
+            spb.keep_alive = k.value;
+        }
+    }
+    let id = |key: &str, report: &mut Report| -> Option<String> {
+        let v = section.nonempty_string(report, key)?;
+        if v.value.contains(['+', '#', '/', '\0']) {
+            report.error(
+                &v.pos,
+                format!(
+                    "{key} \"{}\" must not contain +, # or / (it is a Sparkplug topic level)",
+                    v.value
+                ),
+            );
+            return None;
+        }
+        Some(v.value)
+    };
+    match id("group_id", report) {
+        Some(g) => spb.group_id = g,
+        None if section.raw("group_id").is_none() => section.missing(
+            report,
+            "group_id",
+            "[sparkplug]",
+            " (the Sparkplug group this edge node belongs to, e.g. group_id = \"plant1\")",
+        ),
+        None => {}
+    }
+    if let Some(e) = id("edge_node_id", report) {
+        spb.edge_node_id = e;
+    } else if gateway_id.contains(['+', '#', '/']) && section.raw("edge_node_id").is_none() {
+        if let Some(pos) = section.key_pos("group_id") {
+            report.error(
+                &pos,
+                format!(
+                    "the gateway id \"{gateway_id}\" cannot be the Sparkplug edge_node_id (it contains +, # or /): set edge_node_id"
+                ),
+            );
+        }
+    }
+    spb.primary_host_id = id("primary_host_id", report);
+    Some(spb)
 }
 
 /// True for `host`, `host:port` or `[v6]:port` with a valid port.

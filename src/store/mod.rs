@@ -137,6 +137,15 @@ pub struct StoreStats {
 }
 
 /// One MQTT data message of `R/data/<host>`.
+/// An uplink reading the outbox: each has its own durable position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Uplink {
+    /// `[mqtt]`: per-message `sent` marks (`mark_sent`), at least once.
+    Native,
+    /// `[sparkplug]`: one position, everything up to it delivered.
+    Sparkplug,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxMessage {
     pub seq: u64,
@@ -244,6 +253,21 @@ impl Default for StoreOptions {
     }
 }
 
+/// Where the journal and the uplinks' positions are (the writer keeps them).
+#[derive(Default)]
+pub(crate) struct Positions {
+    /// `[sparkplug]` is configured (as the writer last applied it).
+    spb_configured: std::sync::atomic::AtomicBool,
+    /// Sparkplug's position as advanced (committed by the writer's next commit).
+    spb: AtomicU64,
+    /// The highest journal seq committed.
+    last_seq: AtomicU64,
+    /// Every journal row up to this seq is gone (the size cap's last resort).
+    floor: AtomicU64,
+    /// The native uplink's position: below the lowest unsent row.
+    native: AtomicU64,
+}
+
 pub(crate) struct Counters {
     samples_received: AtomicU64,
     history_points: AtomicU64,
@@ -288,6 +312,7 @@ impl Default for ItemSetting {
 pub(crate) struct Settings {
     pub storage: StorageSpec,
     pub has_mqtt: bool,
+    pub has_sparkplug: bool,
     /// Every configured item.
     pub items: Vec<(ItemId, ItemSetting)>,
     /// The distinct deadbands the items refer to.
@@ -431,6 +456,10 @@ pub(crate) struct Inner {
     outbox_reader: DbThreads,
     /// Outbox messages read ahead of the uplink's cursor.
     fresh: Mutex<Fresh>,
+    /// The Sparkplug uplink's reads of the outbox.
+    spb_reader: DbThreads,
+    /// Positions of the journal, shared with the writer.
+    pos: Positions,
     counters: Counters,
     commits_tx: tokio::sync::watch::Sender<u64>,
     /// Bumped each time the writer takes the push buffer.
@@ -509,6 +538,7 @@ fn settings_of(config: &Config, items: &schema::Items) -> Settings {
     Settings {
         storage: config.storage.clone(),
         has_mqtt: config.mqtt.is_some(),
+        has_sparkplug: config.sparkplug.is_some(),
         items: list,
         deadbands,
     }
@@ -548,6 +578,10 @@ impl Store {
             "store-outbox",
             vec![schema::open_read(&path, opts.busy_timeout)?],
         )?;
+        let spb_reader = DbThreads::spawn(
+            "store-spb",
+            vec![schema::open_read(&path, opts.busy_timeout)?],
+        )?;
         let (commits_tx, _) = tokio::sync::watch::channel(0u64);
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -577,6 +611,8 @@ impl Store {
             readers,
             outbox_reader,
             fresh: Mutex::new(Fresh::default()),
+            spb_reader,
+            pos: Positions::default(),
             counters: Counters {
                 samples_received: AtomicU64::new(0),
                 history_points: AtomicU64::new(0),
@@ -921,6 +957,90 @@ impl Store {
         Ok(())
     }
 
+    /// Outbox messages (journal rows) with `seq > after_seq`, ascending, at
+    /// most `max`, that `uplink` has not delivered: for the native uplink
+    /// [`Store::outbox_after`]; for Sparkplug every row after its position
+    /// (read on a connection of its own).
+    pub async fn outbox_from(
+        &self,
+        uplink: Uplink,
+        after_seq: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        match uplink {
+            Uplink::Native => self.outbox_after(after_seq, max).await,
+            Uplink::Sparkplug => {
+                if lock(&self.inner.shared).closed {
+                    return Err(StoreError::Closed);
+                }
+                let inner = self.inner.clone();
+                self.inner
+                    .spb_reader
+                    .call(move |conn| read_rows(&inner, conn, SPB_ROWS, after_seq, max, None))
+                    .await
+            }
+        }
+    }
+
+    /// The highest seq `uplink` has delivered with every row before it (0:
+    /// none). Sparkplug's includes what [`Store::advance`] moved it to and
+    /// the writer has not committed yet. On a store without `[sparkplug]`,
+    /// Sparkplug's is 0; right after `[sparkplug]` is configured (at open,
+    /// or at the writer's next cycle after a reload) it starts at the newest
+    /// row: what was written before the uplink existed is not its backlog.
+    pub fn position(&self, uplink: Uplink) -> u64 {
+        let p = &self.inner.pos;
+        match uplink {
+            Uplink::Native => p.native.load(Ordering::Relaxed),
+            Uplink::Sparkplug => {
+                if p.spb_configured.load(Ordering::Relaxed) {
+                    p.spb.load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Moves `uplink`'s position: for Sparkplug everything `<= seq` is
+    /// delivered (a position never moves back); for the native uplink the
+    /// message `seq` is marked sent ([`Store::mark_sent`]). Durable with the
+    /// writer's next commit, like `mark_sent`.
+    pub fn advance(&self, uplink: Uplink, seq: u64) -> Result<(), StoreError> {
+        match uplink {
+            Uplink::Native => self.mark_sent(&[seq]),
+            Uplink::Sparkplug => {
+                if lock(&self.inner.shared).closed {
+                    return Err(StoreError::Closed);
+                }
+                self.inner.pos.spb.fetch_max(seq, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Outbox messages `uplink` has not delivered yet (0 for Sparkplug
+    /// when it is not configured).
+    pub fn backlog(&self, uplink: Uplink) -> u64 {
+        match uplink {
+            Uplink::Native => self.outbox_len(),
+            Uplink::Sparkplug => {
+                let p = &self.inner.pos;
+                if !p.spb_configured.load(Ordering::Relaxed) {
+                    return 0;
+                }
+                // Rows after the position are never deleted but by the
+                // size cap's last resort, which takes the oldest: they are
+                // the seqs from there to the newest.
+                let from = p
+                    .spb
+                    .load(Ordering::Relaxed)
+                    .max(p.floor.load(Ordering::Relaxed));
+                p.last_seq.load(Ordering::Relaxed).saturating_sub(from)
+            }
+        }
+    }
+
     /// Outbox messages not yet marked sent.
     pub fn outbox_len(&self) -> u64 {
         let pending = lock(&self.inner.shared).marks.len() as u64;
@@ -1112,16 +1232,39 @@ fn outbox_messages(
     max_messages: usize,
     marks: &HashSet<u64>,
 ) -> Result<Vec<OutboxMessage>, StoreError> {
+    read_rows(
+        inner,
+        conn,
+        "SELECT seq, host_id, data FROM journal WHERE seq > ?1 AND sent = 0 ORDER BY seq LIMIT ?2",
+        after_seq,
+        max_messages,
+        Some(marks),
+    )
+}
+
+/// Sparkplug's rows: every row after its position.
+const SPB_ROWS: &str =
+    "SELECT seq, host_id, data FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// Reads and decodes journal rows (`sql` selects seq, host_id, data with
+/// `seq > ?1`, at most ?2), leaving out `marks`.
+fn read_rows(
+    inner: &Inner,
+    conn: &Connection,
+    sql: &str,
+    after_seq: u64,
+    max_messages: usize,
+    marks: Option<&HashSet<u64>>,
+) -> Result<Vec<OutboxMessage>, StoreError> {
     let mut raw = Vec::new();
     {
-        let mut st = conn.prepare_cached(
-            "SELECT seq, host_id, data FROM journal WHERE seq > ?1 AND sent = 0 ORDER BY seq LIMIT ?2",
-        )?;
-        let limit = (max_messages + marks.len()).min(i64::MAX as usize) as i64;
+        let mut st = conn.prepare_cached(sql)?;
+        let skip = marks.map_or(0, |m| m.len());
+        let limit = max_messages.saturating_add(skip).min(i64::MAX as usize) as i64;
         let mut rows = st.query(params![after_seq.min(i64::MAX as u64) as i64, limit])?;
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
-            if marks.contains(&seq) {
+            if marks.is_some_and(|m| m.contains(&seq)) {
                 continue;
             }
             raw.push((seq, row.get::<_, i64>(1)? as u32, row.get::<_, Vec<u8>>(2)?));

@@ -11,7 +11,7 @@ use super::{ItemId, StoreError};
 use crate::model::{Config, HostSpec};
 
 /// The schema this program writes; `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE hosts (
@@ -68,6 +68,17 @@ const SCHEMA_V2: &str = include_str!("../ledger/schema.sql");
 /// oldest data in every table without a full scan.
 const SCHEMA_V3: &str = "CREATE INDEX trend_hour ON trend(hour);";
 
+/// Version 4: one durable position per uplink beside the native `sent`
+/// marks (a row per configured uplink that has one: `sparkplug`), and the
+/// Sparkplug session's control table (the ledger's).
+const SCHEMA_V4: &str = "
+CREATE TABLE uplink_position (
+    uplink TEXT PRIMARY KEY,
+    seq    INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+const SCHEMA_V4_CONTROL: &str = include_str!("../ledger/schema_v4.sql");
+
 /// Opens the write connection with the project's pragmas and brings the schema
 /// up to date.
 pub fn open_write(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
@@ -119,6 +130,10 @@ fn migrate(conn: &Connection, version: i32) -> Result<(), StoreError> {
             0 => tx.execute_batch(SCHEMA_V1)?,
             1 => tx.execute_batch(SCHEMA_V2)?,
             2 => tx.execute_batch(SCHEMA_V3)?,
+            3 => {
+                tx.execute_batch(SCHEMA_V4)?;
+                tx.execute_batch(SCHEMA_V4_CONTROL)?;
+            }
             // 1 => tx.execute_batch("ALTER TABLE ..."),  // future steps go here
             _ => unreachable!("versions below SCHEMA_VERSION all have a step"),
         }

@@ -174,8 +174,11 @@ struct Freed {
     /// Everything with a clock up to this went (history, trends, events).
     up_to: Option<i64>,
     journal_rows: usize,
+    /// Points and rows some configured uplink had not delivered.
     unsent_points: u64,
     unsent_messages: u64,
+    /// Rows not marked sent by the native uplink (its outbox count).
+    native_unsent: u64,
 }
 
 impl Freed {
@@ -202,7 +205,7 @@ fn oldest_rows(
     tx: &rusqlite::Transaction<'_>,
     sql: &str,
 ) -> Result<(Vec<(i64, u64)>, bool), StoreError> {
-    let mut st = tx.prepare_cached(sql)?;
+    let mut st = tx.prepare(sql)?;
     let rows = st
         .query_map([CUT_SCAN_ROWS], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
@@ -214,7 +217,15 @@ fn oldest_rows(
 
 /// The clock up to which history, trends and events together hold about
 /// `excess` bytes (oldest first), or None when the three are empty.
-fn oldest_cut(tx: &rusqlite::Transaction<'_>, excess: u64) -> Result<Option<i64>, StoreError> {
+fn oldest_cut(
+    tx: &rusqlite::Transaction<'_>,
+    excess: u64,
+    delivered: &str,
+) -> Result<Option<i64>, StoreError> {
+    // Delivered journal rows not compacted yet are history too.
+    let journal = format!(
+        "SELECT clock_max, length(data) + 60 FROM journal WHERE {delivered} ORDER BY seq LIMIT ?1"
+    );
     // Estimated bytes per row, pages not full: half again.
     let streams = [
         "SELECT end, (length(data) + 40) * 3 / 2 FROM history ORDER BY end LIMIT ?1",
@@ -222,8 +233,7 @@ fn oldest_cut(tx: &rusqlite::Transaction<'_>, excess: u64) -> Result<Option<i64>
         "SELECT hour + 3599, 90 FROM trend ORDER BY hour LIMIT ?1",
         "SELECT clock, length(description) + length(host) + length(key) + 160 \
          FROM events ORDER BY clock LIMIT ?1",
-        // Sent journal rows not compacted yet are history too.
-        "SELECT clock_max, length(data) + 60 FROM journal WHERE sent = 1 ORDER BY seq LIMIT ?1",
+        journal.as_str(),
     ];
     let mut all = Vec::new();
     let mut horizon = i64::MAX;
@@ -434,7 +444,33 @@ impl Writer {
             [t_cut - t_cut.rem_euclid(3600)],
         )?;
         let events = delete_events(&tx, e_cut - 1)?;
+        // Compacted rows kept for an uplink that is gone (its position
+        // dropped, or `[mqtt]` removed): their points are in history.
+        let stale = tx.execute(
+            &format!(
+                "DELETE FROM journal WHERE compacted = 1 AND {}",
+                self.delivered_sql()
+            ),
+            [],
+        )?;
         tx.commit()?;
+        if stale > 0 {
+            tracing::info!(
+                rows = stale,
+                "store: journal rows no configured uplink needs deleted"
+            );
+            if !self.has_mqtt {
+                let n: i64 = self.conn.query_row(
+                    "SELECT count(*) FROM journal WHERE sent = 0",
+                    [],
+                    |r| r.get(0),
+                )?;
+                self.inner
+                    .counters
+                    .outbox
+                    .store(n.max(0) as u64, Ordering::Relaxed);
+            }
+        }
         if chunks + trends + events > 0 {
             tracing::info!(
                 chunks,
@@ -451,27 +487,41 @@ impl Writer {
     fn delete_oldest(&mut self, excess: u64) -> Result<Freed, StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut freed = Freed::default();
-        if let Some(cut) = oldest_cut(&tx, excess)? {
+        let delivered = self.delivered_sql();
+        if let Some(cut) = oldest_cut(&tx, excess, &delivered)? {
             freed.up_to = Some(cut);
             freed.chunks = tx.execute("DELETE FROM history WHERE end <= ?1", [cut])?;
             freed.trend_rows = tx.execute("DELETE FROM trend WHERE hour <= ?1", [cut - 3599])?;
             freed.events = delete_events(&tx, cut)?;
+            if !self.has_mqtt {
+                // Rows the native uplink never sent, now that it is gone.
+                let n: i64 = tx.query_row(
+                    &format!(
+                        "SELECT count(*) FROM journal WHERE {delivered} AND clock_max <= ?1 AND sent = 0"
+                    ),
+                    [cut],
+                    |r| r.get(0),
+                )?;
+                freed.native_unsent = n.max(0) as u64;
+            }
             freed.journal_rows = tx.execute(
-                "DELETE FROM journal WHERE sent = 1 AND clock_max <= ?1",
+                &format!("DELETE FROM journal WHERE {delivered} AND clock_max <= ?1"),
                 [cut],
             )?;
         } else {
             self.delete_oldest_journal(&tx, excess, &mut freed)?;
         }
         tx.commit()?;
+        let c = &self.inner.counters;
         if freed.unsent_points > 0 {
-            let c = &self.inner.counters;
             c.dropped_unsent
                 .fetch_add(freed.unsent_points, Ordering::Relaxed);
+        }
+        if freed.native_unsent > 0 {
             let _ = c
                 .outbox
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_sub(freed.unsent_messages))
+                    Some(v.saturating_sub(freed.native_unsent))
                 });
         }
         if freed.journal_rows > 0 {
@@ -492,9 +542,10 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let mut cut_seq = None;
         {
-            let mut st = tx.prepare_cached(
-                "SELECT seq, n, sent, length(data) + 40 FROM journal ORDER BY seq LIMIT ?1",
-            )?;
+            let mut st = tx.prepare(&format!(
+                "SELECT seq, n, {}, length(data) + 40, sent FROM journal ORDER BY seq LIMIT ?1",
+                self.delivered_sql()
+            ))?;
             let mut rows = st.query([CUT_SCAN_ROWS])?;
             let mut acc = 0u64;
             while let Some(row) = rows.next()? {
@@ -502,6 +553,9 @@ impl Writer {
                 if row.get::<_, i64>(2)? == 0 {
                     freed.unsent_points += row.get::<_, i64>(1)?.max(0) as u64;
                     freed.unsent_messages += 1;
+                }
+                if row.get::<_, i64>(4)? == 0 {
+                    freed.native_unsent += 1;
                 }
                 acc += row.get::<_, i64>(3)?.max(0) as u64;
                 if acc >= excess {
@@ -511,6 +565,10 @@ impl Writer {
         }
         if let Some(cs) = cut_seq {
             freed.journal_rows = tx.execute("DELETE FROM journal WHERE seq <= ?1", params![cs])?;
+            self.inner
+                .pos
+                .floor
+                .fetch_max(cs.max(0) as u64, Ordering::Relaxed);
             tracing::error!(
                 dropped_points = freed.unsent_points,
                 dropped_messages = freed.unsent_messages,

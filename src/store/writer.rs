@@ -25,6 +25,12 @@ pub(crate) struct Writer {
     pub(super) conn: Connection,
     pub(super) storage: StorageSpec,
     pub(super) sent_on_insert: bool,
+    /// `[mqtt]` is configured: its `sent` marks pin rows.
+    pub(super) has_mqtt: bool,
+    /// `[sparkplug]` is configured: its position pins the rows after it.
+    pub(super) has_sparkplug: bool,
+    /// Sparkplug's position as committed (what deleting may rely on).
+    pub(super) spb_committed: u64,
     /// Indexed by item id.
     pub(super) items: Vec<ItemSetting>,
     /// See [`ItemSetting::deadband`].
@@ -94,6 +100,9 @@ impl Writer {
             conn,
             storage: settings.storage.clone(),
             sent_on_insert: !settings.has_mqtt,
+            has_mqtt: settings.has_mqtt,
+            has_sparkplug: false,
+            spb_committed: 0,
             items: Vec::new(),
             deadbands: Vec::new(),
             pending: Vec::new(),
@@ -113,6 +122,7 @@ impl Writer {
             full: None,
             wal_peak: 0,
         };
+        w.init_positions()?;
         w.apply_settings(settings);
         w.restore()?;
         w.check_room_at_open();
@@ -131,6 +141,10 @@ impl Writer {
         }
         self.storage = s.storage;
         self.sent_on_insert = !s.has_mqtt;
+        self.has_mqtt = s.has_mqtt;
+        if let Err(e) = self.set_sparkplug(s.has_sparkplug) {
+            tracing::error!(error = %e, "store: cannot record the Sparkplug uplink's position");
+        }
         for it in &mut self.items {
             it.active = false;
         }
@@ -149,6 +163,109 @@ impl Writer {
         }
         self.deadbands = s.deadbands;
         self.limit_wal();
+    }
+
+    /// The journal's newest seq, its floor and the native position, at open.
+    fn init_positions(&mut self) -> Result<(), StoreError> {
+        let last: i64 = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'journal'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let min: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM journal", [], |r| r.get(0))?;
+        let pos = &self.inner.pos;
+        let last = last.max(0) as u64;
+        pos.last_seq.store(last, Ordering::Relaxed);
+        let floor = min.map_or(last, |m| (m.max(1) - 1) as u64);
+        pos.floor.store(floor, Ordering::Relaxed);
+        self.refresh_native()
+    }
+
+    /// The native uplink's position: before the lowest unsent row (all
+    /// rows count as delivered without `[mqtt]`).
+    pub(super) fn refresh_native(&mut self) -> Result<(), StoreError> {
+        let pos = &self.inner.pos;
+        let last = pos.last_seq.load(Ordering::Relaxed);
+        let native = if self.has_mqtt {
+            let min: Option<i64> =
+                self.conn
+                    .query_row("SELECT min(seq) FROM journal WHERE sent = 0", [], |r| {
+                        r.get(0)
+                    })?;
+            min.map_or(last, |m| (m.max(1) - 1) as u64)
+        } else {
+            last
+        };
+        pos.native.store(native, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adopts whether `[sparkplug]` is configured: its position row is made
+    /// (at the newest row: what came before is not its backlog) or read
+    /// when it is, and dropped when it is not, so it pins nothing.
+    fn set_sparkplug(&mut self, configured: bool) -> Result<(), StoreError> {
+        let pos = &self.inner.pos;
+        if configured == self.has_sparkplug
+            && configured == pos.spb_configured.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        if configured {
+            let stored: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT seq FROM uplink_position WHERE uplink = 'sparkplug'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let p = match stored {
+                Some(p) => p.max(0) as u64,
+                None => {
+                    let last = pos.last_seq.load(Ordering::Relaxed);
+                    self.conn.execute(
+                        "INSERT INTO uplink_position(uplink, seq) VALUES ('sparkplug', ?1)",
+                        [last.min(i64::MAX as u64) as i64],
+                    )?;
+                    tracing::info!(position = last, "Sparkplug uplink starts at the newest row");
+                    last
+                }
+            };
+            self.spb_committed = p;
+            pos.spb.store(p, Ordering::Relaxed);
+        } else {
+            let n = self
+                .conn
+                .execute("DELETE FROM uplink_position WHERE uplink = 'sparkplug'", [])?;
+            if n > 0 {
+                tracing::info!("Sparkplug uplink removed: its position is dropped");
+            }
+            self.spb_committed = 0;
+            pos.spb.store(0, Ordering::Relaxed);
+        }
+        self.has_sparkplug = configured;
+        pos.spb_configured.store(configured, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// SQL condition of a journal row every configured uplink has
+    /// delivered (rows may go then); an uplink not configured pins nothing.
+    pub(super) fn delivered_sql(&self) -> String {
+        let native = if self.has_mqtt { "sent = 1" } else { "1" };
+        if self.has_sparkplug {
+            format!(
+                "({native} AND seq <= {})",
+                self.spb_committed.min(i64::MAX as u64)
+            )
+        } else {
+            format!("({native})")
+        }
     }
 
     /// Restores deadband state (last point per item), the current trend
@@ -474,8 +591,18 @@ impl Writer {
     fn commit(&mut self, marks: &[u64], closing: bool) -> Result<(), StoreError> {
         let trend_due =
             closing || self.last_trend_flush.elapsed() >= self.inner.opts.trend_flush_interval;
+        let spb_target = if self.has_sparkplug {
+            self.inner
+                .pos
+                .spb
+                .load(Ordering::Relaxed)
+                .max(self.spb_committed)
+        } else {
+            self.spb_committed
+        };
         let nothing = self.pending.is_empty()
             && marks.is_empty()
+            && spb_target == self.spb_committed
             && self.closed.is_empty()
             && !(trend_due && (!self.late.is_empty() || self.any_dirty_trend()));
         if nothing {
@@ -484,17 +611,22 @@ impl Writer {
             }
             return Ok(());
         }
-        let mut result = self.try_commit(marks, trend_due);
+        let mut result = self.try_commit(marks, spb_target, trend_due);
         if let Err(e) = &result {
             if super::space::is_disk_full(e, self.dir()) {
                 // Deleting the oldest data makes room inside the database:
                 // the newest samples are committed now, not after a restart.
                 self.make_room();
-                result = self.try_commit(marks, trend_due);
+                result = self.try_commit(marks, spb_target, trend_due);
             }
         }
         match result {
             Ok((rows, points, unsent_rows, marked)) => {
+                if !marks.is_empty() || !self.has_mqtt {
+                    if let Err(e) = self.refresh_native() {
+                        tracing::debug!(error = %e, "store: native position not read");
+                    }
+                }
                 self.keep_wal_small();
                 self.watch_space();
                 if let Err(e) = self.enforce_size() {
@@ -555,6 +687,7 @@ impl Writer {
     fn try_commit(
         &mut self,
         marks: &[u64],
+        spb_target: u64,
         trend_due: bool,
     ) -> Result<(usize, usize, usize, usize), StoreError> {
         // Group points per host, items ascending, into rows of bounded size.
@@ -613,6 +746,7 @@ impl Writer {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let sent = i64::from(self.sent_on_insert);
         let mut points = 0usize;
+        let mut last_seq = None;
         {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO journal(host_id, clock_min, clock_max, n, sent, compacted, data)
@@ -629,17 +763,42 @@ impl Writer {
                 ])?;
                 points += r.n;
             }
+            if !rows.is_empty() {
+                last_seq = Some(tx.last_insert_rowid());
+            }
+        }
+        let spb = spb_target.min(i64::MAX as u64) as i64;
+        if spb_target > self.spb_committed {
+            // Everything up to the target is delivered on Sparkplug: compacted
+            // rows the native uplink needs no more go with it.
+            tx.prepare_cached(
+                "INSERT INTO uplink_position(uplink, seq) VALUES ('sparkplug', ?1)
+                 ON CONFLICT(uplink) DO UPDATE SET seq = excluded.seq",
+            )?
+            .execute([spb])?;
+            let old = self.spb_committed.min(i64::MAX as u64) as i64;
+            let sql = if self.has_mqtt {
+                "DELETE FROM journal WHERE seq > ?1 AND seq <= ?2 AND compacted = 1 AND sent = 1"
+            } else {
+                "DELETE FROM journal WHERE seq > ?1 AND seq <= ?2 AND compacted = 1"
+            };
+            tx.prepare_cached(sql)?.execute([old, spb])?;
         }
         let mut marked = 0usize;
         if !marks.is_empty() {
             let mut upd =
                 tx.prepare_cached("UPDATE journal SET sent = 1 WHERE seq = ?1 AND sent = 0")?;
-            let mut del =
-                tx.prepare_cached("DELETE FROM journal WHERE seq = ?1 AND compacted = 1")?;
+            // A row Sparkplug still needs stays.
+            let del_sql = if self.has_sparkplug {
+                "DELETE FROM journal WHERE seq = ?1 AND compacted = 1 AND seq <= ?2"
+            } else {
+                "DELETE FROM journal WHERE seq = ?1 AND compacted = 1 AND ?2 = ?2"
+            };
+            let mut del = tx.prepare_cached(del_sql)?;
             for &m in marks {
                 let m = m.min(i64::MAX as u64) as i64;
                 marked += upd.execute([m])?;
-                del.execute([m])?;
+                del.execute([m, spb])?;
             }
         }
         // Trends: closed hours (replace), and when due the current buckets and late ones.
@@ -700,6 +859,13 @@ impl Writer {
         tx.commit()?;
 
         // Durable: forget what was written.
+        self.spb_committed = spb_target;
+        if let Some(last) = last_seq {
+            self.inner
+                .pos
+                .last_seq
+                .fetch_max(last.max(0) as u64, Ordering::Relaxed);
+        }
         let unsent_rows = if self.sent_on_insert { 0 } else { rows.len() };
         let now = Instant::now();
         for (hid, r) in &rows {
@@ -808,14 +974,17 @@ impl Writer {
     /// points into per-item history chunks. Returns (points, more left).
     fn compact_host(&mut self, hid: u32, max_points: u64) -> Result<(u64, bool), StoreError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let mut seqs: Vec<(i64, bool)> = Vec::new();
+        let mut seqs: Vec<(i64, bool, bool)> = Vec::new();
         let mut per_item: BTreeMap<ItemId, Vec<(i64, f64)>> = BTreeMap::new();
         let mut points = 0u64;
         let mut more = false;
+        let mut dropped_native = 0u64;
         {
-            let mut st = tx.prepare_cached(
-                "SELECT seq, n, sent, data FROM journal WHERE host_id = ?1 AND compacted = 0 ORDER BY seq",
-            )?;
+            // Whether every configured uplink has delivered it, then native `sent`.
+            let mut st = tx.prepare(&format!(
+                "SELECT seq, n, {}, data, sent FROM journal WHERE host_id = ?1 AND compacted = 0 ORDER BY seq",
+                self.delivered_sql()
+            ))?;
             let mut rows = st.query([hid])?;
             while let Some(row) = rows.next()? {
                 if points >= max_points {
@@ -824,14 +993,15 @@ impl Writer {
                 }
                 let seq: i64 = row.get(0)?;
                 let n: i64 = row.get(1)?;
-                let sent: i64 = row.get(2)?;
+                let delivered: i64 = row.get(2)?;
+                let native_unsent = row.get::<_, i64>(4)? == 0;
                 let blob = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
                 let r =
                     codec::decode_row(blob, |i, c, v| per_item.entry(i).or_default().push((c, v)));
                 if let Err(e) = r {
                     tracing::error!(seq, error = %e, "corrupt journal row skipped by compaction");
                 }
-                seqs.push((seq, sent != 0));
+                seqs.push((seq, delivered != 0, native_unsent));
                 points += n.max(0) as u64;
             }
         }
@@ -852,15 +1022,24 @@ impl Writer {
             }
             let mut mark = tx.prepare_cached("UPDATE journal SET compacted = 1 WHERE seq = ?1")?;
             let mut del = tx.prepare_cached("DELETE FROM journal WHERE seq = ?1")?;
-            for &(seq, sent) in &seqs {
-                if sent {
+            for &(seq, delivered, native_unsent) in &seqs {
+                if delivered {
                     del.execute([seq])?;
+                    // Not sent on an uplink no longer configured.
+                    dropped_native += u64::from(native_unsent);
                 } else {
                     mark.execute([seq])?;
                 }
             }
         }
         tx.commit()?;
+        if dropped_native > 0 {
+            let _ = self.inner.counters.outbox.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |v| Some(v.saturating_sub(dropped_native)),
+            );
+        }
         tracing::debug!(
             host_id = hid,
             rows = seqs.len(),
