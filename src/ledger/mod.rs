@@ -5,7 +5,7 @@
 //! Every SQL statement on these tables is in this module, next to their
 //! schema (`schema.sql`, applied by the store's migration as schema version
 //! 2), one file per group of tables: [`config_requests`], [`alarms`],
-//! [`uplink`], [`mqtt_hosts`]. The services above (the config requests, the
+//! [`uplink`], [`mqtt_hosts`], [`sparkplug`] (schema version 4). The services above (the config requests, the
 //! alarms, the MQTT session) call these functions and keep no SQL of their own.
 //!
 //! Unlike samples (batched by the store's writer thread), every change here is
@@ -23,6 +23,7 @@
 pub mod alarms;
 pub mod config_requests;
 pub mod mqtt_hosts;
+pub mod sparkplug;
 pub mod uplink;
 
 pub use uplink::UplinkMessage;

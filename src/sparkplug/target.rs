@@ -1,7 +1,5 @@
 //! Where the Sparkplug uplink goes: its connection and its ids.
 
-use std::time::Duration;
-
 use crate::model::{Config, MqttSpec};
 
 /// The `[sparkplug]` section as the session needs it.
@@ -17,16 +15,26 @@ pub(super) struct Target {
 
 impl Target {
     pub(super) fn of(config: &Config) -> Option<Target> {
-        let group_id = std::env::var("MODBRIDGE_SPB_GROUP").ok()?;
-        let mqtt = config.mqtt.as_ref()?;
-        let mut conn = mqtt.clone();
-        conn.keep_alive = Duration::from_secs(30);
+        let spb = config.sparkplug.as_ref()?;
+        // The connection as the native uplink's set-up reads it (no topic prefix:
+        // Sparkplug's topics are its own).
+        let conn = MqttSpec {
+            url: spb.url.clone(),
+            client_id: spb.client_id.clone(),
+            username: spb.username.clone(),
+            password_file: spb.password_file.clone(),
+            ca_file: spb.ca_file.clone(),
+            cert_file: spb.cert_file.clone(),
+            key_file: spb.key_file.clone(),
+            topic_prefix: String::new(),
+            keep_alive: spb.keep_alive,
+        };
         Some(Target {
             conn,
-            client_id: format!("modbridge-spb-{}", config.gateway.id),
-            group_id,
-            edge_node_id: config.gateway.id.clone(),
-            primary_host_id: std::env::var("MODBRIDGE_SPB_PRIMARY").ok(),
+            client_id: spb.client_id.clone(),
+            group_id: spb.group_id.clone(),
+            edge_node_id: spb.edge_node_id.clone(),
+            primary_host_id: spb.primary_host_id.clone(),
         })
     }
 
