@@ -86,9 +86,11 @@ impl Sub {
                 }
             }
         });
-        eventually("the subscriber to be ready", Duration::from_secs(20), || {
-            *ready.lock().unwrap()
-        })
+        eventually(
+            "the subscriber to be ready",
+            Duration::from_secs(20),
+            || *ready.lock().unwrap(),
+        )
         .await;
         Sub { child, msgs }
     }
@@ -157,12 +159,14 @@ fn metric<'a>(m: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Every message of the node carries seq +1 (mod 256) from its NBIRTH's 0;
-/// NDEATH has none. Checked per connection (between NBIRTHs).
+/// NDEATH has none. Checked per connection (between NBIRTHs), over the
+/// node's own messages.
 fn check_seq(msgs: &[Value]) {
     let mut expect: Option<u64> = None;
     for m in msgs {
         let t = m["topic"].as_str().unwrap_or("");
-        if t.contains("/STATE/") {
+        // Commands and the host's STATE are not the node's messages.
+        if t.contains("/STATE/") || t.contains("/NCMD/") || t.contains("/DCMD/") {
             continue;
         }
         if t == topic("NDEATH", None) {
@@ -293,7 +297,9 @@ fn points(msgs: &[Value], alias: u64, historical: bool) -> Vec<(u64, Value)> {
     msgs.iter()
         .filter(|m| is(m, "DDATA", Some("pump")))
         .flat_map(|m| m["metrics"].as_array().cloned().unwrap_or_default())
-        .filter(|x| x["alias"] == alias && x["is_historical"].as_bool().unwrap_or(false) == historical)
+        .filter(|x| {
+            x["alias"] == alias && x["is_historical"].as_bool().unwrap_or(false) == historical
+        })
         .map(|x| (x["timestamp"].as_u64().unwrap_or(0), x["value"].clone()))
         .collect()
 }
@@ -306,7 +312,9 @@ async fn births_data_by_exception_commands_and_rebirth() {
     let running = Running::start_file(&f.path).await;
 
     let nb = sub
-        .wait("NBIRTH", 0, Duration::from_secs(20), |m| is(m, "NBIRTH", None))
+        .wait("NBIRTH", 0, Duration::from_secs(20), |m| {
+            is(m, "NBIRTH", None)
+        })
         .await;
     let all = sub.all();
     let nbirth = &all[nb];
@@ -386,9 +394,11 @@ async fn births_data_by_exception_commands_and_rebirth() {
         &topic("DCMD", Some("pump")),
         r#"{"metrics":[{"name":"setpoint","datatype":6,"intValue":50}]}"#,
     );
-    eventually("the device's setpoint to be 50", Duration::from_secs(20), || {
-        f.device.register(Table::Holding, 0) == 50
-    })
+    eventually(
+        "the device's setpoint to be 50",
+        Duration::from_secs(20),
+        || f.device.register(Table::Holding, 0) == 50,
+    )
     .await;
     sub.wait("DDATA setpoint = 50", n, Duration::from_secs(20), |m| {
         is(m, "DDATA", Some("pump"))
@@ -409,7 +419,9 @@ async fn births_data_by_exception_commands_and_rebirth() {
     publish(
         f.broker.port,
         &topic("DCMD", Some("pump")),
-        &format!(r#"{{"metrics":[{{"alias":{flow_a},"datatype":6,"intValue":3}},{{"name":"nope","intValue":3}},{{"name":"setpoint","stringValue":"20"}}]}}"#),
+        &format!(
+            r#"{{"metrics":[{{"alias":{flow_a},"datatype":6,"intValue":3}},{{"name":"nope","intValue":3}},{{"name":"setpoint","stringValue":"20"}}]}}"#
+        ),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(running.gateway.writes.config_of("pump", "flow").is_none());
@@ -479,9 +491,12 @@ async fn device_loss_gives_ddeath_then_dbirth() {
             .expect("bind again"),
     );
     let back = sub
-        .wait("DBIRTH after the device is back", death, Duration::from_secs(20), |m| {
-            is(m, "DBIRTH", Some("pump"))
-        })
+        .wait(
+            "DBIRTH after the device is back",
+            death,
+            Duration::from_secs(20),
+            |m| is(m, "DBIRTH", Some("pump")),
+        )
         .await;
     let all = sub.all();
     assert!(
@@ -499,9 +514,11 @@ async fn device_loss_gives_ddeath_then_dbirth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_is_covered_by_historical_data() {
     let mut f = Fixture::new().await;
-    f.write("500ms", "");
-    let running = Running::start_file(&f.path).await;
+    // With a primary host the node is born only once the host is online,
+    // so a subscriber started after the broker's restart sees every birth.
+    f.write("500ms", "primary_host_id = \"scada\"");
     let sub = Sub::start(f.broker.port).await;
+    let running = Running::start_file(&f.path).await;
     // flow changes at every poll.
     let device = f.device.clone();
     let counter = tokio::spawn(async move {
@@ -512,33 +529,65 @@ async fn a_broker_outage_is_covered_by_historical_data() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
+    let online = |port: u16| {
+        let now = modbridge::clock::unix_now() * 1000;
+        publish(
+            port,
+            "spBv1.0/STATE/scada",
+            &format!(r#"{{"online":true,"timestamp":{now}}}"#),
+        );
+    };
+    online(f.broker.port);
+    let state = sub
+        .wait("STATE", 0, Duration::from_secs(20), |m| {
+            m["topic"] == "spBv1.0/STATE/scada"
+        })
+        .await;
     let db = sub
         .wait("DBIRTH", 0, Duration::from_secs(20), |m| {
             is(m, "DBIRTH", Some("pump"))
         })
         .await;
+    let first_birth = sub
+        .all()
+        .iter()
+        .position(|m| is(m, "NBIRTH", None))
+        .expect("NBIRTH");
+    assert!(
+        first_birth > state,
+        "no birth before the primary host is online: {:#?}",
+        sub.all()
+    );
     let flow_a = alias_of(&sub.all()[db], "flow");
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.broker.stop();
     let down_at = modbridge::clock::unix_now();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let up_at = modbridge::clock::unix_now();
-    let n = sub.all().len();
+    check_seq(&sub.all());
+    drop(sub);
     f.broker.restart();
+    let sub = Sub::start(f.broker.port).await;
+    online(f.broker.port);
     let nb = sub
-        .wait("NBIRTH after the outage", n, Duration::from_secs(60), |m| {
+        .wait("NBIRTH after the outage", 0, Duration::from_secs(60), |m| {
             is(m, "NBIRTH", None)
         })
         .await;
     // Live data resumes after the history.
     let last_live = sub
-        .wait("live DDATA after the outage", nb, Duration::from_secs(30), |m| {
-            is(m, "DDATA", Some("pump"))
-                && m["metrics"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .any(|x| x["alias"] == flow_a && x["is_historical"].is_null())
-                })
-        })
+        .wait(
+            "live DDATA after the outage",
+            nb,
+            Duration::from_secs(30),
+            |m| {
+                is(m, "DDATA", Some("pump"))
+                    && m["metrics"].as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|x| x["alias"] == flow_a && x["is_historical"].is_null())
+                    })
+            },
+        )
         .await;
     let after = &sub.all()[nb..=last_live];
     let historical = points(after, flow_a, true);
@@ -555,10 +604,16 @@ async fn a_broker_outage_is_covered_by_historical_data() {
     let sent: std::collections::BTreeSet<u64> = historical.iter().map(|(t, _)| *t).collect();
     for (clock, value) in &stored {
         let ms = (*clock as u64) * 1000;
-        assert!(sent.contains(&ms), "point at {clock} ({value}) missing from the historical data");
+        assert!(
+            sent.contains(&ms),
+            "point at {clock} ({value}) missing from the historical data"
+        );
     }
     let clocks: Vec<u64> = historical.iter().map(|(t, _)| *t).collect();
-    assert!(clocks.windows(2).all(|w| w[0] <= w[1]), "clock order: {clocks:?}");
+    assert!(
+        clocks.windows(2).all(|w| w[0] <= w[1]),
+        "clock order: {clocks:?}"
+    );
     counter.abort();
     running.stop().await;
     check_seq(&sub.all());
@@ -588,7 +643,9 @@ async fn bd_seq_persists_across_restarts_and_the_will_carries_it() {
     let log = f.dir.path().join("gateway.log");
     let mut child = spawn_binary(&f.path, &log);
     let nb = sub
-        .wait("NBIRTH", 0, Duration::from_secs(30), |m| is(m, "NBIRTH", None))
+        .wait("NBIRTH", 0, Duration::from_secs(30), |m| {
+            is(m, "NBIRTH", None)
+        })
         .await;
     assert_eq!(bd_seq(&sub.all()[nb]), 0);
     signal(&child, "KILL");
@@ -598,7 +655,11 @@ async fn bd_seq_persists_across_restarts_and_the_will_carries_it() {
             is(m, "NDEATH", None)
         })
         .await;
-    assert_eq!(bd_seq(&sub.all()[will]), 0, "the Will carries that connection's bdSeq");
+    assert_eq!(
+        bd_seq(&sub.all()[will]),
+        0,
+        "the Will carries that connection's bdSeq"
+    );
 
     let mut child = spawn_binary(&f.path, &log);
     let nb = sub

@@ -15,9 +15,11 @@ impl Ledger {
     pub async fn next_bd_seq(&self) -> Result<u8, StoreError> {
         self.transaction(|tx, _| {
             let last: Option<i64> = tx
-                .query_row("SELECT bd_seq FROM sparkplug_session WHERE id = 0", [], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT bd_seq FROM sparkplug_session WHERE id = 0",
+                    [],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let next = match last {
                 None => 0,
