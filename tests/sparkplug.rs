@@ -4,6 +4,8 @@
 //! datatypes and properties, data by exception, seq, rebirth, DCMD writes,
 //! device loss, a broker outage, bdSeq across restarts and in the Will.
 
+#[path = "common/api_gateway.rs"]
+mod api_gateway;
 #[path = "support/broker.rs"]
 mod broker;
 mod common;
@@ -210,6 +212,9 @@ data_dir = "{data}"
 
 [storage]
 commit_interval = "200ms"
+
+[api]
+listen = "127.0.0.1:0"
 
 [sparkplug]
 url = "{url}"
@@ -518,7 +523,7 @@ async fn a_broker_outage_is_covered_by_historical_data() {
     // so a subscriber started after the broker's restart sees every birth.
     f.write("500ms", "primary_host_id = \"scada\"");
     let sub = Sub::start(f.broker.port).await;
-    let running = Running::start_file(&f.path).await;
+    let served = api_gateway::serve(modbridge::config::load(&f.path).expect("valid config")).await;
     // flow changes at every poll.
     let device = f.device.clone();
     let counter = tokio::spawn(async move {
@@ -564,6 +569,29 @@ async fn a_broker_outage_is_covered_by_historical_data() {
     let down_at = modbridge::clock::unix_now();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let up_at = modbridge::clock::unix_now();
+    // The outage shows in /health and /metrics, the backlog with it.
+    let health = api_gateway::http(served.addr, "GET", "/health", &[], None).await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    let h = health.json();
+    assert_eq!(h["sparkplug"]["configured"], true);
+    assert_eq!(h["sparkplug"]["connected"], false);
+    assert!(h["sparkplug"]["backlog"].as_u64().unwrap() >= 20, "{h}");
+    assert!(
+        h["problems"]
+            .to_string()
+            .contains("Sparkplug: not connected"),
+        "{h}"
+    );
+    assert_eq!(h["mqtt"]["configured"], false);
+    let metrics = api_gateway::http(served.addr, "GET", "/metrics", &[], None).await;
+    assert!(
+        metrics.body.contains("\nmodbridge_sparkplug_connected 0\n"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics
+        .body
+        .contains("\nmodbridge_sparkplug_configured 1\n"));
     check_seq(&sub.all());
     drop(sub);
     f.broker.restart();
@@ -593,8 +621,8 @@ async fn a_broker_outage_is_covered_by_historical_data() {
     let historical = points(after, flow_a, true);
     assert!(!historical.is_empty(), "historical DDATA: {after:#?}");
     // Every flow point the store kept from the outage is in the historical data.
-    let id = running.gateway.store.item_id("pump", "flow").expect("id");
-    let stored = running
+    let id = served.gateway.store.item_id("pump", "flow").expect("id");
+    let stored = served
         .gateway
         .store
         .history(id, down_at + 1, up_at - 1, None)
@@ -614,8 +642,24 @@ async fn a_broker_outage_is_covered_by_historical_data() {
         clocks.windows(2).all(|w| w[0] <= w[1]),
         "clock order: {clocks:?}"
     );
+    // Caught up: connected again and the backlog drained.
+    eventually(
+        "the Sparkplug backlog to drain",
+        Duration::from_secs(20),
+        || {
+            let g = &served.gateway;
+            g.sparkplug.is_connected() && g.store.backlog(modbridge::store::Uplink::Sparkplug) < 5
+        },
+    )
+    .await;
+    let h = api_gateway::http(served.addr, "GET", "/health", &[], None)
+        .await
+        .json();
+    assert_eq!(h["sparkplug"]["connected"], true, "{h}");
+    assert!(h["sparkplug"]["published"].as_u64().unwrap() > 0, "{h}");
     counter.abort();
-    running.stop().await;
+    let _ = served.stop.send(());
+    served.run.await.expect("join").expect("clean stop");
     check_seq(&sub.all());
 }
 

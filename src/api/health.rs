@@ -10,6 +10,7 @@
 //! - the database's file system is full ("disk full"), until it has room again.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use axum::extract::State;
@@ -85,6 +86,18 @@ struct MqttHealth {
     connect_errors: u64,
 }
 
+/// The Sparkplug B uplink: its own connection and position.
+#[derive(Debug, Serialize)]
+struct SparkplugHealth {
+    configured: bool,
+    connected: bool,
+    /// Data messages of the outbox not yet confirmed over Sparkplug.
+    backlog: u64,
+    /// Messages the broker has confirmed reading since start-up.
+    published: u64,
+    connect_errors: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct DatabaseHealth {
     bytes: u64,
@@ -113,6 +126,7 @@ struct Health {
     version: &'static str,
     hosts: Vec<HostHealth>,
     mqtt: MqttHealth,
+    sparkplug: SparkplugHealth,
     database: DatabaseHealth,
     api: ApiHealth,
 }
@@ -165,6 +179,11 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
     if configured && !connected {
         problems.push("MQTT: not connected to the broker".to_string());
     }
+    let spb_configured = running.config.sparkplug.is_some();
+    let spb_connected = gateway.sparkplug.is_connected();
+    if spb_configured && !spb_connected {
+        problems.push("Sparkplug: not connected to the broker".to_string());
+    }
     let stats = gateway.store.stats();
     let failing = st.commits.failing(&stats);
     if stats.disk_full {
@@ -198,6 +217,13 @@ pub async fn health(State(st): State<AppState>, q: RawQuery) -> Result<Response,
                 .mqtt
                 .connect_errors
                 .load(std::sync::atomic::Ordering::Relaxed),
+        },
+        sparkplug: SparkplugHealth {
+            configured: spb_configured,
+            connected: spb_connected,
+            backlog: gateway.store.backlog(crate::store::Uplink::Sparkplug),
+            published: gateway.sparkplug.published.load(Ordering::Relaxed),
+            connect_errors: gateway.sparkplug.connect_errors.load(Ordering::Relaxed),
         },
         database: DatabaseHealth {
             bytes: stats.db_bytes,
@@ -363,6 +389,7 @@ pub async fn metrics(State(st): State<AppState>, q: RawQuery) -> Result<Response
     let stats = gateway.store.stats();
     store_figures(&mut m, &stats);
     uplink_figures(&mut m, &gateway, running.config.mqtt.is_some());
+    sparkplug_figures(&mut m, &gateway, running.config.sparkplug.is_some());
     config_request_figures(&mut m, &gateway.writes.stats());
     trigger_figures(&mut m, &gateway.alarms.stats());
     proxy_figures(&mut m, &gateway.proxies.snapshot());
@@ -643,6 +670,47 @@ fn uplink_figures(m: &mut Exposition, gateway: &Gateway, mqtt_configured: bool) 
             .mqtt
             .connect_errors
             .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+}
+
+/// Writes the Sparkplug uplink's connection figures and backlog.
+fn sparkplug_figures(m: &mut Exposition, gateway: &Gateway, configured: bool) {
+    let s = &gateway.sparkplug;
+    m.single(
+        "modbridge_sparkplug_configured",
+        "gauge",
+        "1 if a [sparkplug] section is configured.",
+        f64::from(u8::from(configured)),
+    );
+    m.single(
+        "modbridge_sparkplug_connected",
+        "gauge",
+        "1 while the Sparkplug uplink is connected to its broker.",
+        f64::from(u8::from(s.is_connected())),
+    );
+    m.single(
+        "modbridge_sparkplug_backlog_messages",
+        "gauge",
+        "Data messages not yet confirmed over Sparkplug.",
+        gateway.store.backlog(crate::store::Uplink::Sparkplug) as f64,
+    );
+    m.single(
+        "modbridge_sparkplug_published_total",
+        "counter",
+        "Sparkplug messages the broker has confirmed reading.",
+        s.published.load(Ordering::Relaxed) as f64,
+    );
+    m.single(
+        "modbridge_sparkplug_samples_total",
+        "counter",
+        "Samples sent in Sparkplug DDATA.",
+        s.data_samples.load(Ordering::Relaxed) as f64,
+    );
+    m.single(
+        "modbridge_sparkplug_connect_errors_total",
+        "counter",
+        "Failed connection attempts of the Sparkplug uplink.",
+        s.connect_errors.load(Ordering::Relaxed) as f64,
     );
 }
 
