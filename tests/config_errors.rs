@@ -82,6 +82,8 @@ cases!(
     bad_severity,
     bad_mqtt,
     mqtt_tls_mismatch,
+    bad_sparkplug,
+    bad_sparkplug_ids,
     bad_api,
     dup_host,
     bad_host_values,
