@@ -470,3 +470,38 @@ expression = "1 > 0"
     assert_eq!(got, want);
     assert_eq!(errors_of(&text), want);
 }
+
+#[test]
+fn sparkplug_takes_the_mqtt_connection_unless_it_has_its_own() {
+    let base = "[gateway]\nid = \"box-1\"\n\n[mqtt]\nurl = \"mqtts://broker.example:8883\"\nusername = \"box\"\npassword_file = \"/etc/pw\"\nca_file = \"/etc/ca.pem\"\nkeep_alive = \"1m\"\n\n";
+    let c = load_text(&format!("{base}[sparkplug]\ngroup_id = \"plant1\"\n"));
+    let s = c.sparkplug.expect("sparkplug");
+    assert_eq!(s.url, "mqtts://broker.example:8883");
+    assert_eq!(s.username.as_deref(), Some("box"));
+    assert_eq!(s.password_file.as_deref(), Some(Path::new("/etc/pw")));
+    assert_eq!(s.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert_eq!(s.client_id, "modbridge-spb-box-1");
+    assert_eq!(s.keep_alive, Duration::from_secs(30), "its own default");
+    assert_eq!(s.group_id, "plant1");
+    assert_eq!(s.edge_node_id, "box-1");
+    assert_eq!(s.primary_host_id, None);
+
+    let c = load_text(&format!(
+        "{base}[sparkplug]\nurl = \"mqtt://scada:1883\"\nusername = \"edge\"\nclient_id = \"edge-7\"\nkeep_alive = \"10s\"\ngroup_id = \"g\"\nedge_node_id = \"node-7\"\nprimary_host_id = \"scada\"\n"
+    ));
+    let s = c.sparkplug.expect("sparkplug");
+    assert_eq!(
+        (s.url.as_str(), s.username.as_deref(), s.client_id.as_str()),
+        ("mqtt://scada:1883", Some("edge"), "edge-7")
+    );
+    assert_eq!(s.keep_alive, Duration::from_secs(10));
+    assert_eq!(s.edge_node_id, "node-7");
+    assert_eq!(s.primary_host_id.as_deref(), Some("scada"));
+
+    // Alone, without [mqtt].
+    let c = load_text(
+        "[gateway]\nid = \"box-1\"\n\n[sparkplug]\nurl = \"mqtt://scada:1883\"\ngroup_id = \"g\"\n",
+    );
+    assert!(c.mqtt.is_none());
+    assert_eq!(c.sparkplug.expect("sparkplug").url, "mqtt://scada:1883");
+}

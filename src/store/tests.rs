@@ -1404,3 +1404,156 @@ async fn store_close_does_not_wait_for_a_long_compaction() {
     );
     store.close().unwrap();
 }
+
+/// Journal rows in the database.
+fn journal_rows(store: &Store) -> i64 {
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn store_uplink_positions_are_independent_and_a_removed_one_pins_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 2, true);
+    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
+        "mqtt://127.0.0.1:1883",
+        "plant",
+        "gw",
+    ));
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    assert_eq!(store.position(Uplink::Sparkplug), 0);
+    let t0 = now() - 100;
+    // Four commits: four rows of host h0.
+    for round in 0..4 {
+        store.push(&[
+            s(id[0][0], t0 + round, round as f64),
+            s(id[0][1], t0 + round, 1.0),
+        ]);
+        store.flush().unwrap();
+    }
+    let native = store.outbox_after(0, 100).await.unwrap();
+    let spb = store.outbox_from(Uplink::Sparkplug, 0, 100).await.unwrap();
+    assert_eq!(native.len(), 4);
+    assert_eq!(spb, native, "both uplinks read the same rows");
+    assert_eq!(store.backlog(Uplink::Sparkplug), 4);
+
+    // The native uplink delivers everything: Sparkplug still needs the rows,
+    // through compaction too.
+    let seqs: Vec<u64> = native.iter().map(|m| m.seq).collect();
+    store.mark_sent(&seqs).unwrap();
+    store.maintain().unwrap();
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(journal_rows(&store), 4);
+    assert_eq!(
+        store
+            .outbox_from(Uplink::Sparkplug, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        store.history(id[0][0], 0, now(), None).await.unwrap().len(),
+        4
+    );
+
+    // Sparkplug delivers two: they go, and its position is durable.
+    store.advance(Uplink::Sparkplug, seqs[1]).unwrap();
+    assert_eq!(store.position(Uplink::Sparkplug), seqs[1]);
+    assert_eq!(store.backlog(Uplink::Sparkplug), 2);
+    store.flush().unwrap();
+    assert_eq!(journal_rows(&store), 2);
+    let after = store
+        .outbox_from(Uplink::Sparkplug, store.position(Uplink::Sparkplug), 100)
+        .await
+        .unwrap();
+    assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs[2..]);
+    // A position never moves back.
+    store.advance(Uplink::Sparkplug, seqs[0]).unwrap();
+    assert_eq!(store.position(Uplink::Sparkplug), seqs[1]);
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    assert_eq!(store.position(Uplink::Sparkplug), seqs[1], "restored");
+    assert_eq!(store.backlog(Uplink::Sparkplug), 2);
+    assert_eq!(store.outbox_len(), 0);
+
+    // [sparkplug] removed: its position goes and pins nothing.
+    cfg.sparkplug = None;
+    store.reconfigure(&cfg).await.unwrap();
+    store.maintain().unwrap();
+    assert_eq!(store.position(Uplink::Sparkplug), 0);
+    assert_eq!(store.backlog(Uplink::Sparkplug), 0);
+    assert_eq!(
+        journal_rows(&store),
+        0,
+        "rows only Sparkplug pinned are gone"
+    );
+    assert_eq!(
+        store.history(id[0][0], 0, now(), None).await.unwrap().len(),
+        4
+    );
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let positions: i64 = conn
+        .query_row("SELECT count(*) FROM uplink_position", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(positions, 0);
+
+    // Configured again: it starts at the newest row, the past is not its backlog.
+    store.push(&[s(id[0][0], t0 + 10, 9.0)]);
+    store.flush().unwrap();
+    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
+        "mqtt://127.0.0.1:1883",
+        "plant",
+        "gw",
+    ));
+    store.reconfigure(&cfg).await.unwrap();
+    store.maintain().unwrap();
+    assert_eq!(store.backlog(Uplink::Sparkplug), 0);
+    let newest = store.outbox_after(0, 10).await.unwrap();
+    assert_eq!(newest.len(), 1, "the native uplink's unsent row stays");
+    assert_eq!(store.position(Uplink::Sparkplug), newest[0].seq);
+    store.push(&[s(id[0][0], t0 + 11, 10.0)]);
+    store.flush().unwrap();
+    assert_eq!(store.backlog(Uplink::Sparkplug), 1);
+    store.close().unwrap();
+}
+
+#[tokio::test]
+async fn store_sparkplug_alone_keeps_rows_until_its_position_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, false);
+    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
+        "mqtt://127.0.0.1:1883",
+        "plant",
+        "gw",
+    ));
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let t0 = now() - 100;
+    for round in 0..3 {
+        store.push(&[s(id[0][0], t0 + round, round as f64)]);
+        store.flush().unwrap();
+    }
+    store.maintain().unwrap();
+    assert_eq!(
+        store.outbox_len(),
+        0,
+        "no native uplink: nothing unsent for it"
+    );
+    assert_eq!(store.backlog(Uplink::Sparkplug), 3);
+    assert_eq!(journal_rows(&store), 3, "compacted, kept for Sparkplug");
+    let rows = store.outbox_from(Uplink::Sparkplug, 0, 10).await.unwrap();
+    store.advance(Uplink::Sparkplug, rows[2].seq).unwrap();
+    store.flush().unwrap();
+    assert_eq!(journal_rows(&store), 0);
+    assert_eq!(store.backlog(Uplink::Sparkplug), 0);
+    assert_eq!(
+        store.history(id[0][0], 0, now(), None).await.unwrap().len(),
+        3
+    );
+    store.close().unwrap();
+}
