@@ -180,6 +180,12 @@ string_type!(
     ["mqtt://10.0.0.5:1883", "mqtts://broker.example.com:8883"]
 );
 string_type!(
+    /// A Sparkplug topic level: not empty, no + # or /.
+    SparkplugId,
+    "^[^+#/]+$",
+    ["plant1"]
+);
+string_type!(
     /// An IP address and port.
     ListenAddress,
     "^(\\[[0-9A-Fa-f:.]+\\]|[0-9.]+):[0-9]{1,5}$",
@@ -274,6 +280,8 @@ pub struct ConfigFile {
     pub severity: Option<BTreeMap<String, Text>>,
     /// The MQTT uplink; leave it out to keep everything local.
     pub mqtt: Option<Mqtt>,
+    /// The Sparkplug B uplink (for SCADA and historians), beside [mqtt] or alone.
+    pub sparkplug: Option<Sparkplug>,
     /// The local HTTP API (default: listen on 127.0.0.1:8080).
     pub api: Option<Api>,
     /// The Modbus devices to poll, one `[[hosts]]` block each.
@@ -398,6 +406,34 @@ pub struct Mqtt {
     pub topic_prefix: Option<String>,
     /// MQTT keep-alive, at most "65535s" (default "30s").
     pub keep_alive: Option<Duration>,
+}
+
+/// `[sparkplug]`
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+pub struct Sparkplug {
+    /// The broker: mqtt://host[:port] or mqtts://host[:port] (default: that of [mqtt]).
+    pub url: Option<BrokerUrl>,
+    /// Default: "modbridge-spb-" + gateway id.
+    pub client_id: Option<Text>,
+    /// Broker user name (default: that of [mqtt]).
+    pub username: Option<Text>,
+    /// A file holding the broker password (default: that of [mqtt]).
+    pub password_file: Option<FilePath>,
+    /// TLS only: the broker's CA certificate (default: that of [mqtt], else the system's).
+    pub ca_file: Option<FilePath>,
+    /// TLS only: a client certificate (needs key_file; default: that of [mqtt]).
+    pub cert_file: Option<FilePath>,
+    /// TLS only: the client certificate's private key (default: that of [mqtt]).
+    pub key_file: Option<FilePath>,
+    /// MQTT keep-alive, at most "65535s" (default "30s").
+    pub keep_alive: Option<Duration>,
+    /// The Sparkplug group this edge node belongs to; no + # or /.
+    pub group_id: SparkplugId,
+    /// The edge node id (default: the gateway id); no + # or /.
+    pub edge_node_id: Option<SparkplugId>,
+    /// The primary host application: the node is born only while its STATE says online.
+    pub primary_host_id: Option<SparkplugId>,
 }
 
 /// `[api]`
