@@ -36,7 +36,7 @@ fn python_path() -> &'static Path {
             let ok = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", "--target"])
                 .arg(&staging)
-                .args(["tahutils==0.1.11", "paho-mqtt==2.1.0"])
+                .args(["tahutils==0.1.11", "paho-mqtt==2.1.0", "protobuf==4.25.9"])
                 .status()
                 .expect("python3 with pip must be installed");
             assert!(ok.success(), "pip install of tahutils and paho-mqtt failed");
