@@ -17,6 +17,7 @@ pub const DEMO_PROFILE: &str = include_str!("../../config/profiles/nibe-f1345.to
 const DEMO_PLACEHOLDER_ADDR: &str = "127.0.0.1:15502";
 /// The broker URL in the demo template; its port is the embedded broker's
 /// preferred one, replaced by the port it got.
+#[cfg_attr(not(feature = "demo-broker"), allow(dead_code))]
 const DEMO_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 /// The item the demo runs in a slow cycle for the template's trigger
 /// ("above 52", "below 48"): up from half way at the start, so the trigger
@@ -66,8 +67,26 @@ async fn uplink(text: String) -> anyhow::Result<(String, Option<super::demo_brok
     Ok((text, Some(broker)))
 }
 
+/// A build without the embedded broker never has one.
 #[cfg(not(feature = "demo-broker"))]
-async fn uplink(text: String) -> anyhow::Result<(String, Option<std::convert::Infallible>)> {
+struct NoBroker(std::convert::Infallible);
+
+#[cfg(not(feature = "demo-broker"))]
+impl NoBroker {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self.0 {}
+    }
+}
+
+#[cfg(not(feature = "demo-broker"))]
+impl Drop for NoBroker {
+    fn drop(&mut self) {
+        match self.0 {}
+    }
+}
+
+#[cfg(not(feature = "demo-broker"))]
+async fn uplink(text: String) -> anyhow::Result<(String, Option<NoBroker>)> {
     Ok((without_uplink(&text), None))
 }
 
