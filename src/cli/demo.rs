@@ -15,10 +15,10 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 pub const DEMO_PROFILE: &str = include_str!("../../config/profiles/nibe-f1345.toml");
 /// The address in the demo template that is replaced by the simulator's.
 const DEMO_PLACEHOLDER_ADDR: &str = "127.0.0.1:15502";
-/// The broker URL in the demo template; its port is the embedded broker's
-/// preferred one, replaced by the port it got.
+/// The embedded broker's preferred port; the template's `[mqtt] url` names it
+/// and is rewritten with the port the broker got.
 #[cfg_attr(not(feature = "demo-broker"), allow(dead_code))]
-const DEMO_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+const DEMO_MQTT_PORT: u16 = 1883;
 /// The item the demo runs in a slow cycle for the template's trigger
 /// ("above 52", "below 48"): up from half way at the start, so the trigger
 /// fires about 13 s in (`asin(2/6)` of the period) and clears two minutes
@@ -50,43 +50,24 @@ fn without_uplink(text: &str) -> String {
     out
 }
 
-/// The embedded broker, when this build has one: its address, and the
-/// template with the uplink pointing at it (else without an uplink).
+/// The template's broker URL.
+#[cfg_attr(not(feature = "demo-broker"), allow(dead_code))]
+fn demo_mqtt_url(port: u16) -> String {
+    format!("mqtt://127.0.0.1:{port}")
+}
+
+/// The embedded broker, when this build has one: the template with the
+/// uplink pointing at it and the broker's port (else without an uplink).
+/// The broker runs on its own threads until the process ends.
 #[cfg(feature = "demo-broker")]
-async fn uplink(text: String) -> anyhow::Result<(String, Option<super::demo_broker::DemoBroker>)> {
-    let preferred = DEMO_MQTT_URL
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    let broker = super::demo_broker::start(preferred).await?;
-    let text = text.replace(
-        DEMO_MQTT_URL,
-        &format!("mqtt://127.0.0.1:{}", broker.addr().port()),
-    );
-    Ok((text, Some(broker)))
-}
-
-/// A build without the embedded broker never has one.
-#[cfg(not(feature = "demo-broker"))]
-struct NoBroker(std::convert::Infallible);
-
-#[cfg(not(feature = "demo-broker"))]
-impl NoBroker {
-    fn addr(&self) -> std::net::SocketAddr {
-        match self.0 {}
-    }
+async fn uplink(text: String) -> anyhow::Result<(String, Option<u16>)> {
+    let port = super::demo_broker::start(DEMO_MQTT_PORT).await?.port();
+    let text = text.replace(&demo_mqtt_url(DEMO_MQTT_PORT), &demo_mqtt_url(port));
+    Ok((text, Some(port)))
 }
 
 #[cfg(not(feature = "demo-broker"))]
-impl Drop for NoBroker {
-    fn drop(&mut self) {
-        match self.0 {}
-    }
-}
-
-#[cfg(not(feature = "demo-broker"))]
-async fn uplink(text: String) -> anyhow::Result<(String, Option<NoBroker>)> {
+async fn uplink(text: String) -> anyhow::Result<(String, Option<u16>)> {
     Ok((without_uplink(&text), None))
 }
 
@@ -133,7 +114,7 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
             &format!("data_dir = {:?}", dir.join("data")),
         );
     // The uplink: an MQTT broker of the demo's own on loopback.
-    let (text, broker) = uplink(text).await?;
+    let (text, broker_port) = uplink(text).await?;
     let config_path = dir.join("modbridge.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -189,10 +170,8 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
             )
         })
         .unwrap_or_default();
-    let uplink_text = match (&broker, &config.mqtt) {
-        (Some(broker), Some(mqtt)) => {
-            uplink_hint(broker.addr().port(), mqtt, &config, host, writable.as_ref())
-        }
+    let uplink_text = match (broker_port, &config.mqtt) {
+        (Some(port), Some(mqtt)) => uplink_hint(port, mqtt, &config, host, writable.as_ref()),
         _ => "This build has no MQTT broker of its own (feature `demo-broker`), so the demo\n\
               runs without an uplink.\n"
             .to_string(),
@@ -274,7 +253,6 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     };
     daemon::run_gateway_with_api(gateway, Some(api), stop).await?;
     drop(server);
-    drop(broker);
     println!(
         "demo stopped; history kept in {}",
         dir.join("data").display()
@@ -388,14 +366,14 @@ mod tests {
     fn the_template_triggers_on_the_cycled_item() {
         let expression = format!("\"last(/heatpump/{CYCLE_KEY}) > {CYCLE_FIRES_ABOVE}\"");
         assert!(DEMO_CONFIG.contains(&expression), "{expression}");
-        assert!(DEMO_CONFIG.contains(&format!("url = \"{DEMO_MQTT_URL}\"")));
+        assert!(DEMO_CONFIG.contains(&format!("url = \"{}\"", demo_mqtt_url(DEMO_MQTT_PORT))));
         assert_eq!(first_firing_secs(), 13);
     }
 
     #[test]
     fn without_the_broker_the_template_has_no_uplink_and_still_loads() {
         let text = without_uplink(DEMO_CONFIG);
-        assert!(!text.contains("[mqtt]") && !text.contains(DEMO_MQTT_URL));
+        assert!(!text.contains("[mqtt]") && !text.contains(&demo_mqtt_url(DEMO_MQTT_PORT)));
         assert!(text.contains("[api]") && text.contains("[[hosts]]"));
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("profiles")).expect("mkdir");

@@ -23,24 +23,12 @@ pub enum BrokerError {
     NotListening(String),
 }
 
-/// A broker running on its own threads (rumqttd's: a router and one server
-/// with its own runtime, none on the gateway's runtime) until the process
-/// ends; it keeps nothing on disk.
-pub struct DemoBroker {
-    addr: SocketAddr,
-    _thread: JoinHandle<()>,
-}
-
-impl DemoBroker {
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
 /// Starts the broker on 127.0.0.1:`port`, or on a free port when that one
-/// is taken, and returns once it accepts connections.
-pub async fn start(port: u16) -> Result<DemoBroker, BrokerError> {
+/// is taken, and returns where it listens once it accepts connections. It
+/// runs on its own threads (rumqttd's: a router and one server with its own
+/// runtime, none on the gateway's runtime) until the process ends, and keeps
+/// nothing on disk.
+pub async fn start(port: u16) -> Result<SocketAddr, BrokerError> {
     let mut tried = Vec::new();
     let mut candidates = vec![port];
     candidates.extend(std::iter::repeat(0).take(FREE_PORT_TRIES));
@@ -59,10 +47,7 @@ pub async fn start(port: u16) -> Result<DemoBroker, BrokerError> {
             })
             .map_err(BrokerError::Thread)?;
         if listening(addr, &thread).await {
-            return Ok(DemoBroker {
-                addr,
-                _thread: thread,
-            });
+            return Ok(addr);
         }
         tried.push(addr.port().to_string());
     }
@@ -133,8 +118,8 @@ mod tests {
     async fn a_taken_port_moves_the_broker_to_a_free_one() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
-        let broker = start(port).await.expect("broker");
-        assert_ne!(broker.addr().port(), port);
-        assert!(tokio::net::TcpStream::connect(broker.addr()).await.is_ok());
+        let addr = start(port).await.expect("broker");
+        assert_ne!(addr.port(), port);
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     }
 }
