@@ -4,14 +4,25 @@
 //! polling them, waits a warm-up, then measures over a window: CPU seconds of
 //! the gateway process (utime + stime from /proc, as % of one core), peak RSS
 //! (VmHWM), and Modbus requests per device per cycle (from the simulator).
+//! With `--mqtt` it also starts a mosquitto on a free port, the gateway
+//! publishes to it, and a subscriber (in this process) counts the values
+//! delivered on `modbridge/bench/data/+` per second.
 //!
-//!     cargo bench --bench gateway -- --devices 100 --registers 1000     # W2
-//!     cargo bench --bench gateway -- --devices 10 --registers 100       # W1 without MQTT
+//!     cargo bench --bench gateway -- --devices 10 --registers 100 --mqtt --runs 3    # W1
+//!     cargo bench --bench gateway -- --devices 100 --registers 100 --mqtt --runs 3   # W3
+//!     cargo bench --bench gateway -- --devices 100 --registers 1000 --runs 3         # W2
 //!
-//! Options: --devices N --registers R --interval 1s --warmup S --window S --runs K --base-port P
+//! Options: --devices N --registers R --interval 1s --warmup S --window S --runs K
+//! --base-port P --mqtt --bin PATH (another modbridge binary, e.g. an older
+//! build to compare with) --smaps (print the gateway's /proc smaps_rollup at
+//! the end of each window).
+
+#[path = "../tests/support/broker.rs"]
+mod broker;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +34,9 @@ struct Args {
     window: u64,
     runs: usize,
     base_port: u16,
+    mqtt: bool,
+    bin: Option<String>,
+    smaps: bool,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +48,9 @@ fn parse_args() -> Args {
         window: 60,
         runs: 1,
         base_port: 25020,
+        mqtt: false,
+        bin: None,
+        smaps: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,7 +64,13 @@ fn parse_args() -> Args {
             "--window" => a.window = v.parse().expect("--window seconds"),
             "--runs" => a.runs = v.parse().expect("--runs N"),
             "--base-port" => a.base_port = v.parse().expect("--base-port P"),
-            "--bench" => {
+            "--bin" => a.bin = Some(v),
+            "--mqtt" | "--smaps" | "--bench" => {
+                match argv[i].as_str() {
+                    "--mqtt" => a.mqtt = true,
+                    "--smaps" => a.smaps = true,
+                    _ => {}
+                }
                 i += 1;
                 continue;
             }
@@ -94,6 +117,51 @@ struct Run {
     cpu_percent: f64,
     peak_rss_mib: f64,
     requests_per_device_cycle: f64,
+    values_per_second: f64,
+}
+
+/// Counts the values of every `R/data` message the broker delivers (QoS 1,
+/// clean session), on a thread of its own with its own runtime.
+fn subscribe(port: u16, values: Arc<AtomicU64>) -> std::sync::mpsc::Receiver<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+            let mut o = MqttOptions::new("bench-counter", "127.0.0.1", port);
+            o.set_keep_alive(Duration::from_secs(30));
+            o.set_max_packet_size(8 << 20, 8 << 20);
+            let (client, mut el) = AsyncClient::new(o, 64);
+            let mut ready = Some(ready_tx);
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe("modbridge/bench/data/+", QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&p.payload).unwrap_or_default();
+                        let n: usize = v["items"]
+                            .as_object()
+                            .map(|o| o.values().filter_map(|a| a.as_array()).map(Vec::len).sum())
+                            .unwrap_or(0);
+                        values.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    });
+    ready_rx
 }
 
 fn one_run(args: &Args, bin: &str) -> Run {
@@ -116,6 +184,19 @@ fn one_run(args: &Args, bin: &str) -> Run {
             args.base_port + d,
             args.interval
         ));
+    }
+    // The broker and the subscriber outlive the gateway's run.
+    let broker = args.mqtt.then(broker::Broker::start);
+    let values = Arc::new(AtomicU64::new(0));
+    if let Some(b) = &broker {
+        config = config.replacen(
+            "\n[api]",
+            &format!("\n[mqtt]\nurl = {:?}\n\n[api]", b.url(false)),
+            1,
+        );
+        subscribe(b.port, values.clone())
+            .recv_timeout(Duration::from_secs(30))
+            .expect("subscriber did not connect");
     }
     let config_path = dir.path().join("bench.toml");
     std::fs::write(&config_path, config).expect("config");
@@ -166,12 +247,19 @@ fn one_run(args: &Args, bin: &str) -> Run {
     std::thread::sleep(Duration::from_secs(args.warmup));
     let ticks0 = cpu_ticks(pid);
     let req0 = *requests.lock().expect("lock");
+    let values0 = values.load(Ordering::Relaxed);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(args.window));
     let ticks1 = cpu_ticks(pid);
     let req1 = *requests.lock().expect("lock");
+    let values1 = values.load(Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let hwm = vm_hwm_kib(pid);
+    if args.smaps {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        println!("smaps_rollup of the gateway:\n{rollup}");
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -186,6 +274,7 @@ fn one_run(args: &Args, bin: &str) -> Run {
         cpu_percent: (ticks1 - ticks0) as f64 / clock_ticks() / elapsed * 100.0,
         peak_rss_mib: hwm as f64 / 1024.0,
         requests_per_device_cycle: (req1.1 - req0.1) as f64 / f64::from(args.devices) / cycles,
+        values_per_second: (values1 - values0) as f64 / elapsed,
     }
 }
 
@@ -206,26 +295,36 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let bin = env!("CARGO_BIN_EXE_modbridge");
+    let bin = args
+        .bin
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_modbridge").to_string());
+    let bin = bin.as_str();
     let mut runs = Vec::new();
     for i in 0..args.runs {
         let r = one_run(&args, bin);
         println!(
-            "run {}: cpu {:.2} % of one core, peak RSS {:.1} MiB, {:.2} requests per device per cycle",
+            "run {}: cpu {:.2} % of one core, peak RSS {:.1} MiB, {:.2} requests per device per cycle{}",
             i + 1,
             r.cpu_percent,
             r.peak_rss_mib,
-            r.requests_per_device_cycle
+            r.requests_per_device_cycle,
+            if args.mqtt {
+                format!(", {:.0} values/s delivered", r.values_per_second)
+            } else {
+                String::new()
+            }
         );
         runs.push(r);
     }
     let optimum = f64::from(args.registers.div_ceil(125));
     println!(
-        "\ngateway benchmark: {} devices x {} holding registers every {} ({} values/s), warm-up {} s, window {} s, {} run(s)",
+        "\ngateway benchmark: {} devices x {} holding registers every {} ({} values/s){}, warm-up {} s, window {} s, {} run(s)",
         args.devices,
         args.registers,
         args.interval,
         u64::from(args.devices) * u64::from(args.registers) * 1000 / (parse_secs(&args.interval) * 1000.0) as u64,
+        if args.mqtt { " to mosquitto" } else { "" },
         args.warmup,
         args.window,
         args.runs
@@ -242,4 +341,10 @@ fn main() {
         "  requests per device per cycle {:.2} (optimum {optimum})",
         median(runs.iter().map(|r| r.requests_per_device_cycle).collect())
     );
+    if args.mqtt {
+        println!(
+            "  median values/s delivered {:.0}",
+            median(runs.iter().map(|r| r.values_per_second).collect())
+        );
+    }
 }

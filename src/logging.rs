@@ -8,7 +8,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// Sets up logging to stderr. `RUST_LOG` overrides the default level (`info`).
+/// Sets up logging to stderr. `RUST_LOG` overrides the default level (`info`;
+/// `warn` for the demo's embedded MQTT broker, which logs every connection).
 ///
 /// When stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to
 /// the device and inode of that stream; a child whose stderr was redirected
@@ -18,7 +19,8 @@ use tracing_subscriber::EnvFilter;
 /// info, `<7>` debug), which journald strips and records, so that
 /// `journalctl -u modbridge -p warning` shows only what needs attention.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

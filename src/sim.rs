@@ -242,6 +242,31 @@ impl SimDevice {
         self.tick();
     }
 
+    /// Animates `item` (instead of what [`SimDevice::animate`] gave it) in a
+    /// slow cycle between `low` and `high` over `period`, starting from now
+    /// half way up and rising: at `high` a quarter period from now, back
+    /// half way after half a period, at `low` after three quarters. The demo
+    /// drives a trigger with it that fires soon after the start, then clears
+    /// and fires again every `period`.
+    pub fn cycle(&self, item: &ItemSpec, low: f64, high: f64, period: Duration) {
+        let period = period.as_secs_f64().max(1.0);
+        let now = crate::clock::unix_secs_f64();
+        let animation = Animation {
+            item: item.clone(),
+            base: (low + high) / 2.0,
+            amplitude: (high - low) / 2.0,
+            period,
+            // sin(2 pi t / period + phase) = sin(2 pi (t - now) / period)
+            phase: -(std::f64::consts::TAU * (now / period).fract()),
+        };
+        {
+            let mut animations = lock(&self.inner.animations);
+            animations.retain(|a| (a.item.table, a.item.address) != (item.table, item.address));
+            animations.push(animation);
+        }
+        self.tick();
+    }
+
     /// Recomputes animated values for the current time.
     fn tick(&self) {
         let animations = lock(&self.inner.animations);

@@ -1,11 +1,14 @@
 //! The real binary: `check`, `read`, `probe`, `run` (SIGTERM commits
 //! everything) and `demo`, against simulated devices on loopback.
 
+#[path = "support/broker.rs"]
+mod broker;
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use modbridge::model::Table;
 use modbridge::sim::SimDevice;
@@ -454,6 +457,119 @@ fn the_demo_runs_and_stops() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("simulated NIBE F1345"), "{stdout}");
     assert!(dir.path().join("data/modbridge.db").exists());
+}
+
+/// The demo's uplink, watched the way its printout says: a real MQTT client
+/// subscribed to the demo's broker gets the data, the trigger firing, and the
+/// outcome of a write sent with the printed `mosquitto_pub` message.
+#[tokio::test]
+async fn the_demo_shows_its_uplink_on_its_own_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--duration", "2m", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let stdout = child.stdout.take().expect("stdout");
+    // Killed if the test fails before it stops the demo.
+    struct Running(Option<Child>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut running = Running(Some(child));
+    // What the demo prints, up to the write command (the last uplink line).
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
+        for line in lines.by_ref().map_while(Result::ok) {
+            let last = line.contains("mosquitto_pub");
+            printed.push(line);
+            if last {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        printed
+    })
+    .await
+    .expect("join");
+    let text = printed.join("\n");
+    let sub = printed
+        .iter()
+        .find(|l| l.contains("mosquitto_sub"))
+        .unwrap_or_else(|| panic!("a mosquitto_sub command: {text}"));
+    let words: Vec<&str> = sub.split_whitespace().collect();
+    let arg = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .map(|w| w.trim_matches('\'').to_string())
+            .unwrap_or_else(|| panic!("{flag} in {sub}"))
+    };
+    let port: u16 = arg("-p").parse().expect("port");
+    assert_eq!(arg("-t"), "modbridge/demo-box/#", "{sub}");
+    let mut upstream =
+        broker::Upstream::connect(port, "demo-watcher", None, &["modbridge/demo-box/#"], true)
+            .await;
+    upstream
+        .wait("data from the heat pump", Duration::from_secs(20), |m| {
+            broker::data_messages(m, "modbridge/demo-box")
+                .iter()
+                .any(|d| d.host == "heatpump" && !d.items.is_empty())
+        })
+        .await;
+    // The write, as printed.
+    let publish = printed.last().expect("lines");
+    let topic = publish
+        .split_whitespace()
+        .skip_while(|w| *w != "-t")
+        .nth(1)
+        .expect("topic");
+    let message = publish
+        .split_once("-m '")
+        .and_then(|(_, m)| m.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("a message in {publish}"));
+    let request: serde_json::Value = serde_json::from_str(message).expect("json");
+    let key = request["key"].as_str().expect("key").to_string();
+    upstream.publish(topic, message, false).await;
+    let config_topic = format!("modbridge/demo-box/config/heatpump/{key}");
+    upstream
+        .wait("the write's outcome", Duration::from_secs(20), |m| {
+            m.iter()
+                .any(|m| m.topic == config_topic && m.json()["config"]["status"] == "SUCCESS")
+        })
+        .await;
+    // The trigger fires about 13 s after the start.
+    let msgs = upstream
+        .wait("the trigger firing", Duration::from_secs(40), |m| {
+            m.iter()
+                .any(|m| m.topic == "modbridge/demo-box/events" && m.json()["value"] == "problem")
+        })
+        .await;
+    let event = msgs
+        .iter()
+        .find(|m| m.topic == "modbridge/demo-box/events")
+        .expect("event")
+        .json();
+    assert_eq!(event["triggerid"], 1, "{event}");
+    assert_eq!(event["host"], "heatpump", "{event}");
+    assert!(text.contains("Hot water charging above 52 degC"), "{text}");
+    let mut child = running.0.take().expect("the demo");
+    broker::signal(&child, "TERM");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit}");
 }
 
 #[test]

@@ -15,6 +15,61 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 pub const DEMO_PROFILE: &str = include_str!("../../config/profiles/nibe-f1345.toml");
 /// The address in the demo template that is replaced by the simulator's.
 const DEMO_PLACEHOLDER_ADDR: &str = "127.0.0.1:15502";
+/// The embedded broker's preferred port; the template's `[mqtt] url` names it
+/// and is rewritten with the port the broker got.
+#[cfg_attr(not(feature = "demo-broker"), allow(dead_code))]
+const DEMO_MQTT_PORT: u16 = 1883;
+/// The item the demo runs in a slow cycle for the template's trigger
+/// ("above 52", "below 48"): up from half way at the start, so the trigger
+/// fires about 13 s in (`asin(2/6)` of the period) and clears two minutes
+/// later.
+const CYCLE_KEY: &str = "modbus.heatpump.F1345.1.30003";
+const CYCLE_LOW: f64 = 44.0;
+const CYCLE_HIGH: f64 = 56.0;
+const CYCLE_PERIOD: Duration = Duration::from_secs(240);
+/// What the template's trigger fires above.
+const CYCLE_FIRES_ABOVE: f64 = 52.0;
+
+/// The template without its `[mqtt]` section (up to the next blank line),
+/// for a build without the embedded broker.
+#[cfg_attr(feature = "demo-broker", allow(dead_code))]
+fn without_uplink(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut skipping = false;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == "[mqtt]" {
+            skipping = true;
+        } else if skipping && line.trim().is_empty() {
+            skipping = false;
+            continue;
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The template's broker URL.
+#[cfg_attr(not(feature = "demo-broker"), allow(dead_code))]
+fn demo_mqtt_url(port: u16) -> String {
+    format!("mqtt://127.0.0.1:{port}")
+}
+
+/// The embedded broker, when this build has one: the template with the
+/// uplink pointing at it and the broker's port (else without an uplink).
+/// The broker runs on its own threads until the process ends.
+#[cfg(feature = "demo-broker")]
+async fn uplink(text: String) -> anyhow::Result<(String, Option<u16>)> {
+    let port = super::demo_broker::start(DEMO_MQTT_PORT).await?.port();
+    let text = text.replace(&demo_mqtt_url(DEMO_MQTT_PORT), &demo_mqtt_url(port));
+    Ok((text, Some(port)))
+}
+
+#[cfg(not(feature = "demo-broker"))]
+async fn uplink(text: String) -> anyhow::Result<(String, Option<u16>)> {
+    Ok((without_uplink(&text), None))
+}
 
 /// Runs the demo, reporting a bad `--duration` (exit 2) or a failure (exit 1).
 pub(super) async fn cmd_demo(duration: Option<String>, dir: Option<PathBuf>) -> ExitCode {
@@ -58,6 +113,8 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
             "data_dir = \"./demo-data\"",
             &format!("data_dir = {:?}", dir.join("data")),
         );
+    // The uplink: an MQTT broker of the demo's own on loopback.
+    let (text, broker_port) = uplink(text).await?;
     let config_path = dir.join("modbridge.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -78,6 +135,9 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     }
     for host in &config.hosts {
         device.animate(&host.items);
+        if let Some(item) = host.items.iter().find(|i| i.key == CYCLE_KEY) {
+            device.cycle(item, CYCLE_LOW, CYCLE_HIGH, CYCLE_PERIOD);
+        }
     }
     let gateway = crate::gateway::open(config.clone()).await?;
     let host = config
@@ -89,26 +149,33 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
         .first()
         .map(|i| i.key.clone())
         .unwrap_or_default();
-    let write_hint = host
-        .items
-        .iter()
-        .find(|i| i.configurable)
-        .map(|i| {
-            let target = match (i.lower_bound(), i.upper_bound()) {
-                (Some(lo), Some(hi)) => ((lo + hi) / 2.0).round(),
-                (Some(lo), None) => lo,
-                (None, Some(hi)) => hi,
-                (None, None) => 1.0,
-            };
+    // A setting to write: the first configurable item, to the middle of its bounds.
+    let writable = host.items.iter().find(|i| i.configurable).map(|i| {
+        let target = match (i.lower_bound(), i.upper_bound()) {
+            (Some(lo), Some(hi)) => ((lo + hi) / 2.0).round(),
+            (Some(lo), None) => lo,
+            (None, Some(hi)) => hi,
+            (None, None) => 1.0,
+        };
+        (i, format_for_people(target))
+    });
+    let write_hint = writable
+        .as_ref()
+        .map(|(i, target)| {
             format!(
-                "\x20 modbridge write -c {} --host {} --key {} --target {}\n",
+                "\x20 modbridge write -c {} --host {} --key {} --target {target}\n",
                 config_path.display(),
                 host.host,
                 i.key,
-                format_for_people(target)
             )
         })
         .unwrap_or_default();
+    let uplink_text = match (broker_port, &config.mqtt) {
+        (Some(port), Some(mqtt)) => uplink_hint(port, mqtt, &config, host, writable.as_ref()),
+        _ => "This build has no MQTT broker of its own (feature `demo-broker`), so the demo\n\
+              runs without an uplink.\n"
+            .to_string(),
+    };
     let moved_note = if moved {
         format!(
             " (port {} is taken, so the demo uses {})",
@@ -125,6 +192,8 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
          The gateway polls it every {} and keeps history in {}.\n\
          \n\
          Status page: http://{api}/{moved_note}\n\
+         \n\
+         {uplink_text}\
          \n\
          Try, in another terminal:\n\
          \x20 modbridge check -c {cfg}\n\
@@ -191,6 +260,51 @@ async fn demo(duration: Option<Duration>, dir: Option<PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
+/// What the demo prints about its uplink: the broker, the trigger, and the
+/// commands to watch the topics and to write a setting over MQTT.
+fn uplink_hint(
+    port: u16,
+    mqtt: &crate::model::MqttSpec,
+    config: &crate::model::Config,
+    host: &crate::model::HostSpec,
+    writable: Option<&(&crate::model::ItemSpec, String)>,
+) -> String {
+    let root = format!("{}/{}", mqtt.topic_prefix, config.gateway.id);
+    let mut text = format!(
+        "The gateway sends everything upstream (the native MQTT uplink) to an MQTT\n\
+         broker of the demo's own on 127.0.0.1:{port}: data on {root}/data/{host},\n\
+         events on {root}/events. Watch it:\n\
+         \x20 mosquitto_sub -h 127.0.0.1 -p {port} -t '{root}/#' -v\n",
+        host = host.host,
+    );
+    if let Some(trigger) = config.triggers.first() {
+        text.push_str(&format!(
+            "The trigger \"{}\" fires about {} s after the start and clears two minutes\n\
+             later, every {}.\n",
+            trigger.description,
+            first_firing_secs(),
+            crate::units::format_duration(CYCLE_PERIOD),
+        ));
+    }
+    if let Some((item, target)) = writable {
+        text.push_str(&format!(
+            "Write a setting over MQTT (the outcome comes on {root}/config/{host}/{key}):\n\
+             \x20 mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t {root}/cmd/config -m '{{\"host\":\"{host}\",\"key\":\"{key}\",\"target\":{target}}}'\n",
+            host = host.host,
+            key = item.key,
+        ));
+    }
+    text
+}
+
+/// Seconds from the start until the cycled item passes [`CYCLE_FIRES_ABOVE`].
+fn first_firing_secs() -> u64 {
+    let mid = (CYCLE_LOW + CYCLE_HIGH) / 2.0;
+    let amplitude = (CYCLE_HIGH - CYCLE_LOW) / 2.0;
+    let fraction = ((CYCLE_FIRES_ABOVE - mid) / amplitude).asin() / std::f64::consts::TAU;
+    (fraction * CYCLE_PERIOD.as_secs_f64()).round() as u64
+}
+
 /// Serves `devices` simulated devices whose registers change every second.
 pub(super) async fn cmd_simulate(
     devices: u16,
@@ -242,4 +356,32 @@ pub(super) async fn cmd_simulate(
     }
     drop(servers);
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_triggers_on_the_cycled_item() {
+        let expression = format!("\"last(/heatpump/{CYCLE_KEY}) > {CYCLE_FIRES_ABOVE}\"");
+        assert!(DEMO_CONFIG.contains(&expression), "{expression}");
+        assert!(DEMO_CONFIG.contains(&format!("url = \"{}\"", demo_mqtt_url(DEMO_MQTT_PORT))));
+        assert_eq!(first_firing_secs(), 13);
+    }
+
+    #[test]
+    fn without_the_broker_the_template_has_no_uplink_and_still_loads() {
+        let text = without_uplink(DEMO_CONFIG);
+        assert!(!text.contains("[mqtt]") && !text.contains(&demo_mqtt_url(DEMO_MQTT_PORT)));
+        assert!(text.contains("[api]") && text.contains("[[hosts]]"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("profiles")).expect("mkdir");
+        std::fs::write(dir.path().join("profiles/nibe-f1345.toml"), DEMO_PROFILE).expect("profile");
+        let path = dir.path().join("modbridge.toml");
+        std::fs::write(&path, text).expect("config");
+        let config = config::load(&path).expect("loads");
+        assert!(config.mqtt.is_none());
+        assert_eq!(config.triggers.len(), 1);
+    }
 }

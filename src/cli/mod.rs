@@ -9,6 +9,8 @@
 
 mod check;
 mod demo;
+#[cfg(feature = "demo-broker")]
+mod demo_broker;
 mod field;
 mod remote;
 mod run;
