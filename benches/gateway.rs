@@ -6,11 +6,13 @@
 //! (VmHWM), and Modbus requests per device per cycle (from the simulator).
 //! With `--mqtt` it also starts a mosquitto on a free port, the gateway
 //! publishes to it, and a subscriber (in this process) counts the values
-//! delivered on `modbridge/bench/data/+` per second.
+//! delivered on `modbridge/bench/data/+` per second. `--sparkplug` (with
+//! `--mqtt`) adds the Sparkplug B uplink to the same broker beside it.
 //!
 //!     cargo bench --bench gateway -- --devices 10 --registers 100 --mqtt --runs 3    # W1
 //!     cargo bench --bench gateway -- --devices 100 --registers 100 --mqtt --runs 3   # W3
 //!     cargo bench --bench gateway -- --devices 100 --registers 1000 --runs 3         # W2
+//!     cargo bench --bench gateway -- --devices 10 --registers 100 --mqtt --sparkplug --runs 3   # W1, both uplinks
 //!
 //! Options: --devices N --registers R --interval 1s --warmup S --window S --runs K
 //! --base-port P --mqtt --bin PATH (another modbridge binary, e.g. an older
@@ -35,6 +37,7 @@ struct Args {
     runs: usize,
     base_port: u16,
     mqtt: bool,
+    sparkplug: bool,
     bin: Option<String>,
     smaps: bool,
 }
@@ -49,6 +52,7 @@ fn parse_args() -> Args {
         runs: 1,
         base_port: 25020,
         mqtt: false,
+        sparkplug: false,
         bin: None,
         smaps: false,
     };
@@ -65,9 +69,10 @@ fn parse_args() -> Args {
             "--runs" => a.runs = v.parse().expect("--runs N"),
             "--base-port" => a.base_port = v.parse().expect("--base-port P"),
             "--bin" => a.bin = Some(v),
-            "--mqtt" | "--smaps" | "--bench" => {
+            "--mqtt" | "--sparkplug" | "--smaps" | "--bench" => {
                 match argv[i].as_str() {
                     "--mqtt" => a.mqtt = true,
+                    "--sparkplug" => a.sparkplug = true,
                     "--smaps" => a.smaps = true,
                     _ => {}
                 }
@@ -78,6 +83,10 @@ fn parse_args() -> Args {
         }
         i += 2;
     }
+    assert!(
+        !a.sparkplug || a.mqtt,
+        "--sparkplug needs --mqtt (the broker)"
+    );
     a
 }
 
@@ -194,6 +203,9 @@ fn one_run(args: &Args, bin: &str) -> Run {
             &format!("\n[mqtt]\nurl = {:?}\n\n[api]", b.url(false)),
             1,
         );
+        if args.sparkplug {
+            config = config.replacen("\n[api]", "\n[sparkplug]\ngroup_id = \"bench\"\n\n[api]", 1);
+        }
         subscribe(b.port, values.clone())
             .recv_timeout(Duration::from_secs(30))
             .expect("subscriber did not connect");
@@ -324,7 +336,11 @@ fn main() {
         args.registers,
         args.interval,
         u64::from(args.devices) * u64::from(args.registers) * 1000 / (parse_secs(&args.interval) * 1000.0) as u64,
-        if args.mqtt { " to mosquitto" } else { "" },
+        match (args.mqtt, args.sparkplug) {
+            (true, true) => " to mosquitto, native and Sparkplug uplinks",
+            (true, false) => " to mosquitto",
+            _ => "",
+        },
         args.warmup,
         args.window,
         args.runs

@@ -2,7 +2,8 @@
 //! implementation (Eclipse Tahu's protobuf module, `tests/sparkplug_client.py`,
 //! installed with pip into a cached directory under target/): births,
 //! datatypes and properties, data by exception, seq, rebirth, DCMD writes,
-//! device loss, a broker outage, bdSeq across restarts and in the Will.
+//! device loss, a broker outage, bdSeq across restarts and in the Will, and
+//! both uplinks at once with one of them down.
 
 #[path = "common/api_gateway.rs"]
 mod api_gateway;
@@ -428,16 +429,34 @@ async fn births_data_by_exception_commands_and_rebirth() {
             r#"{{"metrics":[{{"alias":{flow_a},"datatype":6,"intValue":3}},{{"name":"nope","intValue":3}},{{"name":"setpoint","stringValue":"20"}}]}}"#
         ),
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Commands are handled in order: once a later good one is carried out,
+    // the bad ones were seen and changed nothing.
+    publish(
+        f.broker.port,
+        &topic("DCMD", Some("pump")),
+        r#"{"metrics":[{"name":"setpoint","datatype":6,"intValue":51}]}"#,
+    );
+    eventually(
+        "the device's setpoint to be 51",
+        Duration::from_secs(20),
+        || f.device.register(Table::Holding, 0) == 51,
+    )
+    .await;
     assert!(running.gateway.writes.config_of("pump", "flow").is_none());
-    assert_eq!(f.device.register(Table::Holding, 0), 50);
+    let targets: Vec<f64> = running
+        .gateway
+        .ledger
+        .read(|conn| {
+            let mut st = conn.prepare("SELECT target FROM config_requests ORDER BY rid")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<f64>, _>>()?)
+        })
+        .await
+        .expect("config requests");
     assert_eq!(
-        running
-            .gateway
-            .writes
-            .config_of("pump", "setpoint")
-            .map(|c| c.target),
-        Some(Some(50.0))
+        targets,
+        vec![50.0, 51.0],
+        "only the good DCMDs became requests"
     );
 
     // NCMD rebirth: NBIRTH (same bdSeq) and DBIRTH again.
@@ -748,4 +767,154 @@ async fn seq_wraps_from_255_to_0() {
     let all = sub.all();
     assert!(all.iter().any(|m| m["seq"] == 255));
     check_seq(&all);
+}
+
+/// `seq` and the `flow` points of the native `R/data/pump` messages.
+fn native_data(msgs: &[broker::Msg]) -> (Vec<u64>, Vec<(u64, f64)>) {
+    let mut seqs = Vec::new();
+    let mut flow = Vec::new();
+    for m in msgs
+        .iter()
+        .filter(|m| m.topic == format!("modbridge/{NODE}/data/pump"))
+    {
+        let v: Value = serde_json::from_slice(&m.payload).expect("JSON data message");
+        seqs.push(v["seq"].as_u64().expect("seq"));
+        for p in v["items"]["flow"].as_array().cloned().unwrap_or_default() {
+            flow.push((
+                p[0].as_u64().expect("clock") * 1000,
+                p[1].as_f64().expect("value"),
+            ));
+        }
+    }
+    (seqs, flow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_uplinks_one_down_the_other_unaffected_then_it_catches_up() {
+    let mut f = Fixture::new().await;
+    // The native uplink on a broker of its own, which stays up.
+    let native_broker = Broker::start();
+    f.write(
+        "500ms",
+        &format!(
+            "primary_host_id = \"scada\"\n\n[mqtt]\nurl = \"{}\"",
+            native_broker.url(false)
+        ),
+    );
+    let mut native = broker::Upstream::connect(
+        native_broker.port,
+        "upstream",
+        None,
+        &[&format!("modbridge/{NODE}/data/+")],
+        true,
+    )
+    .await;
+    let sub = Sub::start(f.broker.port).await;
+    let running = Running::start_file(&f.path).await;
+    let device = f.device.clone();
+    let counter = tokio::spawn(async move {
+        let mut v = 100u16;
+        loop {
+            v = v.wrapping_add(1);
+            device.set_registers(Table::Input, 1, &[v]);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let online = |port: u16| {
+        let now = modbridge::clock::unix_now() * 1000;
+        publish(
+            port,
+            "spBv1.0/STATE/scada",
+            &format!(r#"{{"online":true,"timestamp":{now}}}"#),
+        );
+    };
+    online(f.broker.port);
+    let db = sub
+        .wait("DBIRTH", 0, Duration::from_secs(20), |m| {
+            is(m, "DBIRTH", Some("pump"))
+        })
+        .await;
+    let flow_a = alias_of(&sub.all()[db], "flow");
+
+    // The Sparkplug broker goes away; the native uplink keeps delivering.
+    f.broker.stop();
+    let down_at = (modbridge::clock::unix_now() as u64 + 1) * 1000;
+    let before = native_data(&native.messages()).0.len();
+    let outage = native
+        .wait(
+            "native data during the Sparkplug outage",
+            Duration::from_secs(30),
+            |m| native_data(m).0.len() >= before + 20,
+        )
+        .await;
+    let (seqs, _) = native_data(&outage);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "native seq without a hole or a repeat: {seqs:?}"
+    );
+    let backlog = running
+        .gateway
+        .store
+        .backlog(modbridge::store::Uplink::Sparkplug);
+    assert!(
+        backlog >= 20,
+        "Sparkplug's backlog grows while it is down: {backlog}"
+    );
+    assert!(
+        running.gateway.store.outbox_len() < 5,
+        "the native uplink is not held back: {}",
+        running.gateway.store.outbox_len()
+    );
+
+    // Back: Sparkplug catches up with historical DDATA, the native one goes on.
+    let up_at = (modbridge::clock::unix_now() as u64).saturating_sub(1) * 1000;
+    drop(sub);
+    f.broker.restart();
+    let sub = Sub::start(f.broker.port).await;
+    online(f.broker.port);
+    let nb = sub
+        .wait("NBIRTH after the outage", 0, Duration::from_secs(60), |m| {
+            is(m, "NBIRTH", None)
+        })
+        .await;
+    sub.wait(
+        "live DDATA after the outage",
+        nb,
+        Duration::from_secs(30),
+        |m| {
+            is(m, "DDATA", Some("pump"))
+                && m["metrics"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["alias"] == flow_a && x["is_historical"].is_null())
+                })
+        },
+    )
+    .await;
+    let all = native.messages();
+    let (seqs, native_flow) = native_data(&all);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "native seq without a hole: {seqs:?}"
+    );
+    // Every flow point the native uplink delivered during the outage
+    // reached Sparkplug as historical data.
+    let historical: std::collections::BTreeSet<u64> = points(&sub.all(), flow_a, true)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let outage_points: Vec<u64> = native_flow
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| (down_at..=up_at).contains(t))
+        .collect();
+    assert!(outage_points.len() >= 10, "{outage_points:?}");
+    for t in &outage_points {
+        assert!(
+            historical.contains(t),
+            "flow at {t} ms missing from Sparkplug's historical data"
+        );
+    }
+    counter.abort();
+    running.stop().await;
+    check_seq(&sub.all());
 }

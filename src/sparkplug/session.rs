@@ -48,8 +48,9 @@ const BATCH: usize = 64;
 const CHANNEL_CAPACITY: usize = 256;
 /// Events handled per wake-up.
 const EVENT_BATCH: usize = 512;
-/// How often the devices' poll cycles are looked at (DDEATH, DBIRTH).
-const DEVICE_CHECK: Duration = Duration::from_millis(250);
+/// How often the devices' poll cycles are looked at (DDEATH, DBIRTH): a
+/// wake-up of its own, so not more often than the usual poll interval.
+const DEVICE_CHECK: Duration = Duration::from_secs(1);
 
 type EventResult = Result<Event, ConnectionError>;
 
@@ -513,10 +514,12 @@ impl<'a> Session<'a> {
         let running = self.gateway.running();
         let hosts: Vec<String> = self.devices.keys().cloned().collect();
         for host in hosts {
-            let (polls, down) = match running.hosts.get(&host) {
+            // Born once a poll cycle reached it: its DBIRTH carries values.
+            // Until then (start-up, link down) the device check watches it.
+            let (polls, up) = match running.hosts.get(&host) {
                 Some(live) => {
                     let live = live.lock();
-                    (live.polls, live.polls > 0 && !live.link_up)
+                    (live.polls, live.polls > 0 && live.link_up)
                 }
                 None => (0, false),
             };
@@ -524,7 +527,7 @@ impl<'a> Session<'a> {
                 d.polls = polls;
                 d.born = false;
             }
-            if !down {
+            if up {
                 self.dbirth(&host);
             }
         }
