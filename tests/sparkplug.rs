@@ -918,3 +918,94 @@ async fn both_uplinks_one_down_the_other_unaffected_then_it_catches_up() {
     running.stop().await;
     check_seq(&sub.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_host_offline_gives_ndeath_and_a_new_bdseq_an_older_offline_is_ignored() {
+    let f = Fixture::new().await;
+    f.write("500ms", "primary_host_id = \"scada\"");
+    let sub = Sub::start(f.broker.port).await;
+    let running = Running::start_file(&f.path).await;
+    let state = |online: bool, ts: u64| {
+        publish(
+            f.broker.port,
+            "spBv1.0/STATE/scada",
+            &format!(r#"{{"online":{online},"timestamp":{ts}}}"#),
+        );
+    };
+    let t = modbridge::clock::unix_now() as u64 * 1000;
+    state(true, t);
+    let nb = sub
+        .wait("NBIRTH once online", 0, Duration::from_secs(20), |m| {
+            is(m, "NBIRTH", None)
+        })
+        .await;
+    assert_eq!(bd_seq(&sub.all()[nb]), 0);
+    sub.wait("DBIRTH", nb, Duration::from_secs(20), |m| {
+        is(m, "DBIRTH", Some("pump"))
+    })
+    .await;
+
+    // An offline older than the last online is stale (a host's old Will):
+    // ignored. A newer online after it proves it was handled.
+    state(false, t - 1000);
+    state(true, t + 1000);
+    let marker = sub
+        .wait(
+            "the second online STATE",
+            nb,
+            Duration::from_secs(20),
+            |m| {
+                m["topic"] == "spBv1.0/STATE/scada"
+                    && m["state"]
+                        .as_str()
+                        .is_some_and(|s| s.contains(&format!("{}", t + 1000)))
+            },
+        )
+        .await;
+    // The current offline: NDEATH with this bdSeq, then a new session that
+    // waits for the host.
+    state(false, t + 2000);
+    let death = sub
+        .wait("NDEATH at offline", marker, Duration::from_secs(20), |m| {
+            is(m, "NDEATH", None)
+        })
+        .await;
+    assert_eq!(bd_seq(&sub.all()[death]), 0);
+    assert!(
+        !sub.all()[nb + 1..death]
+            .iter()
+            .any(|m| is(m, "NDEATH", None)),
+        "the stale offline changed nothing"
+    );
+    eventually(
+        "the new session to connect",
+        Duration::from_secs(20),
+        || {
+            running
+                .gateway
+                .sparkplug
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 2
+        },
+    )
+    .await;
+    state(true, t + 3000);
+    let nb2 = sub
+        .wait(
+            "NBIRTH when online again",
+            death,
+            Duration::from_secs(20),
+            |m| is(m, "NBIRTH", None),
+        )
+        .await;
+    assert_eq!(bd_seq(&sub.all()[nb2]), 1, "a new connection, a new bdSeq");
+    assert!(
+        !sub.all()[death..nb2]
+            .iter()
+            .any(|m| is(m, "NBIRTH", None) || is(m, "DBIRTH", Some("pump"))),
+        "no birth before the host is online again"
+    );
+    running.stop().await;
+    check_seq(&sub.all());
+}

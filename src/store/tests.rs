@@ -1557,3 +1557,33 @@ async fn store_sparkplug_alone_keeps_rows_until_its_position_passes_them() {
     );
     store.close().unwrap();
 }
+
+#[tokio::test]
+async fn store_removing_mqtt_lets_its_unsent_rows_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, true);
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let t0 = now() - 100;
+    for round in 0..3 {
+        store.push(&[s(id[0][0], t0 + round, round as f64)]);
+        store.flush().unwrap();
+    }
+    store.maintain().unwrap();
+    assert_eq!(store.outbox_len(), 3);
+    assert_eq!(
+        journal_rows(&store),
+        3,
+        "unsent rows stay while [mqtt] is there"
+    );
+    cfg.mqtt = None;
+    store.reconfigure(&cfg).await.unwrap();
+    store.maintain().unwrap();
+    assert_eq!(journal_rows(&store), 0, "nobody needs them now");
+    assert_eq!(store.outbox_len(), 0);
+    assert_eq!(
+        store.history(id[0][0], 0, now(), None).await.unwrap().len(),
+        3
+    );
+    store.close().unwrap();
+}
