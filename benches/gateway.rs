@@ -16,7 +16,7 @@
 //!
 //! Options: --devices N --registers R --interval 1s --warmup S --window S --runs K
 //! --base-port P --mqtt --bin PATH (another modbridge binary, e.g. an older
-//! build to compare with) --smaps (print the gateway's /proc smaps_rollup at
+//! build to compare with) --smaps (print where the gateway's resident memory is, from /proc smaps, at
 //! the end of each window).
 
 #[path = "../tests/support/broker.rs"]
@@ -268,9 +268,7 @@ fn one_run(args: &Args, bin: &str) -> Run {
     let elapsed = t0.elapsed().as_secs_f64();
     let hwm = vm_hwm_kib(pid);
     if args.smaps {
-        let rollup =
-            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        println!("smaps_rollup of the gateway:\n{rollup}");
+        print_memory_breakdown(pid);
     }
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -287,6 +285,48 @@ fn one_run(args: &Args, bin: &str) -> Run {
         peak_rss_mib: hwm as f64 / 1024.0,
         requests_per_device_cycle: (req1.1 - req0.1) as f64 / f64::from(args.devices) / cycles,
         values_per_second: (values1 - values0) as f64 / elapsed,
+    }
+}
+
+/// Where the gateway's resident memory is, from /proc/PID/smaps: file-backed
+/// mappings by file, anonymous memory by kind (heap, thread stacks and the
+/// rest, which is mostly glibc's per-thread malloc arenas), and the threads.
+fn print_memory_breakdown(pid: u32) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            let path = f.nth(4).unwrap_or("");
+            name = match path {
+                "" => "[anonymous: malloc arenas, stacks, mmap]".to_string(),
+                p if p.starts_with('/') => format!("file {}", p.rsplit('/').next().unwrap_or(p)),
+                p => p.to_string(),
+            };
+        } else if first == "Rss:" || first == "Anonymous:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = by.entry(name.clone()).or_default();
+            if first == "Rss:" {
+                e.0 += kib;
+            } else {
+                e.1 += kib;
+            }
+        }
+    }
+    let mut rows: Vec<_> = by.into_iter().filter(|(_, (rss, _))| *rss > 0).collect();
+    rows.sort_by_key(|(_, (rss, _))| std::cmp::Reverse(*rss));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap_or("?")
+        .trim();
+    println!("memory of the gateway ({threads} threads), KiB resident (of it anonymous):");
+    for (name, (rss, anon)) in rows {
+        println!("  {rss:>7} ({anon:>6})  {name}");
     }
 }
 

@@ -201,6 +201,9 @@ struct Session<'a> {
     window: Window,
     /// Non-durable messages, sent ahead of durable ones.
     ctrl: VecDeque<Out>,
+    /// Retained metadata still to publish, encoded as the window has room
+    /// (after `ctrl`).
+    meta: Option<super::upstream::Metadata>,
     /// Downlink messages to acknowledge.
     acks: VecDeque<Publish>,
     data_more: bool,
@@ -239,6 +242,7 @@ impl<'a> Session<'a> {
             poller,
             window: Window::default(),
             ctrl: VecDeque::new(),
+            meta: None,
             acks: VecDeque::new(),
             data_more: true,
             uplink_more: true,
@@ -676,46 +680,17 @@ impl<'a> Session<'a> {
     }
 
     /// Retained metadata of every configured host and of the upstream model
-    /// (Things, Time-series, Datasets), and empty retained messages for
-    /// those published earlier that are gone from the config.
+    /// (Things, Time-series, Datasets), encoded as the window has room, and
+    /// empty retained messages for those published earlier that are gone
+    /// from the config.
     async fn queue_hosts(&mut self) {
-        let running = self.gateway.running();
-        let mut topics = Vec::new();
-        for spec in &running.config.hosts {
-            let Some(live) = running.hosts.get(&spec.host) else {
-                continue;
-            };
-            let live = live.lock().clone();
-            let items = spec
-                .items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| {
-                    let config = if item.configurable {
-                        self.gateway.writes.config_of(&spec.host, &item.key)
-                    } else {
-                        None
-                    };
-                    crate::wire::item_object(spec, i, live.view(i), config)
-                })
-                .collect();
-            let object = crate::wire::host_object(spec, live.lastclock(), Some(items));
-            match serde_json::to_vec(&object) {
-                Ok(payload) => {
-                    let below = format!("hosts/{}", spec.host);
-                    topics.push(format!("{}/{below}", self.target.root));
-                    self.push_ctrl(&below, payload, true, Tag::Other);
-                }
-                Err(e) => {
-                    tracing::error!(host = %spec.host, error = %e, "mqtt: cannot encode host metadata")
-                }
-            }
-        }
-        for (below, payload) in super::upstream::model_messages(&running) {
-            topics.push(format!("{}/{below}", self.target.root));
-            self.push_ctrl(&below, payload, true, Tag::Other);
-        }
-        self.thing_states.reset(&running);
+        let meta = super::upstream::Metadata::new(self.gateway.running());
+        let topics: Vec<String> = meta
+            .topics()
+            .into_iter()
+            .map(|below| format!("{}/{below}", self.target.root))
+            .collect();
+        self.meta = Some(meta);
         let stale = self.gateway.ledger.remember_host_topics(&topics).await;
         match stale {
             Ok(stale) => {
@@ -731,6 +706,22 @@ impl<'a> Session<'a> {
             }
             Err(e) => tracing::warn!(error = %e, "mqtt: cannot record published host topics"),
         }
+    }
+
+    /// Stages the next metadata message(s) in `ctrl`: false when none is left.
+    fn queue_metadata(&mut self) -> bool {
+        let Some(meta) = &mut self.meta else {
+            return false;
+        };
+        let mut out = Vec::new();
+        if !meta.next(self.gateway, &mut self.thing_states, &mut out) {
+            self.meta = None;
+            return false;
+        }
+        for (below, payload) in out {
+            self.push_ctrl(&below, payload, true, Tag::Other);
+        }
+        true
     }
 
     /// Fills the window: acknowledgements, then what is staged in `ctrl`
@@ -752,6 +743,9 @@ impl<'a> Session<'a> {
                 if !self.send(out) {
                     return;
                 }
+                continue;
+            }
+            if self.queue_metadata() {
                 continue;
             }
             if self.window.resends() < WINDOW / 2 {
