@@ -48,8 +48,8 @@ const BATCH: usize = 64;
 const CHANNEL_CAPACITY: usize = 256;
 /// Events handled per wake-up.
 const EVENT_BATCH: usize = 512;
-/// How often the devices' poll cycles are looked at (DDEATH, DBIRTH): a
-/// wake-up of its own, so not more often than the usual poll interval.
+/// How often the devices' poll cycles are looked at (DDEATH, DBIRTH): not
+/// more often than the usual poll interval.
 const DEVICE_CHECK: Duration = Duration::from_secs(1);
 
 type EventResult = Result<Event, ConnectionError>;
@@ -186,10 +186,31 @@ struct Device {
     /// Poll cycles seen.
     polls: u64,
     /// Last value sent per item: live data and historical data apart.
-    live: HashMap<usize, (i64, f64)>,
-    hist: HashMap<usize, (i64, f64)>,
+    live: LastSent,
+    hist: LastSent,
     /// Rows read while it was not born, for after its DBIRTH.
     held: Vec<OutboxMessage>,
+}
+
+/// The clock and value last sent of each item, by the item's index.
+#[derive(Default)]
+struct LastSent(Vec<Option<(i64, f64)>>);
+
+impl LastSent {
+    fn get(&self, i: usize) -> Option<(i64, f64)> {
+        self.0.get(i).copied().flatten()
+    }
+
+    fn insert(&mut self, i: usize, sent: (i64, f64)) {
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = Some(sent);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// An outbox row read on this connection, until it is confirmed.
@@ -319,8 +340,8 @@ impl<'a> Session<'a> {
                     born: false,
                     birth_ms: 0,
                     polls: 0,
-                    live: HashMap::new(),
-                    hist: HashMap::new(),
+                    live: LastSent::default(),
+                    hist: LastSent::default(),
                     held,
                 },
             );
@@ -382,8 +403,11 @@ impl<'a> Session<'a> {
         let mut commits = self.gateway.store.commits();
         let mut writes = self.gateway.writes.subscribe();
         let (mut commits_open, mut writes_open, mut reloads_open) = (true, true, true);
-        let mut check = tokio::time::interval(DEVICE_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Devices are looked at when a commit comes less than half a
+        // DEVICE_CHECK before the check is due (no wake-up of its own while
+        // data flows), else when it is due.
+        let check = tokio::time::sleep(DEVICE_CHECK);
+        tokio::pin!(check);
         loop {
             self.pump().await;
             self.advance();
@@ -442,12 +466,19 @@ impl<'a> Session<'a> {
                 r = commits.changed(), if commits_open && !self.more => {
                     commits_open = r.is_ok();
                     self.more = true;
+                    let now = tokio::time::Instant::now();
+                    if now + DEVICE_CHECK / 2 >= check.deadline() {
+                        check.as_mut().reset(now + DEVICE_CHECK);
+                        self.check_devices();
+                        self.check_writes();
+                    }
                 }
                 r = writes.changed(), if writes_open && !self.pending_writes.is_empty() => {
                     writes_open = r.is_ok();
                     self.check_writes();
                 }
-                _ = check.tick() => {
+                () = &mut check => {
+                    check.as_mut().reset(tokio::time::Instant::now() + DEVICE_CHECK);
                     self.check_devices();
                     self.check_writes();
                 }
@@ -597,17 +628,25 @@ impl<'a> Session<'a> {
             return;
         };
         let mut metrics: Vec<Metric> = Vec::new();
+        // Rows list their items in config order: most keys are found where
+        // the previous one was, without hashing.
+        let mut guess = 0;
         for (key, points) in &m.items {
-            let Some(&i) = d.by_key.get(key) else {
-                continue;
+            let i = match d.spec.items.get(guess) {
+                Some(item) if item.key == *key => guess,
+                _ => match d.by_key.get(key) {
+                    Some(&i) => i,
+                    None => continue,
+                },
             };
+            guess = i + 1;
             let meta = &d.items[i];
             for &(clock, v) in points {
                 let historical = payload::clock_ms(clock) < d.birth_ms;
                 let last = if historical { &mut d.hist } else { &mut d.live };
-                let send = match last.get(&i) {
+                let send = match last.get(i) {
                     None => true,
-                    Some(&(lc, lv)) => {
+                    Some((lc, lv)) => {
                         lv != v
                             || meta
                                 .heartbeat

@@ -456,6 +456,8 @@ pub(crate) struct Inner {
     outbox_reader: DbThreads,
     /// Outbox messages read ahead of the uplink's cursor.
     fresh: Mutex<Fresh>,
+    /// The same for the Sparkplug uplink (rows after its cursor).
+    spb_fresh: Mutex<Fresh>,
     /// The Sparkplug uplink's reads of the outbox.
     spb_reader: DbThreads,
     /// Positions of the journal, shared with the writer.
@@ -611,6 +613,7 @@ impl Store {
             readers,
             outbox_reader,
             fresh: Mutex::new(Fresh::default()),
+            spb_fresh: Mutex::new(Fresh::default()),
             spb_reader,
             pos: Positions::default(),
             counters: Counters {
@@ -973,10 +976,22 @@ impl Store {
                 if lock(&self.inner.shared).closed {
                     return Err(StoreError::Closed);
                 }
+                if let Some(msgs) = lock(&self.inner.spb_fresh).take(after_seq, max) {
+                    return Ok(msgs);
+                }
                 let inner = self.inner.clone();
                 self.inner
                     .spb_reader
-                    .call(move |conn| read_rows(&inner, conn, SPB_ROWS, after_seq, max, None))
+                    .call(move |conn| {
+                        let commits = lock(&inner.spb_fresh).commits;
+                        let msgs = read_rows(&inner, conn, SPB_ROWS, after_seq, max, None)?;
+                        let last = msgs.last().map_or(after_seq, |m| m.seq);
+                        let mut fresh = lock(&inner.spb_fresh);
+                        // Caught up: the writer adds each commit's rows from now on.
+                        let more = msgs.len() >= max || fresh.commits != commits;
+                        fresh.reset(last, Vec::new(), more);
+                        Ok(msgs)
+                    })
                     .await
             }
         }
@@ -1194,10 +1209,28 @@ impl Fresh {
 }
 
 /// After a commit that added outbox messages, on the writer's thread: reads
-/// them into [`Fresh`] while the uplink is caught up.
+/// them into [`Fresh`] while the native uplink is caught up, and into the
+/// Sparkplug uplink's while it is.
 pub(crate) fn prefetch_outbox(inner: &Inner, conn: &Connection) {
+    prefetch(&inner.fresh, |tail, room| {
+        let marks: HashSet<u64> = lock(&inner.shared).marks.clone();
+        outbox_messages(inner, conn, tail, room, &marks)
+    });
+    if inner.pos.spb_configured.load(Ordering::Relaxed) {
+        prefetch(&inner.spb_fresh, |tail, room| {
+            read_rows(inner, conn, SPB_ROWS, tail, room, None)
+        });
+    }
+}
+
+/// The next rows after `fresh`'s tail, read by `read(tail, room)`, if
+/// memory holds every row up to the tail.
+fn prefetch(
+    fresh: &Mutex<Fresh>,
+    read: impl FnOnce(u64, usize) -> Result<Vec<OutboxMessage>, StoreError>,
+) {
     let (tail, room) = {
-        let mut fresh = lock(&inner.fresh);
+        let mut fresh = lock(fresh);
         fresh.commits += 1;
         let Some(tail) = fresh.tail() else {
             return;
@@ -1209,9 +1242,8 @@ pub(crate) fn prefetch_outbox(inner: &Inner, conn: &Connection) {
         }
         (tail, room)
     };
-    let marks: HashSet<u64> = lock(&inner.shared).marks.clone();
-    let read = outbox_messages(inner, conn, tail, room, &marks);
-    let mut fresh = lock(&inner.fresh);
+    let read = read(tail, room);
+    let mut fresh = lock(fresh);
     if fresh.tail() != Some(tail) {
         return; // the uplink moved meanwhile; its next read starts over
     }

@@ -1587,3 +1587,57 @@ async fn store_removing_mqtt_lets_its_unsent_rows_go() {
     );
     store.close().unwrap();
 }
+
+#[tokio::test]
+async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 1, true);
+    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
+        "mqtt://127.0.0.1:1883",
+        "plant",
+        "gw",
+    ));
+    let store = Store::open_with(&cfg, opts()).unwrap();
+    let id = ids(&store, &cfg);
+    let t0 = now() - 100;
+    let values = |rows: &[OutboxMessage]| -> Vec<f64> {
+        rows.iter()
+            .flat_map(|m| m.items.iter().flat_map(|(_, p)| p.iter().map(|&(_, v)| v)))
+            .collect()
+    };
+    for round in 0..3 {
+        store.push(&[s(id[0][0], t0 + round, round as f64)]);
+        store.flush().unwrap();
+    }
+    let first = store.outbox_from(Uplink::Sparkplug, 0, 2).await.unwrap();
+    assert_eq!(values(&first), [0.0, 1.0], "at most max");
+    let rest = store
+        .outbox_from(Uplink::Sparkplug, first[1].seq, 10)
+        .await
+        .unwrap();
+    assert_eq!(values(&rest), [2.0], "caught up");
+    // Caught up: each commit's rows come to the uplink (from memory).
+    let mut after = rest[0].seq;
+    for round in 3..6 {
+        store.push(&[s(id[0][0], t0 + round, round as f64)]);
+        store.flush().unwrap();
+        let got = store
+            .outbox_from(Uplink::Sparkplug, after, 10)
+            .await
+            .unwrap();
+        assert_eq!(values(&got), [round as f64], "the commit's row, once");
+        after = got[0].seq;
+    }
+    assert!(store
+        .outbox_from(Uplink::Sparkplug, after, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A new connection starts over from its position: every row again.
+    let again = store.outbox_from(Uplink::Sparkplug, 0, 10).await.unwrap();
+    assert_eq!(values(&again), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    // The native uplink's own reads are not disturbed.
+    let native = store.outbox_after(0, 10).await.unwrap();
+    assert_eq!(values(&native), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    store.close().unwrap();
+}

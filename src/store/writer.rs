@@ -78,9 +78,6 @@ impl Drop for AliveGuard {
 /// Pending history points that trigger a commit before the tick.
 const EARLY_COMMIT_POINTS: usize = 120_000;
 
-/// How often the writer drains the push buffer between commits.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-
 impl Writer {
     pub fn new(
         inner: Arc<Inner>,
@@ -248,6 +245,7 @@ impl Writer {
             }
             self.spb_committed = 0;
             pos.spb.store(0, Ordering::Relaxed);
+            *super::lock(&self.inner.spb_fresh) = Default::default();
         }
         self.has_sparkplug = configured;
         pos.spb_configured.store(configured, Ordering::Relaxed);
@@ -358,11 +356,13 @@ impl Writer {
         let _alive = AliveGuard(inner.clone());
         loop {
             let deadline = Instant::now() + self.until_tick();
-            // Between commits, samples are drained from the push buffer every
-            // DRAIN_INTERVAL (deadband and trends applied, history points kept
-            // as pending), so the buffer stays small at high sample rates.
+            // The writer sleeps until the commit tick. Between ticks it
+            // drains the push buffer only when the buffer reaches its high
+            // water mark (deadband and trends applied, history points kept as
+            // pending), so it stays small at high sample rates while at low
+            // rates the writer wakes once per commit.
             let (gen, maintain, marks, closing) = loop {
-                let drain_at = (Instant::now() + DRAIN_INTERVAL).min(deadline);
+                let drain_at = deadline;
                 let (mut batch, commit_now) = {
                     let mut s = lock(&inner.shared);
                     loop {
