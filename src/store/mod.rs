@@ -1212,13 +1212,29 @@ impl Fresh {
 /// them into [`Fresh`] while the native uplink is caught up, and into the
 /// Sparkplug uplink's while it is.
 pub(crate) fn prefetch_outbox(inner: &Inner, conn: &Connection) {
+    let spb = inner.pos.spb_configured.load(Ordering::Relaxed);
+    // Both uplinks caught up at the same row (the usual case): the rows are
+    // read and decoded once, unless a mark (a row sent but not yet
+    // committed as sent) left one of them out of the native read.
+    let mut native_read: Option<(u64, usize, Vec<OutboxMessage>)> = None;
     prefetch(&inner.fresh, |tail, room| {
         let marks: HashSet<u64> = lock(&inner.shared).marks.clone();
-        outbox_messages(inner, conn, tail, room, &marks)
+        let read = outbox_messages(inner, conn, tail, room, &marks);
+        if let (true, Ok(msgs)) = (spb, &read) {
+            if marks.iter().all(|&m| m <= tail) {
+                native_read = Some((tail, room, msgs.clone()));
+            }
+        }
+        read
     });
-    if inner.pos.spb_configured.load(Ordering::Relaxed) {
-        prefetch(&inner.spb_fresh, |tail, room| {
-            read_rows(inner, conn, SPB_ROWS, tail, room, None)
+    if spb {
+        prefetch(&inner.spb_fresh, |tail, room| match native_read {
+            // The native read holds every row up to `room` after `tail`.
+            Some((t, r, mut msgs)) if t == tail && (msgs.len() < r || room <= r) => {
+                msgs.truncate(room);
+                Ok(msgs)
+            }
+            _ => read_rows(inner, conn, SPB_ROWS, tail, room, None),
         });
     }
 }

@@ -1616,8 +1616,12 @@ async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() 
         .await
         .unwrap();
     assert_eq!(values(&rest), [2.0], "caught up");
-    // Caught up: each commit's rows come to the uplink (from memory).
+    let native = store.outbox_after(0, 10).await.unwrap();
+    assert_eq!(values(&native), [0.0, 1.0, 2.0]);
+    // Both caught up: each commit's rows come to each uplink (from memory,
+    // read once for both).
     let mut after = rest[0].seq;
+    let mut native_after = native[2].seq;
     for round in 3..6 {
         store.push(&[s(id[0][0], t0 + round, round as f64)]);
         store.flush().unwrap();
@@ -1627,6 +1631,9 @@ async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() 
             .unwrap();
         assert_eq!(values(&got), [round as f64], "the commit's row, once");
         after = got[0].seq;
+        let got = store.outbox_after(native_after, 10).await.unwrap();
+        assert_eq!(values(&got), [round as f64], "and the native uplink's");
+        native_after = got[0].seq;
     }
     assert!(store
         .outbox_from(Uplink::Sparkplug, after, 10)
