@@ -466,27 +466,29 @@ impl<'a> Session<'a> {
                 r = commits.changed(), if commits_open && !self.more => {
                     commits_open = r.is_ok();
                     self.more = true;
-                    let now = tokio::time::Instant::now();
-                    if now + DEVICE_CHECK / 2 >= check.deadline() {
-                        check.as_mut().reset(now + DEVICE_CHECK);
-                        self.check_devices();
-                        self.check_writes();
-                    }
+                    self.look_if_due(check.as_mut(), DEVICE_CHECK / 2);
                 }
                 r = writes.changed(), if writes_open && !self.pending_writes.is_empty() => {
                     writes_open = r.is_ok();
                     self.check_writes();
                 }
-                () = &mut check => {
-                    check.as_mut().reset(tokio::time::Instant::now() + DEVICE_CHECK);
-                    self.check_devices();
-                    self.check_writes();
-                }
+                () = &mut check => self.look_if_due(check.as_mut(), Duration::ZERO),
                 () = sleep_until(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
                     self.more = true;
                 }
             }
+        }
+    }
+
+    /// Looks at the devices and the pending writes if `check` is due
+    /// within `slack`, and sets it DEVICE_CHECK from now.
+    fn look_if_due(&mut self, check: std::pin::Pin<&mut tokio::time::Sleep>, slack: Duration) {
+        let now = tokio::time::Instant::now();
+        if now + slack >= check.deadline() {
+            check.reset(now + DEVICE_CHECK);
+            self.check_devices();
+            self.check_writes();
         }
     }
 

@@ -59,6 +59,19 @@ fn ids(store: &Store, cfg: &Config) -> Vec<Vec<ItemId>> {
         .collect()
 }
 
+/// A `[sparkplug]` section for the store (it only needs to exist).
+fn sparkplug() -> crate::model::SparkplugSpec {
+    crate::model::SparkplugSpec::new("mqtt://127.0.0.1:1883", "plant", "gw")
+}
+
+/// One sample of `item` per commit, the value `round` at `t0 + round`.
+fn commit_one_by_one(store: &Store, item: ItemId, t0: i64, rounds: std::ops::Range<i64>) {
+    for round in rounds {
+        store.push(&[s(item, t0 + round, round as f64)]);
+        store.flush().unwrap();
+    }
+}
+
 fn s(item: ItemId, clock: i64, value: f64) -> Sample {
     Sample { item, clock, value }
 }
@@ -1416,11 +1429,7 @@ fn journal_rows(store: &Store) -> i64 {
 async fn store_uplink_positions_are_independent_and_a_removed_one_pins_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 2, true);
-    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
-        "mqtt://127.0.0.1:1883",
-        "plant",
-        "gw",
-    ));
+    cfg.sparkplug = Some(sparkplug());
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     assert_eq!(store.position(Uplink::Sparkplug), 0);
@@ -1505,11 +1514,7 @@ async fn store_uplink_positions_are_independent_and_a_removed_one_pins_nothing()
     // Configured again: it starts at the newest row, the past is not its backlog.
     store.push(&[s(id[0][0], t0 + 10, 9.0)]);
     store.flush().unwrap();
-    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
-        "mqtt://127.0.0.1:1883",
-        "plant",
-        "gw",
-    ));
+    cfg.sparkplug = Some(sparkplug());
     store.reconfigure(&cfg).await.unwrap();
     store.maintain().unwrap();
     assert_eq!(store.backlog(Uplink::Sparkplug), 0);
@@ -1526,18 +1531,11 @@ async fn store_uplink_positions_are_independent_and_a_removed_one_pins_nothing()
 async fn store_sparkplug_alone_keeps_rows_until_its_position_passes_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, false);
-    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
-        "mqtt://127.0.0.1:1883",
-        "plant",
-        "gw",
-    ));
+    cfg.sparkplug = Some(sparkplug());
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     let t0 = now() - 100;
-    for round in 0..3 {
-        store.push(&[s(id[0][0], t0 + round, round as f64)]);
-        store.flush().unwrap();
-    }
+    commit_one_by_one(&store, id[0][0], t0, 0..3);
     store.maintain().unwrap();
     assert_eq!(
         store.outbox_len(),
@@ -1565,10 +1563,7 @@ async fn store_removing_mqtt_lets_its_unsent_rows_go() {
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     let t0 = now() - 100;
-    for round in 0..3 {
-        store.push(&[s(id[0][0], t0 + round, round as f64)]);
-        store.flush().unwrap();
-    }
+    commit_one_by_one(&store, id[0][0], t0, 0..3);
     store.maintain().unwrap();
     assert_eq!(store.outbox_len(), 3);
     assert_eq!(
@@ -1592,11 +1587,7 @@ async fn store_removing_mqtt_lets_its_unsent_rows_go() {
 async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 1, true);
-    cfg.sparkplug = Some(crate::model::SparkplugSpec::new(
-        "mqtt://127.0.0.1:1883",
-        "plant",
-        "gw",
-    ));
+    cfg.sparkplug = Some(sparkplug());
     let store = Store::open_with(&cfg, opts()).unwrap();
     let id = ids(&store, &cfg);
     let t0 = now() - 100;
@@ -1605,10 +1596,7 @@ async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() 
             .flat_map(|m| m.items.iter().flat_map(|(_, p)| p.iter().map(|&(_, v)| v)))
             .collect()
     };
-    for round in 0..3 {
-        store.push(&[s(id[0][0], t0 + round, round as f64)]);
-        store.flush().unwrap();
-    }
+    commit_one_by_one(&store, id[0][0], t0, 0..3);
     let first = store.outbox_from(Uplink::Sparkplug, 0, 2).await.unwrap();
     assert_eq!(values(&first), [0.0, 1.0], "at most max");
     let rest = store
@@ -1623,8 +1611,7 @@ async fn store_sparkplug_caught_up_gets_each_commit_and_a_restart_reads_again() 
     let mut after = rest[0].seq;
     let mut native_after = native[2].seq;
     for round in 3..6 {
-        store.push(&[s(id[0][0], t0 + round, round as f64)]);
-        store.flush().unwrap();
+        commit_one_by_one(&store, id[0][0], t0, round..round + 1);
         let got = store
             .outbox_from(Uplink::Sparkplug, after, 10)
             .await
